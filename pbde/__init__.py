@@ -1,0 +1,44 @@
+"""pbde: learning from pairwise preferences as density estimation.
+
+An annotator with implicit preference distribution p* prefers x_A to x_B with probability
+σ(Ω(x_A) − Ω(x_B)), Ω(x) = f(x)·log p(x) + g(x) — a preference behavior distribution equation
+(Dumoulin et al.). pbde states such annotators explicitly, fits model densities to their
+preferences, and computes what the fit should converge to.
+"""
+
+from pbde import densities, losses
+from pbde._validation import is_validation_enabled, set_validation, validation
+from pbde.annotators import Annotator, MixtureAnnotator, PreferenceProcess
+from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
+from pbde.data import Preferences, sample_pairs
+from pbde.fit import FitResult, fit, nll_regularizer
+from pbde.support import Grid, Support
+from pbde.theory import kl, optimal_density, tv
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PBDE",
+    "luce",
+    "length_normalized",
+    "dpo",
+    "geometric",
+    "Annotator",
+    "MixtureAnnotator",
+    "PreferenceProcess",
+    "Preferences",
+    "sample_pairs",
+    "fit",
+    "FitResult",
+    "nll_regularizer",
+    "optimal_density",
+    "kl",
+    "tv",
+    "Support",
+    "Grid",
+    "densities",
+    "losses",
+    "validation",
+    "set_validation",
+    "is_validation_enabled",
+]

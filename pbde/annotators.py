@@ -1,0 +1,180 @@
+"""Preference processes: how a pair (x_A, x_B) becomes a label y.
+
+The same classes play both roles of the paper: a synthetic annotator with implicit preference
+distribution p* that labels pairs, and an annotator *model* whose density π_θ is fitted by maximum
+likelihood. Misspecification is the two being different processes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pbde._validation import check_tensor
+from pbde.behavior import PBDE, luce
+from pbde.data import Preferences
+from pbde.densities.base import Density, check_density
+from pbde.losses import bce
+
+
+class PreferenceProcess(nn.Module):
+    """Base class: a subclass provides ``_logits(xa, xb)``; the rest is derived here.
+
+    ``logits(xa, xb)`` is log P(x_A ≻ x_B) − log P(x_B ≻ x_A).
+    """
+
+    def logits(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """Preference logits, shape ``(n,)``, for pairs given as two batches of shape
+        ``(n, *event_shape)``.
+
+        Raises:
+            TypeError, ValueError: if ``xa``/``xb`` are not tensors of the same non-empty shape
+                (and, while validation is on, if the density rejects the items).
+        """
+        check_tensor("xa", xa)
+        check_tensor("xb", xb)
+        if xa.shape != xb.shape or xa.ndim == 0 or xa.shape[0] == 0:
+            raise ValueError(
+                "'xa' and 'xb' must be non-empty batches of the same shape. Got "
+                f"{tuple(xa.shape)} and {tuple(xb.shape)}."
+            )
+        return self._logits(xa, xb)
+
+    def prob(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """P(x_A ≻ x_B), shape ``(n,)``."""
+        return torch.sigmoid(self.logits(xa, xb))
+
+    def label(
+        self, xa: torch.Tensor, xb: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> Preferences:
+        """Sample a label for each pair: y ~ Bernoulli(P(x_A ≻ x_B)).
+
+        Returns:
+            :class:`~pbde.Preferences` holding ``xa``, ``xb`` and the sampled ``y``.
+        """
+        with torch.no_grad():
+            probs = self.prob(xa, xb)
+            u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype).to(probs.device)
+        return Preferences(xa, xb, (u < probs).to(torch.get_default_dtype()))
+
+    def log_likelihood(self, prefs: Preferences) -> torch.Tensor:
+        """log p(y | x_A, x_B) of each comparison, shape ``(n,)`` (soft labels: the expected
+        log-likelihood)."""
+        if not isinstance(prefs, Preferences):
+            raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
+        return -bce(self.logits(prefs.xa, prefs.xb), prefs.y)
+
+    def _logits(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Annotator(PreferenceProcess):
+    """One annotator: a density and a behavior, P(x_A ≻ x_B) = σ(Ω(x_A) − Ω(x_B)) (eq. 11).
+
+    Args:
+        density: the implicit preference distribution (p* for a synthetic annotator, π_θ for a
+            model).
+        behavior: the :class:`~pbde.PBDE` (default :func:`pbde.luce`).
+
+    Example:
+        >>> import torch, pbde
+        >>> p = pbde.densities.Categorical(probs=torch.tensor([0.2, 0.3, 0.5]))
+        >>> a = pbde.Annotator(p)          # Luce / Bradley–Terry
+        >>> a.prob(torch.tensor([2]), torch.tensor([0]))  # 0.5 / (0.5 + 0.2)
+        tensor([0.7143], grad_fn=<SigmoidBackward0>)
+    """
+
+    def __init__(self, density: Density, behavior: PBDE | None = None):
+        super().__init__()
+        self.density = check_density("density", density)
+        behavior = luce() if behavior is None else behavior
+        if not isinstance(behavior, PBDE):
+            raise TypeError(f"'behavior' must be a pbde.PBDE. Got {type(behavior).__name__}.")
+        self.behavior = behavior
+        # registered so that .to(device) moves them; they hold no trainable parameters
+        self.references = nn.ModuleList(behavior.references)
+
+    def __repr__(self) -> str:
+        return f"Annotator(density={type(self.density).__name__}, behavior={self.behavior!r})"
+
+    def omega(self, x: torch.Tensor) -> torch.Tensor:
+        """Ω(x) = f(x)·log p(x) + g(x), shape ``(batch,)``."""
+        return self.behavior.omega(self.density.log_prob(x), x)
+
+    def _logits(self, xa, xb):
+        # one density evaluation for both items (one normalizer for energy models)
+        scores = self.omega(torch.cat([xa, xb]))
+        return scores[: xa.shape[0]] - scores[xa.shape[0] :]
+
+
+class MixtureAnnotator(PreferenceProcess):
+    """A population of annotators: each comparison is made by one annotator drawn with
+    probability w_i (Dumoulin et al., eq. 25; the model of eq. 30).
+
+    P(x_A ≻ x_B) = Σ_i w_i σ(h_i(x_A, x_B)); its logits are
+    ``logsumexp_i(log w_i + log σ(h_i)) − logsumexp_i(log w_i + log σ(−h_i))``, stable for large
+    margins. This is *not* an :class:`Annotator` whose density is a mixture (eq. 24,
+    ``Annotator(densities.Mixture(...))``): there one annotator likes both modes; here each
+    annotator likes one, and a single-annotator model fitted to their pooled labels can please
+    neither.
+
+    ``label`` records which annotator made each comparison in ``Preferences.annotator_id``.
+
+    Args:
+        annotators: the annotators (any :class:`PreferenceProcess`).
+        weights: their probabilities, > 0 (normalized here); default uniform.
+        learn_weights: make the weights trainable (default False).
+    """
+
+    def __init__(self, annotators, weights=None, *, learn_weights: bool = False):
+        super().__init__()
+        annotators = list(annotators)
+        if not annotators or not all(isinstance(a, PreferenceProcess) for a in annotators):
+            raise TypeError("'annotators' must be a non-empty list of pbde annotators.")
+        weights = torch.ones(len(annotators)) if weights is None else torch.as_tensor(weights)
+        weights = weights.to(torch.get_default_dtype()).reshape(-1)
+        if weights.numel() != len(annotators) or not bool(
+            (torch.isfinite(weights) & (weights > 0)).all()
+        ):
+            raise ValueError(
+                f"'weights' must hold {len(annotators)} finite values > 0. Got {weights.tolist()!r}."
+            )
+        self.annotators = nn.ModuleList(annotators)
+        logits = torch.log(weights / weights.sum())
+        if learn_weights:
+            self.weight_logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("weight_logits", logits)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.weight_logits, 0)
+
+    def component_logits(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """Each annotator's logits, shape ``(n, K)``."""
+        return torch.stack([a.logits(xa, xb) for a in self.annotators], dim=-1)
+
+    def combine(self, h: torch.Tensor) -> torch.Tensor:
+        """Mixture logits from component logits ``h`` of shape ``(..., K)``:
+        ``logit(Σ_i w_i σ(h_i))``, computed with logsumexp and logsigmoid."""
+        log_w = torch.log_softmax(self.weight_logits, 0).to(h)
+        return torch.logsumexp(log_w + F.logsigmoid(h), -1) - torch.logsumexp(
+            log_w + F.logsigmoid(-h), -1
+        )
+
+    def _logits(self, xa, xb):
+        return self.combine(self.component_logits(xa, xb))
+
+    def label(self, xa, xb, *, generator=None) -> Preferences:
+        """Draw an annotator for each comparison, then its label; ids go in ``annotator_id``."""
+        with torch.no_grad():
+            h = self.component_logits(xa, xb)
+            who = torch.multinomial(
+                self.weights.cpu(), h.shape[0], replacement=True, generator=generator
+            )
+            who = who.to(h.device)
+            probs = torch.sigmoid(h.gather(1, who[:, None]).squeeze(1))
+            u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype).to(probs.device)
+        y = (u < probs).to(torch.get_default_dtype())
+        return Preferences(xa, xb, y, annotator_id=who)

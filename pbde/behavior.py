@@ -1,0 +1,195 @@
+"""Preference behaviors: the (f, g) of a preference behavior distribution equation (PBDE).
+
+Dumoulin et al., eq. 11: an annotator with density p prefers x_A to x_B with probability
+
+    p(y = 1; x_A, x_B) = σ(Ω_p(x_A) − Ω_p(x_B)),   Ω_p(x) = f(x) · log p(x) + g(x),   f(x) > 0.
+
+A :class:`PBDE` holds f and g. It does not hold the density: the same behavior can be paired with
+the annotator's implicit preference distribution p* or with a model π_θ (see
+:class:`pbde.Annotator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from numbers import Real
+
+import torch
+
+from pbde._validation import check_all_positive, check_positive_number, is_validation_enabled
+
+FunctionOfX = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _frozen(density):
+    from pbde.densities.base import check_density
+
+    return check_density("reference", density).frozen()
+
+
+class PBDE:
+    """A preference behavior Ω(x) = f(x)·log p(x) + g(x), with f > 0 (Dumoulin et al., eq. 11).
+
+    Args:
+        f: a positive number, or a callable mapping a batch of items ``x`` (shape
+            ``(batch, *event_shape)``) to a tensor of shape ``(batch,)`` of positive values.
+        g: a number, or a callable of ``x`` returning shape ``(batch,)``. Callables may close over
+            reference densities (see :func:`dpo`).
+        name: a label used in ``repr`` and plots.
+        references: densities that ``f`` or ``g`` close over (e.g. π_ref). Declaring them lets
+            an :class:`~pbde.Annotator` move them to the model's device with ``.to(device)``.
+
+    Raises:
+        TypeError: if ``f`` or ``g`` is neither a number nor a callable.
+        ValueError: if a constant ``f`` is not > 0; when evaluated (validation on), if ``f(x)``
+            is not > 0 at some ``x``.
+
+    Example:
+        >>> import torch, pbde
+        >>> b = pbde.PBDE(f=2.0, g=lambda x: x.float())
+        >>> b.omega(torch.log(torch.tensor([0.5, 0.25])), torch.tensor([0, 1]))
+        tensor([-1.3863, -1.7726])
+    """
+
+    def __init__(
+        self,
+        f: float | FunctionOfX = 1.0,
+        g: float | FunctionOfX = 0.0,
+        *,
+        name: str | None = None,
+        references=(),
+    ):
+        if callable(f):
+            self._f = f
+        else:
+            if not isinstance(f, Real) or isinstance(f, bool):
+                raise TypeError(f"'f' must be a number or a callable of x. Got {f!r} instead.")
+            self._f = check_positive_number("f", f)
+        if callable(g):
+            self._g = g
+        else:
+            if not isinstance(g, Real) or isinstance(g, bool):
+                raise TypeError(f"'g' must be a number or a callable of x. Got {g!r} instead.")
+            self._g = float(g)
+        self.name = name or "PBDE"
+        self.references = tuple(references)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(f={self._describe(self._f)}, g={self._describe(self._g)})"
+
+    @staticmethod
+    def _describe(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else getattr(value, "__name__", "<fn>")
+
+    @property
+    def constant_f(self) -> float | None:
+        """The value of f if it is a constant, else ``None``."""
+        return self._f if isinstance(self._f, float) else None
+
+    def f(self, x: torch.Tensor) -> torch.Tensor:
+        """f evaluated on a batch of items, shape ``(batch,)``; checked to be > 0."""
+        if isinstance(self._f, float):
+            return torch.full(
+                (x.shape[0],), self._f, dtype=torch.get_default_dtype(), device=x.device
+            )
+        value = torch.as_tensor(self._f(x))
+        if value.shape != (x.shape[0],):
+            raise ValueError(
+                f"f(x) must return shape ({x.shape[0]},) for a batch of {x.shape[0]} items. "
+                f"Got {tuple(value.shape)}."
+            )
+        if is_validation_enabled():
+            check_all_positive("f(x)", value)
+        return value
+
+    def g(self, x: torch.Tensor) -> torch.Tensor:
+        """g evaluated on a batch of items, shape ``(batch,)``."""
+        if isinstance(self._g, float):
+            return torch.full(
+                (x.shape[0],), self._g, dtype=torch.get_default_dtype(), device=x.device
+            )
+        value = torch.as_tensor(self._g(x))
+        if value.shape != (x.shape[0],):
+            raise ValueError(
+                f"g(x) must return shape ({x.shape[0]},) for a batch of {x.shape[0]} items. "
+                f"Got {tuple(value.shape)}."
+            )
+        return value
+
+    def omega(self, log_p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Ω(x) = f(x)·log p(x) + g(x) given ``log_p = log p(x)``, shape ``(batch,)``."""
+        f = self.f(x) if self.constant_f is None else self.constant_f
+        g = self.g(x) if not isinstance(self._g, float) else self._g
+        return f * log_p + g
+
+    def invert(self, omega: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The log-density that gives score ``omega``: (Ω(x) − g(x)) / f(x)."""
+        return (omega - self.g(x).to(omega)) / self.f(x).to(omega)
+
+
+def luce() -> PBDE:
+    """The Luce choice rule / Bradley–Terry model: f = 1, g = 0 (Dumoulin et al., eq. 9).
+
+    Under it, x_A is preferred with probability p(x_A) / (p(x_A) + p(x_B)).
+    """
+    return PBDE(1.0, 0.0, name="luce")
+
+
+def length_normalized(length: FunctionOfX) -> PBDE:
+    """The length-normalized Luce rule: f(x) = 1/|x|, g = 0 (Dumoulin et al., eq. 26).
+
+    Args:
+        length: callable mapping a batch of items to their lengths, shape ``(batch,)``, all > 0
+            (e.g. the number of tokens of each sequence, EOS included).
+    """
+    if not callable(length):
+        raise TypeError(f"'length' must be a callable of x. Got {length!r} instead.")
+
+    def inverse_length(x: torch.Tensor) -> torch.Tensor:
+        n = torch.as_tensor(length(x))
+        if is_validation_enabled():
+            check_all_positive("length(x)", n)
+        return 1.0 / n.to(torch.get_default_dtype())
+
+    inverse_length.__name__ = "1/length"
+    return PBDE(inverse_length, 0.0, name="length_normalized")
+
+
+def dpo(beta: float, reference) -> PBDE:
+    """DPO's implicit behavior: f = β, g = −β·log π_ref (Dumoulin et al., eq. 15).
+
+    Under a Luce annotator its optimum is π ∝ π_ref · p*^{1/β} (eq. 16). With the squared loss
+    :func:`pbde.losses.ipo` and β = 1 it is IPO (Azar et al., eq. 17).
+
+    Args:
+        beta: inverse temperature, > 0.
+        reference: the reference density π_ref; a frozen copy is kept.
+    """
+    beta = check_positive_number("beta", beta)
+    ref = _frozen(reference)
+
+    def minus_beta_log_ref(x: torch.Tensor) -> torch.Tensor:
+        return -beta * ref.log_prob(x)
+
+    minus_beta_log_ref.__name__ = f"-{beta:g}·log π_ref"
+    return PBDE(beta, minus_beta_log_ref, name=f"dpo(beta={beta:g})", references=(ref,))
+
+
+def geometric(alpha: float, reference) -> PBDE:
+    """Geometric-mixture behavior: f = 1/α, g = (1 − 1/α)·log π_ref (Dumoulin et al., eq. 18).
+
+    Under a Luce annotator its optimum is π ∝ π_ref^{1−α} · p*^α.
+
+    Args:
+        alpha: mixing exponent, > 0.
+        reference: the reference density π_ref; a frozen copy is kept.
+    """
+    alpha = check_positive_number("alpha", alpha)
+    ref = _frozen(reference)
+    coefficient = 1.0 - 1.0 / alpha
+
+    def scaled_log_ref(x: torch.Tensor) -> torch.Tensor:
+        return coefficient * ref.log_prob(x)
+
+    scaled_log_ref.__name__ = f"{coefficient:g}·log π_ref"
+    return PBDE(1.0 / alpha, scaled_log_ref, name=f"geometric(alpha={alpha:g})", references=(ref,))

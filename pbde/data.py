@@ -1,0 +1,163 @@
+"""Preference data: the point where synthetic annotators and real datasets meet the models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pbde._validation import check_finite, check_labels
+
+PairSampler = Callable[[int, "torch.Generator | None"], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class Preferences:
+    """A validated set of pairwise comparisons ``(x_A, x_B, y)``.
+
+    ``y[i]`` is the probability that ``x_A[i]`` was preferred to ``x_B[i]``: 1 means
+    x_A ≻ x_B, 0 means x_B ≻ x_A, values in between are soft labels (ties are 0.5).
+
+    Args:
+        xa: items shown first, shape ``(n, *event_shape)``.
+        xb: items shown second, same shape as ``xa``.
+        y: labels, shape ``(n,)``, in [0, 1].
+        annotator_id: optional integer ids ``>= 0`` of who made each comparison, shape ``(n,)``.
+
+    Raises:
+        ValueError: on empty data, mismatched lengths or shapes, non-finite items or labels,
+            labels outside [0, 1], or negative annotator ids.
+        TypeError: if ``annotator_id`` is not integer.
+
+    Example:
+        >>> prefs = Preferences(torch.tensor([0, 1]), torch.tensor([2, 2]), torch.tensor([1.0, 0.0]))
+        >>> len(prefs), prefs[1].y
+        (2, tensor([0.]))
+    """
+
+    def __init__(self, xa, xb, y, annotator_id=None):
+        xa, xb = torch.as_tensor(xa), torch.as_tensor(xb)
+        y = torch.as_tensor(y)
+        if xa.ndim == 0 or xa.shape[0] == 0:
+            raise ValueError(
+                f"'xa' must hold at least one comparison. Got shape {tuple(xa.shape)}."
+            )
+        if xa.shape != xb.shape:
+            raise ValueError(
+                f"'xa' and 'xb' must have the same shape. Got {tuple(xa.shape)} and "
+                f"{tuple(xb.shape)}."
+            )
+        if y.ndim != 1 or y.shape[0] != xa.shape[0]:
+            raise ValueError(
+                f"'y' must have shape ({xa.shape[0]},), one label per pair. Got {tuple(y.shape)}."
+            )
+        check_finite("xa", xa)
+        check_finite("xb", xb)
+        y = y.to(torch.get_default_dtype()) if not y.is_floating_point() else y
+        check_labels("y", y)
+        if annotator_id is not None:
+            annotator_id = torch.as_tensor(annotator_id)
+            if annotator_id.is_floating_point() or annotator_id.dtype == torch.bool:
+                raise TypeError(
+                    f"'annotator_id' must hold integers. Got dtype {annotator_id.dtype}."
+                )
+            if annotator_id.shape != y.shape:
+                raise ValueError(
+                    f"'annotator_id' must have shape ({y.shape[0]},). Got "
+                    f"{tuple(annotator_id.shape)}."
+                )
+            if bool((annotator_id < 0).any()):
+                raise ValueError(f"'annotator_id' must be >= 0. Got {int(annotator_id.min())}.")
+        self.xa, self.xb, self.y, self.annotator_id = xa, xb, y, annotator_id
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def __repr__(self) -> str:
+        ids = "" if self.annotator_id is None else ", with annotator ids"
+        return (
+            f"Preferences(n={len(self)}, item shape={tuple(self.xa.shape[1:])}, "
+            f"mean y={float(self.y.float().mean()):.3f}{ids})"
+        )
+
+    def __getitem__(self, index) -> Preferences:
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        ids = None if self.annotator_id is None else self.annotator_id[index]
+        return Preferences(self.xa[index], self.xb[index], self.y[index], ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def to(self, device) -> Preferences:
+        """A copy on ``device`` (labels, items and ids)."""
+        ids = None if self.annotator_id is None else self.annotator_id.to(device)
+        out = Preferences.__new__(Preferences)
+        out.xa, out.xb, out.y = self.xa.to(device), self.xb.to(device), self.y.to(device)
+        out.annotator_id = ids
+        return out
+
+    def split(
+        self, test_fraction: float = 0.2, *, seed: int = 0
+    ) -> tuple[Preferences, Preferences]:
+        """A random train/test split.
+
+        Args:
+            test_fraction: fraction of comparisons held out, in (0, 1); both parts must be
+                non-empty.
+            seed: seed of the permutation.
+
+        Returns:
+            ``(train, test)``.
+        """
+        if not (isinstance(test_fraction, float) and 0.0 < test_fraction < 1.0):
+            raise ValueError(f"'test_fraction' must be a float in (0, 1). Got {test_fraction!r}.")
+        n_test = round(len(self) * test_fraction)
+        if n_test == 0 or n_test == len(self):
+            raise ValueError(
+                f"'test_fraction'={test_fraction} of {len(self)} comparisons leaves an empty part."
+            )
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=generator).to(self.device)
+        return self[order[n_test:]], self[order[:n_test]]
+
+    @staticmethod
+    def concat(parts: list[Preferences]) -> Preferences:
+        """Concatenate several sets (annotator ids are kept only if every part has them)."""
+        if not parts:
+            raise ValueError("'parts' must hold at least one Preferences.")
+        ids = [p.annotator_id for p in parts]
+        return Preferences(
+            torch.cat([p.xa for p in parts]),
+            torch.cat([p.xb for p in parts]),
+            torch.cat([p.y for p in parts]),
+            None if any(i is None for i in ids) else torch.cat(ids),
+        )
+
+
+def sample_pairs(proposal, n: int, *, generator: torch.Generator | None = None):
+    """Draw ``n`` pairs ``(x_A, x_B)`` from a proposal q(x_A, x_B).
+
+    Args:
+        proposal: a :class:`~pbde.densities.Density` (x_A and x_B drawn independently from it,
+            the paper's setting with π_pre) or a callable ``(n, generator) -> (xa, xb)``.
+        n: number of pairs, >= 1.
+        generator: optional ``torch.Generator`` for reproducibility.
+
+    Returns:
+        ``(xa, xb)``, each of shape ``(n, *event_shape)``.
+    """
+    from pbde.densities.base import Density
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"'n' must be an int >= 1. Got {n!r} instead.")
+    if isinstance(proposal, Density):
+        both = proposal.sample(2 * n, generator=generator)
+        return both[:n], both[n:]
+    if callable(proposal):
+        xa, xb = proposal(n, generator)
+        return xa, xb
+    raise TypeError(
+        f"'proposal' must be a Density or a callable (n, generator) -> (xa, xb). "
+        f"Got {type(proposal).__name__}."
+    )

@@ -1,0 +1,16 @@
+"""Normalized densities: each a torch ``nn.Module`` with ``log_prob(x)`` (and ``sample``)."""
+
+from pbde.densities.base import Density
+from pbde.densities.continuous import FromDistribution, Mixture, TruncatedNormalMixture
+from pbde.densities.energy import EnergyModel
+from pbde.densities.finite import Categorical, Tabulated
+
+__all__ = [
+    "Density",
+    "Categorical",
+    "Tabulated",
+    "TruncatedNormalMixture",
+    "FromDistribution",
+    "Mixture",
+    "EnergyModel",
+]

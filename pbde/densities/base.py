@@ -1,0 +1,85 @@
+"""The density interface: a normalized ``log_prob`` is all a subclass must provide."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pbde._validation import check_finite, check_tensor, is_validation_enabled
+
+
+class Density(nn.Module):
+    """A normalized probability density (or mass function) as a torch module.
+
+    Subclasses implement ``_log_prob(x)`` (and ``_sample`` if they can be sampled); the public
+    methods validate and then delegate. Items ``x`` come in batches along dim 0: ``log_prob``
+    maps shape ``(batch, *event_shape)`` to ``(batch,)``.
+    """
+
+    #: shape of one item (``()`` for scalars and integer ids)
+    event_shape: tuple[int, ...] = ()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized log-density of each item of the batch ``x``, shape ``(batch,)``.
+
+        Raises:
+            TypeError: if ``x`` is not a tensor.
+            ValueError: if ``x`` has the wrong shape, non-finite entries or lies outside the
+                support (checked while validation is enabled).
+        """
+        check_tensor("x", x)
+        if is_validation_enabled():
+            self._validate_items(x)
+        return self._log_prob(x)
+
+    def prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``exp(log_prob(x))``."""
+        return self.log_prob(x).exp()
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` items, shape ``(n, *event_shape)``, without gradient."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"'n' must be an int >= 1. Got {n!r} instead.")
+        with torch.no_grad():
+            return self._sample(n, generator)
+
+    def frozen(self) -> Density:
+        """A detached copy with no trainable parameters (e.g. π_ref in DPO)."""
+        clone = copy.deepcopy(self)
+        clone.requires_grad_(False)
+        clone.eval()
+        return clone
+
+    # -- for subclasses -------------------------------------------------------------------
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} cannot be sampled.")
+
+    def _validate_items(self, x: torch.Tensor) -> None:
+        shape = tuple(x.shape[1:]) if x.ndim >= 1 else None
+        if shape != tuple(self.event_shape):
+            raise ValueError(
+                f"'x' must have shape (batch, {', '.join(map(str, self.event_shape))}) for "
+                f"{type(self).__name__} (event shape {tuple(self.event_shape)}). "
+                f"Got {tuple(x.shape)}."
+            )
+        check_finite("x", x)
+
+    def _param_device(self) -> torch.device:
+        for tensor in list(self.parameters()) + list(self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+
+def check_density(name: str, value: object) -> Density:
+    """Raise ``TypeError`` unless ``value`` is a pbde :class:`Density`."""
+    if not isinstance(value, Density):
+        raise TypeError(
+            f"'{name}' must be a pbde.densities.Density. Got {type(value).__name__} instead."
+        )
+    return value

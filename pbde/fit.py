@@ -1,0 +1,294 @@
+"""The training loop: one loop for every density, behavior and loss."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pbde import losses as _losses
+from pbde._validation import check_positive_number, is_validation_enabled, validation
+from pbde.annotators import PreferenceProcess
+from pbde.data import Preferences
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        model: the fitted model (the same object that was passed in, trained in place).
+        losses: training objective at each step, shape ``(steps,)`` (float64, on the CPU).
+        seconds: wall time of the run (of this process's part, if it resumed a checkpoint).
+        steps: number of optimization steps taken in total.
+    """
+
+    model: nn.Module
+    losses: torch.Tensor
+    seconds: float
+    steps: int
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.losses[-1])
+
+
+def nll_regularizer(
+    samples: torch.Tensor, weight: float = 1.0
+) -> Callable[[nn.Module], torch.Tensor]:
+    """SLiC-HF's λ term: ``weight · (−mean log π_θ(samples))`` (Dumoulin et al., eq. 20).
+
+    Args:
+        samples: items to keep likely, e.g. draws from π_pre, shape ``(m, *event_shape)``.
+        weight: λ >= 0.
+
+    Returns:
+        A regularizer for :func:`fit`: a callable of the model (an :class:`~pbde.Annotator`).
+    """
+    weight = check_positive_number("weight", weight, allow_zero=True)
+
+    def regularizer(model):
+        return -weight * model.density.log_prob(samples.to(_device_of(model))).mean()
+
+    return regularizer
+
+
+def fit(
+    model: PreferenceProcess,
+    prefs: Preferences,
+    *,
+    loss: str | Callable = "bce",
+    steps: int = 1000,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    schedule: str = "cosine",
+    seed: int = 0,
+    progress: bool | None = None,
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    **loss_kwargs,
+) -> FitResult:
+    """Fit an annotator model to preference data by minimizing a per-pair loss.
+
+    The objective at each step is ``mean(loss(model.logits(xa, xb), y, **loss_kwargs))`` over a
+    batch, plus ``regularizer(model)`` if given. Adam with cosine decay of the learning rate to 0
+    over ``steps`` is the default (the paper's recipe).
+
+    Args:
+        model: an :class:`~pbde.Annotator` or :class:`~pbde.MixtureAnnotator` whose parameters
+            are trained in place.
+        prefs: the training data.
+        loss: ``"bce"`` (the PBDE likelihood), ``"ipo"``, ``"hinge"``, ``"rrhf"`` or a callable
+            ``(logits, y, **loss_kwargs) -> per-pair tensor`` (see :mod:`pbde.losses`).
+        steps: number of optimization steps, >= 1.
+        lr: peak learning rate, > 0.
+        batch_size: pairs per step; ``None`` for full batch.
+        schedule: ``"cosine"`` (decay to 0) or ``"constant"``.
+        seed: seed of the mini-batch sampler.
+        progress: show a progress bar; default: when standard error is a terminal.
+        regularizer: optional callable ``model -> scalar`` added to the objective (e.g.
+            :func:`nll_regularizer` for SLiC-HF's λ term).
+        device: where to train (e.g. ``"cuda"``); the model and data are moved there. Default:
+            the model's device.
+        checkpoint: a file path. Every ``checkpoint_every`` steps the model, optimizer,
+            scheduler, sampler state and loss history are saved there; if the file exists when
+            ``fit`` starts, training resumes from it.
+        checkpoint_every: steps between checkpoints, >= 1.
+        **loss_kwargs: parameters of the loss (``tau`` for ``"ipo"``, ``delta`` for ``"hinge"``).
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        TypeError: bad types, or loss parameters the loss does not take / lacks.
+        ValueError: bad values (steps, lr, batch_size, schedule), or a checkpoint written by a
+            run with a different number of steps.
+        FloatingPointError: if the objective becomes NaN or infinite; names the step. The last
+            checkpoint (if any) is left as it was.
+
+    Example:
+        >>> import torch, pbde
+        >>> truth = pbde.Annotator(pbde.densities.Categorical(probs=torch.tensor([.2, .3, .5])))
+        >>> xa, xb = torch.randint(0, 3, (2, 4096), generator=torch.Generator().manual_seed(0))
+        >>> prefs = truth.label(xa, xb, generator=torch.Generator().manual_seed(1))
+        >>> model = pbde.Annotator(pbde.densities.Categorical(size=3))
+        >>> result = pbde.fit(model, prefs, steps=300, lr=0.1, progress=False)
+    """
+    if not isinstance(model, PreferenceProcess):
+        raise TypeError(
+            f"'model' must be a pbde.Annotator or MixtureAnnotator. Got {type(model).__name__}."
+        )
+    if not isinstance(prefs, Preferences):
+        raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
+    loss_fn = _bind_loss(loss, loss_kwargs)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"'batch_size' must be None or an int >= 1. Got {batch_size!r}.")
+    if regularizer is not None and not callable(regularizer):
+        raise TypeError(f"'regularizer' must be a callable of the model. Got {regularizer!r}.")
+    if device is not None:
+        model.to(device)
+    prefs = prefs.to(_device_of(model))
+    n = len(prefs)
+    full_batch = batch_size is None or batch_size >= n
+
+    def objective(generator: torch.Generator) -> torch.Tensor:
+        batch = prefs
+        if not full_batch:
+            index = torch.randperm(n, generator=generator)[:batch_size]
+            batch = prefs[index.to(prefs.device)]
+        value = loss_fn(model.logits(batch.xa, batch.xb), batch.y).mean()
+        if regularizer is not None:
+            value = value + regularizer(model)
+        return value
+
+    return optimize(
+        model,
+        objective,
+        steps=steps,
+        lr=lr,
+        schedule=schedule,
+        seed=seed,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        description="fit",
+    )
+
+
+def optimize(
+    module: nn.Module,
+    objective: Callable[[torch.Generator], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    schedule: str = "cosine",
+    seed: int = 0,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    description: str = "optimize",
+) -> FitResult:
+    """The one optimization loop of pbde (used by :func:`fit` and by density pre-training).
+
+    Minimizes ``objective(generator)`` over the trainable parameters of ``module`` with Adam.
+    The first step runs with validation on (if it is globally on), the rest without: the data
+    and the model do not change their kind between steps.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"'steps' must be an int >= 1. Got {steps!r} instead.")
+    lr = check_positive_number("lr", lr)
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"'schedule' must be 'cosine' or 'constant'. Got {schedule!r}.")
+    if (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, int)
+        or checkpoint_every < 1
+    ):
+        raise ValueError(f"'checkpoint_every' must be an int >= 1. Got {checkpoint_every!r}.")
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("The model has no trainable parameters to fit.")
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    generator = torch.Generator().manual_seed(seed)
+    history = torch.full((steps,), math.nan, dtype=torch.float64)
+    start = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        start = _load_checkpoint(
+            checkpoint, module, optimizer, scheduler, generator, history, steps
+        )
+    if progress is None:
+        progress = sys.stderr.isatty()
+    validate_first = is_validation_enabled()
+    module.train()
+    began = time.perf_counter()
+    with tqdm(total=steps, initial=start, desc=description, disable=not progress) as bar:
+        for step in range(start, steps):
+            with validation(validate_first and step == start):
+                optimizer.zero_grad(set_to_none=True)
+                value = objective(generator)
+                if not bool(torch.isfinite(value)):
+                    raise FloatingPointError(
+                        f"The objective became {float(value)} at step {step} of {steps}; stopping. "
+                        + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
+                    )
+                value.backward()
+                optimizer.step()
+                scheduler.step()
+            history[step] = float(value.detach())
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                _save_checkpoint(
+                    checkpoint, module, optimizer, scheduler, generator, history, step + 1
+                )
+            bar.update(1)
+            if progress and (step % 50 == 0 or step + 1 == steps):
+                bar.set_postfix(loss=f"{history[step]:.4f}")
+    module.eval()
+    return FitResult(module, history, time.perf_counter() - began, steps)
+
+
+def _bind_loss(loss, loss_kwargs):
+    loss_fn = _losses.get(loss)
+    try:
+        inspect.signature(loss_fn).bind(torch.zeros(1), torch.zeros(1), **loss_kwargs)
+    except TypeError as error:
+        name = getattr(loss_fn, "__name__", repr(loss_fn))
+        raise TypeError(
+            f"The loss {name!r} cannot take the parameters {sorted(loss_kwargs)}: {error}"
+        ) from None
+
+    def bound(logits, y):
+        return loss_fn(logits, y, **loss_kwargs)
+
+    return bound
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _save_checkpoint(path, module, optimizer, scheduler, generator, history, step):
+    state = {
+        "model": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "history": history,
+        "step": step,
+        "steps": history.shape[0],
+    }
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path, module, optimizer, scheduler, generator, history, steps) -> int:
+    state = torch.load(path, map_location=_device_of(module), weights_only=True)
+    if state["steps"] != steps:
+        raise ValueError(
+            f"The checkpoint {os.fspath(path)!r} belongs to a run of {state['steps']} steps; "
+            f"this run asks for steps={steps}. Use another checkpoint path."
+        )
+    module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"].cpu())
+    history.copy_(state["history"].cpu())
+    return int(state["step"])
