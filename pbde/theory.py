@@ -23,6 +23,7 @@ proof). So the optimum is found by convex minimization over w, then that map:
 from __future__ import annotations
 
 import math
+import sys
 
 import scipy.optimize
 import torch
@@ -207,7 +208,9 @@ def _pair_weights(proposal, support: Support) -> torch.Tensor:
     return joint / joint.sum()
 
 
-def _minimize_scores(logits, weights, loss_fn, loss_kwargs, *, max_iter=100, tol=1e-11):
+def _minimize_scores(
+    logits, weights, loss_fn, loss_kwargs, *, max_iter=100, tol=1e-11, step_tol=1e-8
+):
     """Newton's method for min_w Σ Q_ab loss(w_a − w_b, P_ab), with P = σ(logits)."""
     target = torch.sigmoid(logits)
     n = target.shape[0]
@@ -227,10 +230,20 @@ def _minimize_scores(logits, weights, loss_fn, loss_kwargs, *, max_iter=100, tol
     for _ in range(max_iter):
         objective, d1, d2 = derivatives(w, 2)
         gradient = d1.sum(1) - d1.sum(0)
-        if float(gradient.abs().max()) < tol:
-            break
         hessian = torch.diag(d2.sum(1) + d2.sum(0)) - d2 - d2.T
-        step = -torch.linalg.solve(hessian + gauge * float(hessian.diagonal().mean()), gradient)
+        try:
+            step = -torch.linalg.solve(hessian + gauge * float(hessian.diagonal().mean()), gradient)
+        except torch.linalg.LinAlgError:
+            raise ValueError(
+                "No finite optimum: the objective became flat (singular Hessian) on the way to "
+                "infinite logits, the signature of deterministic preferences (P ∈ {0, 1}) under "
+                "the BCE loss."
+            ) from None
+        # converged only if the Newton step is small too: on the way to infinite logits (BCE
+        # with deterministic preferences) the gradient vanishes like e^{-margin} while the
+        # steps stay of size ~1, so a gradient test alone stops at a spurious finite "optimum"
+        if float(gradient.abs().max()) < tol and float(step.abs().max()) < step_tol:
+            break
         t = 1.0
         while t > 1e-10:
             candidate = w + t * step
@@ -271,5 +284,5 @@ def _scores_to_log_density(scores, behavior: PBDE, points, support: Support) -> 
         lo *= 2
     while log_mass(hi) > 0:
         hi *= 2
-    c = scipy.optimize.brentq(log_mass, lo, hi, xtol=1e-14, rtol=4 * 2.2e-16, maxiter=500)
+    c = scipy.optimize.brentq(log_mass, lo, hi, xtol=1e-14, rtol=4 * sys.float_info.epsilon, maxiter=500)
     return (shifted - c) / f

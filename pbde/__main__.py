@@ -1,0 +1,3 @@
+from pbde.cli import main
+
+raise SystemExit(main())
