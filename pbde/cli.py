@@ -11,13 +11,22 @@ from pathlib import Path
 def _demo(args: argparse.Namespace) -> int:
     from pbde.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(beta=args.beta, steps=args.steps, pairs=args.pairs, seed=args.seed)
+    settings = DemoSettings(
+        beta=args.beta,
+        steps=args.steps,
+        pairs=args.pairs,
+        seed=args.seed,
+        device=args.device,
+        grid_size=args.grid_size,
+    )
     if args.quick:
         settings.steps, settings.pairs, settings.pretrain_steps = 60, 2**11, 200
     report = run_demo(settings, args.out, progress=not args.no_progress)
     metrics = report["metrics"]
-    print(f"DPO (beta={settings.beta:g}) under a Luce annotator, {settings.pairs} pairs, "
-          f"{settings.steps} steps, {report['seconds']:.1f} s")
+    print(
+        f"DPO (beta={settings.beta:g}) under a Luce annotator, {settings.pairs} pairs, "
+        f"{settings.steps} steps, {report['seconds']:.1f} s"
+    )
     print(f"  TV(theory, pi_pre)    = {metrics['tv_theory_pretrained']:.4f}   (before fitting)")
     print(f"  TV(theory, learned)   = {metrics['tv_theory_learned']:.4f}")
     print(f"  KL(theory || learned) = {metrics['kl_theory_learned']:.5f}")
@@ -40,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=300, help="training steps")
     demo.add_argument("--pairs", type=int, default=2**13, help="annotator queries")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--grid-size", type=int, default=2**11, help="energy normalizer grid")
+    demo.add_argument("--device", default="cpu", help="where to fit, e.g. cuda")
     demo.add_argument("--out", type=Path, default=None, help="folder for demo.png and demo.json")
     demo.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
     demo.add_argument("--json", action="store_true", help="print the whole report as JSON")
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError) as error:
+    except ValueError as error:
         print(f"pbde {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -81,6 +81,9 @@ class Preferences:
 
     def __getitem__(self, index) -> Preferences:
         if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                # IndexError (not the empty-data ValueError) also ends `for pair in prefs`
+                raise IndexError(f"index {index} is out of range for {len(self)} comparisons.")
             index = slice(index, index + 1 if index != -1 else None)
         ids = None if self.annotator_id is None else self.annotator_id[index]
         return Preferences(self.xa[index], self.xb[index], self.y[index], ids)

@@ -28,6 +28,7 @@ class DemoSettings:
     pretrain_steps: int = 500
     grid_size: int = 2**11
     seed: int = 0
+    device: str = "cpu"
 
 
 def paper_p_star() -> densities.TruncatedNormalMixture:
@@ -58,7 +59,14 @@ def run_demo(settings: DemoSettings, out: Path | None = None, *, progress: bool 
 
     behavior = pbde.dpo(settings.beta, pi_pre)
     model = pbde.Annotator(copy.deepcopy(pi_pre), behavior)
-    result = pbde.fit(model, prefs, steps=settings.steps, lr=settings.lr, progress=progress)
+    result = pbde.fit(
+        model,
+        prefs,
+        steps=settings.steps,
+        lr=settings.lr,
+        progress=progress,
+        device=settings.device,
+    )
 
     grid = pbde.Grid(-10.0, 10.0, 2001)
     theory = pbde.optimal_density(annotator, behavior, grid)
@@ -97,7 +105,7 @@ def _plot(grid, p_star, pi_pre, theory, learned, beta, path):
         ]
         fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
         for density, label, style in curves:
-            ax.plot(x.numpy(), density.prob(x).double().numpy(), label=label, **style)
+            ax.plot(x.numpy(), density.prob(x).double().cpu().numpy(), label=label, **style)
     ax.set_xlabel("x")
     ax.set_ylabel("density")
     ax.set_title(f"DPO (β={beta:g}) under a Luce annotator converges to eq. 16")

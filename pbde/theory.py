@@ -129,7 +129,7 @@ def tv(p: Density, q: Density, support: Support | torch.Tensor, *, atol: float =
 
 def _log_density_on(density: Density, support: Support) -> torch.Tensor:
     with torch.no_grad():
-        return density.log_prob(support.points.to(density._param_device())).to(torch.float64).cpu()
+        return density.log_prob(support.points).to(torch.float64).cpu()
 
 
 def _check_mass(name: str, log_mass: float, atol: float) -> None:
@@ -284,5 +284,7 @@ def _scores_to_log_density(scores, behavior: PBDE, points, support: Support) -> 
         lo *= 2
     while log_mass(hi) > 0:
         hi *= 2
-    c = scipy.optimize.brentq(log_mass, lo, hi, xtol=1e-14, rtol=4 * sys.float_info.epsilon, maxiter=500)
+    c = scipy.optimize.brentq(
+        log_mass, lo, hi, xtol=1e-14, rtol=4 * sys.float_info.epsilon, maxiter=500
+    )
     return (shifted - c) / f

@@ -24,12 +24,15 @@ class Density(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized log-density of each item of the batch ``x``, shape ``(batch,)``.
 
+        ``x`` is moved to the density's device; so is the result.
+
         Raises:
             TypeError: if ``x`` is not a tensor.
             ValueError: if ``x`` has the wrong shape, non-finite entries or lies outside the
                 support (checked while validation is enabled).
         """
         check_tensor("x", x)
+        x = x.to(self._param_device())
         if is_validation_enabled():
             self._validate_items(x)
         return self._log_prob(x)

@@ -110,10 +110,16 @@ class TruncatedNormalMixture(Density):
         component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         loc = self.loc[component]
         scale = self.log_scale.exp()[component]
-        lo = torch.special.ndtr((self.low - loc) / scale)
-        hi = torch.special.ndtr((self.high - loc) / scale)
+        alpha, beta = (self.low - loc) / scale, (self.high - loc) / scale
+        # Inverse-CDF sampling loses all precision where Φ rounds to 1 (an interval far right of
+        # the mean): there sample the mirror image, a standard normal truncated to [−β, −α].
+        # Φ comes from log_ndtr because torch's ndtr is 0 below about −8.3 (absolute accuracy).
+        flip = alpha > 0
+        lo = torch.special.log_ndtr(torch.where(flip, -beta, alpha)).exp()
+        hi = torch.special.log_ndtr(torch.where(flip, -alpha, beta)).exp()
         u = torch.rand(n, dtype=torch.float64, generator=generator, device=loc.device)
-        x = loc + scale * torch.special.ndtri(lo + u * (hi - lo))
+        z = torch.special.ndtri(lo + u * (hi - lo))
+        x = loc + scale * torch.where(flip, -z, z)
         return x.clamp(self.low, self.high).to(torch.get_default_dtype())
 
 

@@ -64,7 +64,7 @@ class EnergyModel(Density):
             width = h
         layers.append(nn.Linear(width, 1))
         self.energy_net = nn.Sequential(*layers)
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (parameters, log Z)
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """E(x), shape ``(batch,)`` (unnormalized: log p(x) = −E(x) − log Z)."""
@@ -74,16 +74,22 @@ class EnergyModel(Density):
     def log_normalizer(self) -> torch.Tensor:
         """log Z = log ∫ exp(−E(x)) dx by the trapezoid rule on the grid (a scalar)."""
         needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        key = tuple((id(p), p._version) for p in self.parameters()) + (
-            self._dtype(),
-            self._device(),
-        )
-        if not needs_graph and self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        if not needs_graph:
+            # Key on the parameter values, not on autograd version counters: `.data` writes and
+            # torch.nn.utils.vector_to_parameters change parameters without bumping them.
+            # Comparing the parameters costs a fraction of one pass of the MLP over the grid.
+            snapshot = torch.cat([p.detach().reshape(-1) for p in self.parameters()])
+            if (
+                self._cache is not None
+                and self._cache[0].dtype == snapshot.dtype
+                and self._cache[0].device == snapshot.device
+                and torch.equal(self._cache[0], snapshot)
+            ):
+                return self._cache[1]
         points = self.grid.points.to(self._device())
         value = self.grid.log_integral(-self.energy(points))
         if not needs_graph:
-            self._cache = (key, value.detach())
+            self._cache = (snapshot, value.detach())
         return value
 
     def _log_prob(self, x):
