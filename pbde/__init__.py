@@ -8,10 +8,16 @@ preferences, and computes what the fit should converge to.
 
 from pbde import densities, losses
 from pbde._validation import is_validation_enabled, set_validation, validation
-from pbde.annotators import Annotator, MixtureAnnotator, PreferenceProcess
+from pbde.annotators import (
+    Annotator,
+    DeterministicAnnotator,
+    MixtureAnnotator,
+    PreferenceProcess,
+)
 from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
 from pbde.data import Preferences, sample_pairs
 from pbde.fit import FitResult, fit, nll_regularizer
+from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
 from pbde.support import Grid, Support
 from pbde.theory import kl, optimal_density, tv
 
@@ -25,6 +31,7 @@ __all__ = [
     "geometric",
     "Annotator",
     "MixtureAnnotator",
+    "DeterministicAnnotator",
     "PreferenceProcess",
     "Preferences",
     "sample_pairs",
@@ -34,6 +41,9 @@ __all__ = [
     "optimal_density",
     "kl",
     "tv",
+    "psipo_optimum",
+    "ipo_population_loss",
+    "preference_against",
     "Support",
     "Grid",
     "densities",

@@ -7,6 +7,8 @@ likelihood. Misspecification is the two being different processes.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -178,3 +180,53 @@ class MixtureAnnotator(PreferenceProcess):
             u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype).to(probs.device)
         y = (u < probs).to(torch.get_default_dtype())
         return Preferences(xa, xb, y, annotator_id=who)
+
+
+class DeterministicAnnotator(PreferenceProcess):
+    """An annotator who always prefers the item with the higher score: P(x_A ≻ x_B) ∈ {0, ½, 1}.
+
+    Azar et al. §4.2: with such preferences the Bradley–Terry rewards, and DPO's optimum, run
+    off to infinity. Its logits are ``+inf`` (x_A scores higher), ``−inf`` (lower) or 0 (a tie),
+    so ``label`` draws deterministic labels (ties are a fair coin) and the theory functions see
+    exact 0/1 probabilities.
+
+    Args:
+        score: a callable mapping a batch of items to scores, shape ``(batch,)``; or a 1-D tensor
+            of scores indexed by integer item ids.
+
+    Example:
+        >>> a = DeterministicAnnotator(torch.tensor([3.0, 1.0, 2.0]))  # ranking 0 ≻ 2 ≻ 1
+        >>> a.prob(torch.tensor([0, 1, 2]), torch.tensor([2, 2, 2]))
+        tensor([1.0000, 0.0000, 0.5000])
+    """
+
+    def __init__(self, score):
+        super().__init__()
+        if isinstance(score, torch.Tensor):
+            if score.ndim != 1 or not bool(torch.isfinite(score).all()):
+                raise ValueError(
+                    f"'score' as a tensor must be 1-D and finite (one score per item id). Got "
+                    f"shape {tuple(score.shape)}."
+                )
+            self.register_buffer("scores", score.detach().clone())
+            self._score = None
+        elif callable(score):
+            self._score = score
+        else:
+            raise TypeError(f"'score' must be a callable of x or a 1-D tensor. Got {score!r}.")
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The scores of a batch of items, shape ``(batch,)``."""
+        if self._score is not None:
+            return torch.as_tensor(self._score(x))
+        if x.is_floating_point() or bool(((x < 0) | (x >= self.scores.shape[0])).any()):
+            raise ValueError(
+                f"'x' must hold integer item ids in [0, {self.scores.shape[0] - 1}] for a "
+                "DeterministicAnnotator given a score tensor."
+            )
+        return self.scores.to(x.device)[x]
+
+    def _logits(self, xa, xb):
+        difference = self.score(xa) - self.score(xb)
+        infinity = torch.full_like(difference, math.inf, dtype=torch.get_default_dtype())
+        return torch.where(difference > 0, infinity, torch.where(difference < 0, -infinity, 0.0))
