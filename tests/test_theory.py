@@ -27,7 +27,6 @@ import pbde
 from pbde.densities import Categorical, FromDistribution, TruncatedNormalMixture
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """Exact enumeration deserves float64 end to end: pbde's densities (Categorical, f of
@@ -374,10 +373,19 @@ def test_one_component_mixture_equals_the_annotator(model_name):
 # general test below checks.
 
 
+def two_actions(kind: str) -> pbde.PreferenceProcess:
+    """y1 ≻ y2 with probability 1 (in float64): a deterministic process, or a Luce annotator
+    with an extreme p* (logit 1000, σ(1000) == 1.0)."""
+    if kind == "total_order":
+        return TotalOrder()
+    return pbde.Annotator(Categorical(logits=torch.tensor([0.0, -1000.0])))
+
+
+@pytest.mark.parametrize("kind", ["total_order", "extreme_annotator"])
 @pytest.mark.parametrize("tau", [0.1, 0.5, 1.0, 4.0])
-def test_ipo_two_actions_with_deterministic_preference(tau):
+def test_ipo_two_actions_with_deterministic_preference(kind, tau):
     pi = pbde.optimal_density(
-        TotalOrder(), pbde.dpo(1.0, Categorical(size=2)), torch.arange(2), loss="ipo", tau=tau
+        two_actions(kind), pbde.dpo(1.0, Categorical(size=2)), torch.arange(2), loss="ipo", tau=tau
     )
     expected = 1.0 / (1.0 + math.exp(-1.0 / (2.0 * tau)))
     np.testing.assert_allclose(
@@ -426,11 +434,35 @@ def test_ipo_needs_tau():
         )
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 5])
 def test_deterministic_preferences_have_no_bce_optimum(n):
-    """Under the BCE loss P ∈ {0, 1} pushes the logits to ±∞ (what makes DPO greedy)."""
+    """Under the BCE loss a total order pushes the logits to ±∞ (what makes DPO greedy)."""
     with pytest.raises(ValueError, match="(?i)no finite optimum"):
         pbde.optimal_density(TotalOrder(), pbde.dpo(1.0, Categorical(size=n)), torch.arange(n))
+
+
+@pytest.mark.parametrize("proposal", [None, "mu"])
+def test_deterministic_two_actions_have_no_bce_optimum(proposal):
+    """The same through a Luce annotator with an extreme p* (the pairwise solver: MixtureAnnotator)."""
+    process = pbde.MixtureAnnotator([two_actions("extreme_annotator")])
+    proposal = None if proposal is None else torch.tensor([0.9, 0.1])
+    with pytest.raises(ValueError, match="(?i)no finite optimum"):
+        pbde.optimal_density(process, pbde.luce(), torch.arange(2), proposal=proposal)
+
+
+def test_a_deterministic_cycle_has_a_finite_bce_optimum():
+    """P ∈ {0, 1} alone does not rule out an optimum: a ≻ b ≻ c ≻ a (Azar et al.'s D2) is
+    symmetric under rotation and the objective is strictly convex in the margins, so the
+    optimum is uniform."""
+
+    class Cycle(pbde.PreferenceProcess):
+        def _logits(self, xa, xb):
+            wins = (xb - xa) % 3 == 1
+            loses = (xb - xa) % 3 == 2
+            return 1e3 * (wins.double() - loses.double())
+
+    pi = pbde.optimal_density(Cycle(), pbde.luce(), torch.arange(3))
+    np.testing.assert_allclose(pi.prob(torch.arange(3)).numpy(), np.full(3, 1 / 3), atol=1e-12)
 
 
 # -- grids -----------------------------------------------------------------------------------
@@ -553,3 +585,23 @@ def test_optimal_density_rejects_an_annotator_not_normalized_on_the_support():
         pbde.optimal_density(
             pbde.Annotator(normal(0.0, 1.0)), pbde.luce(), pbde.Grid(0.0, 1.0, 101)
         )
+
+
+# -- torch's default dtype -------------------------------------------------------------------
+
+
+def test_float32_defaults_agree_to_float32_precision():
+    """With torch's default float32, densities and f are float32; the solver still works in
+    float64 and the result matches the closed form to float32 precision."""
+    torch.set_default_dtype(torch.float32)  # the fixture restores float64 after the test
+    ref = Categorical(probs=torch.tensor(REF, dtype=torch.float32))
+    annotator = pbde.Annotator(Categorical(probs=torch.tensor(P_STAR, dtype=torch.float32)))
+    expected = REF * P_STAR**0.5
+    for process, proposal in [(annotator, None), (Generic(annotator), torch.tensor(MU))]:
+        pi = pbde.optimal_density(process, pbde.dpo(2.0, ref), ITEMS, proposal=proposal)
+        np.testing.assert_allclose(probs_of(pi), expected / expected.sum(), rtol=0, atol=1e-6)
+    lengths = np.arange(1.0, N_ITEMS + 1)  # 1/3, 1/5 are not exact in float32
+    pi = pbde.optimal_density(annotator, pbde.length_normalized(lambda x: x + 1), ITEMS)
+    check_against_scipy(
+        probs_of(pi), luce_matrix(P_STAR), UNIFORM_Q, 1 / lengths, np.zeros(N_ITEMS), atol=1e-6
+    )
