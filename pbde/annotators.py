@@ -135,7 +135,9 @@ class MixtureAnnotator(PreferenceProcess):
         if not annotators or not all(isinstance(a, PreferenceProcess) for a in annotators):
             raise TypeError("'annotators' must be a non-empty list of pbde annotators.")
         weights = torch.ones(len(annotators)) if weights is None else torch.as_tensor(weights)
-        weights = weights.to(torch.get_default_dtype()).reshape(-1)
+        if not weights.is_floating_point():  # keep float64 weights in float64
+            weights = weights.to(torch.get_default_dtype())
+        weights = weights.reshape(-1)
         if weights.numel() != len(annotators) or not bool(
             (torch.isfinite(weights) & (weights > 0)).all()
         ):

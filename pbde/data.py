@@ -85,8 +85,18 @@ class Preferences:
                 # IndexError (not the empty-data ValueError) also ends `for pair in prefs`
                 raise IndexError(f"index {index} is out of range for {len(self)} comparisons.")
             index = slice(index, index + 1 if index != -1 else None)
+        y = self.y[index]
+        if y.ndim != 1 or y.shape[0] == 0:
+            raise ValueError(f"Indexing with {index!r} selects no comparison (or not a 1-D set).")
         ids = None if self.annotator_id is None else self.annotator_id[index]
-        return Preferences(self.xa[index], self.xb[index], self.y[index], ids)
+        # a subset of validated data is valid: no second pass over it (fit draws batches so)
+        return Preferences._trusted(self.xa[index], self.xb[index], y, ids)
+
+    @classmethod
+    def _trusted(cls, xa, xb, y, annotator_id) -> Preferences:
+        out = cls.__new__(cls)
+        out.xa, out.xb, out.y, out.annotator_id = xa, xb, y, annotator_id
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -95,10 +105,7 @@ class Preferences:
     def to(self, device) -> Preferences:
         """A copy on ``device`` (labels, items and ids)."""
         ids = None if self.annotator_id is None else self.annotator_id.to(device)
-        out = Preferences.__new__(Preferences)
-        out.xa, out.xb, out.y = self.xa.to(device), self.xb.to(device), self.y.to(device)
-        out.annotator_id = ids
-        return out
+        return Preferences._trusted(self.xa.to(device), self.xb.to(device), self.y.to(device), ids)
 
     def split(
         self, test_fraction: float = 0.2, *, seed: int = 0

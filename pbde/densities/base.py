@@ -37,6 +37,10 @@ class Density(nn.Module):
             self._validate_items(x)
         return self._log_prob(x)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`log_prob` (so ``torch.func.functional_call`` works on densities)."""
+        return self.log_prob(x)
+
     def prob(self, x: torch.Tensor) -> torch.Tensor:
         """``exp(log_prob(x))``."""
         return self.log_prob(x).exp()
