@@ -37,7 +37,13 @@ def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returns:
         Tensor of shape ``(n,)``.
     """
-    return -(y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits))
+    return -(_weighted(y, F.logsigmoid(logits)) + _weighted(1 - y, F.logsigmoid(-logits)))
+
+
+def _weighted(weight: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """weight·log_p with 0·(−inf) = 0, so a deterministic annotator's infinite logits give a
+    log-likelihood of 0 or −inf, never NaN (derivatives at finite logits are unchanged)."""
+    return torch.where((weight == 0) & torch.isneginf(log_p), 0.0, weight * log_p)
 
 
 def ipo(logits: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:

@@ -189,6 +189,8 @@ def test_deterministic_annotator_labels_and_validation():
     assert prefs.y.tolist() == [0.0, 1.0, 0.0, 1.0]
     by_callable = pbde.DeterministicAnnotator(lambda x: -x.abs())  # prefers items near 0
     assert by_callable.prob(torch.tensor([0.5]), torch.tensor([-2.0])).item() == 1.0
+    log_likelihood = ranking.log_likelihood(pbde.Preferences(xa, xb, torch.tensor([0.0, 1, 1, 1])))
+    assert log_likelihood.tolist() == [0.0, 0.0, -math.inf, 0.0]  # the third label is impossible
     with pytest.raises(ValueError, match="item ids"):
         ranking.prob(torch.tensor([3]), torch.tensor([0]))
     with pytest.raises(TypeError, match="'score'"):
