@@ -172,7 +172,7 @@ def test_population_ipo_loss_is_minimized_at_the_psipo_optimum():
     assert loss.item() == pytest.approx(0.0, abs=1e-9)  # L(π*) = 0 (Azar et al. Thm. 2's proof)
     assert float(gradient.abs().max()) < 1e-5
     other = pbde.Annotator(Categorical(size=4), pbde.dpo(1.0, ref))
-    assert float(pbde.ipo_population_loss(other, annotator, tau, mu, support)) > 1e-3
+    assert pbde.ipo_population_loss(other, annotator, tau, mu, support).item() > 1e-3
 
 
 def test_preference_against_matches_numpy():
