@@ -224,7 +224,7 @@ def optimize(
                 value = objective(generator)
                 if not bool(torch.isfinite(value)):
                     raise FloatingPointError(
-                        f"The objective became {float(value)} at step {step} of {steps}; stopping. "
+                        f"The objective became {float(value.detach())} at step {step} of {steps}; stopping. "
                         + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
                     )
                 value.backward()

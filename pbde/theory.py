@@ -112,10 +112,12 @@ def kl(p: Density, q: Density, support: Support | torch.Tensor, *, atol: float =
 
     Both densities are evaluated on the support and renormalized there; each must already
     integrate to 1 within ``atol`` (otherwise the support does not cover it: ``ValueError``).
+    Points where p is 0 contribute 0 (0·log 0 = 0); points where q is 0 and p is not make it inf.
     """
     log_p, log_q, support = _on_support(p, q, support, atol)
     mass = support.masses(log_p)
-    return float((mass * (log_p - log_q)).sum())
+    terms = torch.where(mass > 0, mass * (log_p - log_q), torch.zeros_like(mass))
+    return float(terms.sum())
 
 
 def tv(p: Density, q: Density, support: Support | torch.Tensor, *, atol: float = 1e-3) -> float:
