@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.integrate
 import scipy.optimize
 import scipy.special
 import scipy.stats
@@ -502,7 +503,7 @@ def test_dpo_on_a_grid_is_eq_16(beta, dtype, rtol):
     pi = pbde.optimal_density(pbde.Annotator(eq_10_p_star()), pbde.dpo(beta, ref), grid)
     x = grid.points.double().numpy()
     unnormalized = truncnorm_pdf(x, 0.0, 5.0) * eq_10_pdf(x) ** (1 / beta)
-    expected = unnormalized / np.trapezoid(unnormalized, x)
+    expected = unnormalized / scipy.integrate.trapezoid(unnormalized, x)
     with torch.no_grad():
         got = pi.prob(grid.points).numpy()
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-12)
