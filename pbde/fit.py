@@ -27,12 +27,14 @@ class FitResult:
     Attributes:
         model: the fitted model (the same object that was passed in, trained in place).
         losses: training objective at each step, shape ``(steps,)`` (float64, on the CPU).
+        learning_rates: learning rate used at each step, shape ``(steps,)``.
         seconds: wall time of the run (of this process's part, if it resumed a checkpoint).
         steps: number of optimization steps taken in total.
     """
 
     model: nn.Module
     losses: torch.Tensor
+    learning_rates: torch.Tensor
     seconds: float
     steps: int
 
@@ -56,7 +58,13 @@ def nll_regularizer(
     weight = check_positive_number("weight", weight, allow_zero=True)
 
     def regularizer(model):
-        return -weight * model.density.log_prob(samples.to(_device_of(model))).mean()
+        density = getattr(model, "density", None)
+        if density is None:
+            raise TypeError(
+                "nll_regularizer needs a model with one density (a pbde.Annotator). Got "
+                f"{type(model).__name__}."
+            )
+        return -weight * density.log_prob(samples.to(_device_of(model))).mean()
 
     return regularizer
 
@@ -207,6 +215,7 @@ def optimize(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     generator = torch.Generator().manual_seed(seed)
     history = torch.full((steps,), math.nan, dtype=torch.float64)
+    learning_rates = torch.full((steps,), math.nan, dtype=torch.float64)
     start = 0
     if checkpoint is not None and os.path.exists(checkpoint):
         start = _load_checkpoint(
@@ -228,6 +237,7 @@ def optimize(
                         + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
                     )
                 value.backward()
+                learning_rates[step] = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
             history[step] = float(value.detach())
@@ -239,7 +249,7 @@ def optimize(
             if progress and (step % 50 == 0 or step + 1 == steps):
                 bar.set_postfix(loss=f"{history[step]:.4f}")
     module.eval()
-    return FitResult(module, history, time.perf_counter() - began, steps)
+    return FitResult(module, history, learning_rates, time.perf_counter() - began, steps)
 
 
 def _bind_loss(loss, loss_kwargs):

@@ -317,7 +317,7 @@ def test_learning_rate_schedule(schedule):
     model = pbde.Annotator(Categorical(size=3))
     probe = LinearProbe()
     prefs = pbde.Preferences(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]))
-    pbde.fit(
+    result = pbde.fit(
         model,
         prefs,
         loss=probe.loss,
@@ -335,6 +335,7 @@ def test_learning_rate_schedule(schedule):
     else:  # cosine decay to 0 over `steps`: lr_t = lr·(1 + cos(πt/T))/2
         expected = lr * (1 + torch.cos(math.pi * t / steps)) / 2
     torch.testing.assert_close(moves.double(), expected[:, None].expand(-1, 3), atol=2e-6, rtol=0)
+    torch.testing.assert_close(result.learning_rates, expected, atol=1e-12, rtol=0)
     if schedule == "cosine":
         assert float(moves[-1].abs().max()) < lr * 0.01  # the last step barely moves
 
@@ -641,3 +642,11 @@ def test_fit_on_cuda_matches_cpu():
     torch.testing.assert_close(gpu.losses, cpu.losses, rtol=1e-4, atol=1e-5)
     gpu_model.cpu()
     assert tv(probs_of(gpu_model.density), probs_of(cpu_model.density)) < 1e-4
+
+
+def test_nll_regularizer_needs_a_single_density_model():
+    mixture = pbde.MixtureAnnotator([pbde.Annotator(Categorical(size=3))] * 2)
+    prefs = pbde.Preferences(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]))
+    regularizer = pbde.nll_regularizer(torch.tensor([0, 1]), weight=1.0)
+    with pytest.raises(TypeError, match="nll_regularizer needs a model with one density"):
+        pbde.fit(mixture, prefs, steps=1, regularizer=regularizer, progress=False)

@@ -624,3 +624,15 @@ def test_float32_defaults_agree_to_float32_precision():
     check_against_scipy(
         probs_of(pi), luce_matrix(P_STAR), UNIFORM_Q, 1 / lengths, np.zeros(N_ITEMS), atol=1e-6
     )
+
+
+def test_finite_optimum_with_extreme_logits_is_not_mistaken_for_divergence():
+    """A Luce p* with ratio e^33 has preference logits of 33: finite, so the Newton solver
+    (used here through a one-component MixtureAnnotator) must find it, not report divergence."""
+    p_star = Categorical(probs=torch.tensor([1.0, math.exp(-33.0)], dtype=torch.float64))
+    annotator = pbde.MixtureAnnotator([pbde.Annotator(p_star)])
+    optimum = pbde.optimal_density(annotator, pbde.luce(), torch.arange(2))
+    log_ratio = float(optimum.values[0] - optimum.values[1])
+    # the solver sees P = σ(33) = 1 − 4.7e-15 in float64, whose distance to 1 is only known to
+    # ~1.1e-16 absolute (2.4% relative), so logit(P) — the optimum — is known to ~0.024
+    assert log_ratio == pytest.approx(33.0, abs=0.03)
