@@ -104,3 +104,17 @@ def check_labels(name: str, y: torch.Tensor) -> None:
             f"'{name}' must lie in [0, 1] (1 means x_A is preferred to x_B). Got "
             f"{int(bad.sum())} value(s) outside it, e.g. {y[bad].reshape(-1)[0].item()!r}."
         )
+
+
+def mixture_log_weights(weights, count: int) -> torch.Tensor:
+    """Normalized log mixture weights from ``weights`` (``None`` = uniform): checks that there are
+    ``count`` finite values > 0. Floating tensors keep their dtype (float64 stays float64)."""
+    weights = torch.ones(count) if weights is None else torch.as_tensor(weights)
+    if not weights.is_floating_point():
+        weights = weights.to(torch.get_default_dtype())
+    weights = weights.reshape(-1)
+    if weights.numel() != count or not bool((torch.isfinite(weights) & (weights > 0)).all()):
+        raise ValueError(
+            f"'weights' must hold {count} finite values > 0. Got {weights.tolist()!r}."
+        )
+    return torch.log(weights / weights.sum())

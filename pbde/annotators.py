@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pbde._validation import check_tensor
+from pbde._validation import check_tensor, mixture_log_weights
 from pbde.behavior import PBDE, luce
 from pbde.data import Preferences
 from pbde.densities.base import Density, check_density
@@ -134,18 +134,8 @@ class MixtureAnnotator(PreferenceProcess):
         annotators = list(annotators)
         if not annotators or not all(isinstance(a, PreferenceProcess) for a in annotators):
             raise TypeError("'annotators' must be a non-empty list of pbde annotators.")
-        weights = torch.ones(len(annotators)) if weights is None else torch.as_tensor(weights)
-        if not weights.is_floating_point():  # keep float64 weights in float64
-            weights = weights.to(torch.get_default_dtype())
-        weights = weights.reshape(-1)
-        if weights.numel() != len(annotators) or not bool(
-            (torch.isfinite(weights) & (weights > 0)).all()
-        ):
-            raise ValueError(
-                f"'weights' must hold {len(annotators)} finite values > 0. Got {weights.tolist()!r}."
-            )
+        logits = mixture_log_weights(weights, len(annotators))
         self.annotators = nn.ModuleList(annotators)
-        logits = torch.log(weights / weights.sum())
         if learn_weights:
             self.weight_logits = nn.Parameter(logits)
         else:

@@ -88,30 +88,23 @@ class PBDE:
 
     def f(self, x: torch.Tensor) -> torch.Tensor:
         """f evaluated on a batch of items, shape ``(batch,)``; checked to be > 0."""
-        if isinstance(self._f, float):
-            return torch.full(
-                (x.shape[0],), self._f, dtype=torch.get_default_dtype(), device=x.device
-            )
-        value = torch.as_tensor(self._f(x))
-        if value.shape != (x.shape[0],):
-            raise ValueError(
-                f"f(x) must return shape ({x.shape[0]},) for a batch of {x.shape[0]} items. "
-                f"Got {tuple(value.shape)}."
-            )
-        if is_validation_enabled():
+        value = self._evaluate("f", self._f, x)
+        if not isinstance(self._f, float) and is_validation_enabled():
             check_all_positive("f(x)", value)
         return value
 
     def g(self, x: torch.Tensor) -> torch.Tensor:
         """g evaluated on a batch of items, shape ``(batch,)``."""
-        if isinstance(self._g, float):
-            return torch.full(
-                (x.shape[0],), self._g, dtype=torch.get_default_dtype(), device=x.device
-            )
-        value = torch.as_tensor(self._g(x))
+        return self._evaluate("g", self._g, x)
+
+    @staticmethod
+    def _evaluate(name: str, fn: float | FunctionOfX, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(fn, float):
+            return torch.full((x.shape[0],), fn, dtype=torch.get_default_dtype(), device=x.device)
+        value = torch.as_tensor(fn(x))
         if value.shape != (x.shape[0],):
             raise ValueError(
-                f"g(x) must return shape ({x.shape[0]},) for a batch of {x.shape[0]} items. "
+                f"{name}(x) must return shape ({x.shape[0]},) for a batch of {x.shape[0]} items. "
                 f"Got {tuple(value.shape)}."
             )
         return value

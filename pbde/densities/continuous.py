@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from pbde._validation import check_finite
+from pbde._validation import check_finite, mixture_log_weights
 from pbde.densities.base import Density
 
 
@@ -207,14 +207,9 @@ class Mixture(Density):
         shapes = {tuple(d.event_shape) for d in densities}
         if len(shapes) != 1:
             raise ValueError(f"All densities must have the same event shape. Got {sorted(shapes)}.")
-        weights = torch.ones(len(densities)) if weights is None else _as_1d("weights", weights)
-        if weights.numel() != len(densities) or bool((weights <= 0).any()):
-            raise ValueError(
-                f"'weights' must hold {len(densities)} positive values. Got {weights.tolist()!r}."
-            )
+        logits = mixture_log_weights(weights, len(densities))
         self.components = nn.ModuleList(densities)
         self.event_shape = shapes.pop()
-        logits = torch.log(weights / weights.sum()).to(torch.get_default_dtype())
         if learn_weights:
             self.weight_logits = nn.Parameter(logits)
         else:
