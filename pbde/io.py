@@ -1,0 +1,1285 @@
+"""Reading and writing preference data: JSON Lines, CSV, Parquet, pandas and Python records.
+
+A preference file holds one comparison per row. The columns are
+
+==================  ==========================================================================
+``xa``, ``xb``      the two items (required). Alternatively ``chosen`` / ``rejected`` with no
+                    label: the TRL / Hugging Face convention, read as ``xa = chosen``,
+                    ``xb = rejected``, ``y = 1``.
+``y`` or ``label``  the probability that ``xa`` was preferred, in [0, 1] (required with
+                    ``xa``/``xb`` unless ``tie`` is true; forbidden with ``chosen``/``rejected``).
+``tie``             optional bool: true means ``y = 0.5``.
+``annotator_id``    optional: integers ``>= 0``, or strings (names) that are mapped to
+                    ``0, 1, 2, …`` in order of first appearance; the names are returned in
+                    :attr:`ReadResult.annotator_names` (``annotator_names[k]`` is id ``k``).
+``weight``          optional weight ``>= 0`` of each comparison (:attr:`ReadResult.weights`).
+``prompt``          optional, kept as is (a string or a list of token ids) in
+                    :attr:`ReadResult.prompts`; it is *not* prepended to the items.
+==================  ==========================================================================
+
+Other columns are ignored and listed in :attr:`ReadResult.ignored_columns`. If some rows have
+``annotator_id`` (or ``weight``) and others do not, the rows without it are problems.
+
+Items (``items=``) are
+
+* ``"id"``: integer ids of a finite support → ``LongTensor`` of shape ``(n,)``;
+* ``"number"``: real numbers → float tensor of shape ``(n,)`` (the default dtype);
+* ``"vector"``: non-empty lists of numbers, all of the same length ``d`` → float ``(n, d)``;
+* ``"tokens"``: non-empty lists of integer token ids ``>= 0`` of varying length →
+  ``LongTensor`` of shape ``(n, L)`` padded on the right with :data:`PAD_TOKEN` ``= -1`` to the
+  longest sequence ``L`` of ``xa`` and ``xb`` together;
+* ``"auto"`` (default): scalars → ``"id"`` if every item is an integer, else ``"number"``;
+  lists → ``"tokens"`` if every element is an integer, else ``"vector"``. Whether items are
+  scalars or lists is fixed by the first row that has a readable item.
+
+Row numbers in every :class:`Problem` are 0-based data rows: for JSON Lines the 0-based line
+number (line ``row + 1`` of the file; blank lines are skipped but counted); for CSV the 0-based
+record after the header (the header is not counted; blank records are skipped but counted);
+for Parquet, pandas and records the 0-based position.
+
+Every problem of every row is collected before anything is raised. With ``on_error="raise"``
+(default) a ``ValueError`` lists the first 20 problems and how many there are in all; with
+``on_error="drop"`` the rows with problems are dropped and counted in :attr:`ReadResult.dropped`,
+and the problems are in :attr:`ReadResult.problems`. Files are read in chunks of ``chunk_rows``
+rows (Parquet record batches, JSON Lines / CSV line batches); only the final tensors hold the
+whole file.
+
+pandas and pyarrow are needed only for Parquet and DataFrames: ``pip install "pbde[io]"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from pbde.data import Preferences
+
+__all__ = [
+    "PAD_TOKEN",
+    "Problem",
+    "ReadResult",
+    "read_preferences",
+    "write_preferences",
+    "from_records",
+    "from_dataframe",
+]
+
+PAD_TOKEN = -1
+"""Value that pads token sequences on the right to the longest sequence."""
+
+ITEM_KINDS = ("auto", "id", "number", "vector", "tokens")
+FORMATS = ("jsonl", "csv", "parquet")
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json-lines": "jsonl",
+    ".jsonlines": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_MAX_LISTED = 20
+_BOOLS = frozenset((bool, np.bool_))
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_KNOWN = ("xa", "xb", "chosen", "rejected", "y", "label", "tie", "annotator_id", "weight", "prompt")
+
+
+class Problem(NamedTuple):
+    """One thing wrong with one row: 0-based ``row``, the ``column`` (or ``None``), why."""
+
+    row: int
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" + ("" if self.column is None else f", column '{self.column}'")
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ReadResult:
+    """What a reader returns.
+
+    Attributes:
+        prefs: the comparisons, ready for :func:`pbde.fit`.
+        dropped: number of rows dropped (``on_error="drop"``); 0 otherwise.
+        problems: every :class:`Problem` found (empty unless rows were dropped).
+        items: the item kind used (``"id"``, ``"number"``, ``"vector"`` or ``"tokens"``).
+        weights: per-comparison weights, shape ``(n,)``, or ``None`` without a ``weight`` column.
+        prompts: per-comparison prompts (str or list of token ids), or ``None`` without a
+            ``prompt`` column.
+        annotator_names: ``annotator_names[k]`` is the name of annotator id ``k`` when the file
+            holds string ids; ``None`` when ids are integers or absent.
+        ignored_columns: columns that were present but not used.
+        rows_read: number of data rows seen (kept + dropped).
+        rows: 0-based row number in the source of each kept comparison, shape ``(n,)``, to join
+            the comparisons back to other columns.
+    """
+
+    prefs: Preferences
+    dropped: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    items: str = "number"
+    weights: torch.Tensor | None = None
+    prompts: list | None = None
+    annotator_names: list[str] | None = None
+    ignored_columns: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    rows: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ReadResult({self.prefs!r}, items={self.items!r}, dropped={self.dropped}, "
+            f"problems={len(self.problems)})"
+        )
+
+
+# -- argument checks -----------------------------------------------------------------------
+
+
+def _check_options(items, on_error, chunk_rows=1) -> None:
+    if items not in ITEM_KINDS:
+        raise ValueError(f"'items' must be one of {ITEM_KINDS}. Got {items!r} instead.")
+    if on_error not in ("raise", "drop"):
+        raise ValueError(f"'on_error' must be 'raise' or 'drop'. Got {on_error!r} instead.")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"'chunk_rows' must be an int >= 1. Got {chunk_rows!r} instead.")
+
+
+def _resolve_format(path: str, format: str | None) -> str:
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"'format' must be one of {FORMATS} or None. Got {format!r} instead.")
+        return format
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _SUFFIXES:
+        raise ValueError(
+            f"Cannot infer the format of {path!r} from its suffix {suffix!r}: pass "
+            f"format='jsonl', 'csv' or 'parquet' (known suffixes: {sorted(_SUFFIXES)})."
+        )
+    return _SUFFIXES[suffix]
+
+
+def _require_pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'Parquet and DataFrame support needs pyarrow: pip install "pbde[io]"'
+        ) from error
+    return pyarrow
+
+
+def _require_pandas():
+    try:
+        import pandas
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError('DataFrame support needs pandas: pip install "pbde[io]"') from error
+    return pandas
+
+
+# -- cell parsing --------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """A problem with one field of one row (turned into a Problem, never escapes)."""
+
+
+class _Invalid:
+    """A field whose text could not even be parsed (CSV cells, undecodable bytes)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _is_missing(value) -> bool:
+    if value is None:
+        return True
+    name = type(value).__name__
+    return name in ("NAType", "NaTType")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_int(value, what: str) -> int:
+    """An integer (Python/numpy int, or a float with an integral value)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise _Bad(f"{what} must be an integer, got a bool {value!r}")
+    if isinstance(value, numbers.Integral):
+        value = int(value)
+    elif isinstance(value, numbers.Real):
+        value = float(value)
+        if not math.isfinite(value):
+            raise _Bad(f"{what} must be a finite integer, got {value!r}")
+        if not value.is_integer():
+            raise _Bad(f"{what} must be an integer, got non-integer {value!r}")
+        value = int(value)
+    else:
+        raise _Bad(f"{what} must be an integer, got {type(value).__name__} {_short(value)}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise _Bad(f"{what} must fit in int64, got {_short(value)}")
+    return value
+
+
+def _as_float(value, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise _Bad(f"{what} must be a number, got a bool {value!r}")
+    if not isinstance(value, numbers.Real):
+        raise _Bad(f"{what} must be a number, got {type(value).__name__} {_short(value)}")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise _Bad(f"{what} is too large for a float: {_short(value)}") from None
+    if not math.isfinite(out):
+        raise _Bad(f"{what} must be finite (no NaN or inf), got {out!r}")
+    return out
+
+
+def _parse_item(value, kind: str):
+    """Return ``(is_list, value, all_int)`` for one item, or raise ``_Bad``."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if kind in ("id", "number"):
+            raise _Bad(f"items are {kind!r} (scalars), got a list {_short(value)}")
+        if len(value) == 0:
+            raise _Bad("empty sequence (items must hold at least one element)")
+        if kind == "tokens" or kind == "auto":
+            try:
+                ints = [_as_int(v, "token id") for v in value]
+            except _Bad:
+                if kind == "tokens":
+                    raise
+                ints = None
+            if ints is not None:
+                if kind == "tokens" and min(ints) < 0:
+                    raise _Bad(
+                        f"token ids must be >= 0 ({PAD_TOKEN} pads sequences), got {min(ints)}"
+                    )
+                return True, ints, True
+        return True, [_as_float(v, "vector element") for v in value], False
+    if isinstance(value, str):
+        raise _Bad(
+            f"items must be numbers, integer ids or lists of them, got the string "
+            f"{_short(value)} (tokenize text first)"
+        )
+    if kind in ("vector", "tokens"):
+        raise _Bad(f"items are {kind!r} (lists), got {type(value).__name__} {_short(value)}")
+    if kind == "id":
+        return False, _as_int(value, "id"), True
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        if kind == "number":
+            return False, float(value), False
+        return False, _as_int(value, "item"), True
+    return False, _as_float(value, "item"), False
+
+
+def _parse_bool(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(int(value))
+    raise _Bad(f"must be a bool (true/false or 0/1), got {_short(value)}")
+
+
+# -- the builder: row-level validation, chunk storage, final tensors -----------------------
+
+
+class _Builder:
+    """Collects parsed chunks and turns them into a ReadResult."""
+
+    def __init__(self, items: str, on_error: str, source: str, numbering: str):
+        self.kind = items
+        self.on_error = on_error
+        self.source = source
+        self.numbering = numbering
+        self.problems: list[Problem] = []
+        self.rows: list[np.ndarray] = []
+        self.ok: list[np.ndarray] = []
+        self.is_list: bool | None = None  # items are lists (True) or scalars (False)
+        self.shape_row = -1  # row that fixed is_list
+        self.any_float = False
+        self.xa: list[tuple[np.ndarray, np.ndarray | None]] = []  # (values, lengths)
+        self.xb: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.y: list[np.ndarray] = []
+        self.ids: list[np.ndarray] = []  # -1 where missing
+        self.id_type: type | None = None
+        self.id_row = -1
+        self.names: dict[str, int] = {}
+        self.weights: list[np.ndarray] = []  # NaN where missing
+        self.prompts: list = []
+        self.has_prompt = False
+        self.seen_columns: set[str] = set()
+
+    # one chunk of rows, each a Mapping from column to value (missing: absent or None)
+    def add_rows(self, rows: list[int], records: list, pre: dict[int, list[Problem]]) -> None:
+        """Validate one chunk: ``records[i]`` (a mapping, or None if unparseable) is ``rows[i]``."""
+        m = len(rows)
+        ok = np.ones(m, dtype=bool)
+        parsed_items = []
+        chunk_float = False
+        y = np.zeros(m)
+        ids = np.full(m, -1, dtype=np.int64)
+        weights = np.full(m, np.nan)
+        prompts = []
+        for i, (row, record) in enumerate(zip(rows, records, strict=True)):
+            problems = list(pre.get(i, ()))
+            values, is_float = None, False
+            if record is not None:
+                self.seen_columns.update(record.keys())
+                values, is_float = self._row(row, record, problems, y, ids, weights, prompts, i)
+            else:
+                prompts.append(None)
+            if problems:
+                ok[i] = False
+                self.problems.extend(problems)
+                values = None
+            chunk_float |= is_float and values is not None
+            parsed_items.append(values)
+        self.any_float |= chunk_float
+        dtype = np.float64 if chunk_float else np.int64
+        for k, name in enumerate(("xa", "xb")):
+            if self.is_list:
+                flat, lengths = [], []
+                for values in parsed_items:
+                    item = [] if values is None else values[k]
+                    flat.extend(item)
+                    lengths.append(len(item))
+                stored = (np.array(flat, dtype=dtype), np.array(lengths, np.int64))
+            else:  # scalars, or no readable item yet (then every row here is bad)
+                column = [0 if values is None else values[k] for values in parsed_items]
+                stored = (np.array(column, dtype=dtype), None)
+            getattr(self, name).append(stored)
+        self.rows.append(np.asarray(rows, dtype=np.int64))
+        self.ok.append(ok)
+        self.y.append(y)
+        self.ids.append(ids)
+        self.weights.append(weights)
+        self.prompts.extend(prompts)
+
+    def add_records(self, rows: list[int], records: list, pre: dict[int, list[Problem]]) -> None:
+        """Like :meth:`add_rows`, through the vectorized path where the columns allow it."""
+        try:
+            import pyarrow as pa
+        except ImportError:  # pragma: no cover - pyarrow is optional for JSON Lines and CSV
+            self.add_rows(rows, records, pre)
+            return
+        good = [i for i, record in enumerate(records) if record is not None and i not in pre]
+        if len(good) < 16:
+            self.add_rows(rows, records, pre)
+            return
+        keys = sorted(set().union(*(records[i].keys() for i in good)))
+        arrays = []
+        for key in keys:
+            values = [records[i].get(key) for i in good]
+            try:
+                array = pa.array(values)
+            except Exception:  # mixed or unsupported types: pyarrow raises several kinds
+                self.add_rows(rows, records, pre)
+                return
+            # pyarrow turns True into 1.0 in a column of floats: bools go row by row
+            if not pa.types.is_boolean(array.type) and any(type(v) in _BOOLS for v in values):
+                self.add_rows(rows, records, pre)
+                return
+            arrays.append(array)
+        good_set = set(good)
+        bad = [i for i in range(len(records)) if i not in good_set]
+        if bad:
+            self.add_rows([rows[i] for i in bad], [records[i] for i in bad], pre)
+        batch = pa.RecordBatch.from_arrays(arrays, names=keys)
+        self.add_arrow_batch(batch, keys, np.asarray(rows, dtype=np.int64)[good])
+
+    def add_arrow_batch(self, batch, names: list[str], rows) -> None:
+        """Validate one Arrow record batch whose rows are numbered ``rows`` (int array).
+
+        Batches of plain numeric columns are checked with vectorized numpy; only the rows that
+        fail a check (and batches of other column types) go through the row-by-row parser,
+        which writes the problems.
+        """
+        columns = self._numeric_columns(batch, names)
+        if columns is None:
+            data = [column.to_pylist() for column in batch.columns]
+            records = [
+                {name: column[i] for name, column in zip(names, data, strict=True)}
+                for i in range(batch.num_rows)
+            ]
+            self.add_rows(rows.tolist(), records, {})
+            return
+        self.seen_columns.update(names)
+
+        def values(name):
+            array = columns[name]
+            if array.null_count == 0:
+                return array.to_numpy(zero_copy_only=False), np.zeros(len(array), dtype=bool)
+            nulls = array.is_null().to_numpy(zero_copy_only=False)
+            return array.fill_null(0).to_numpy(zero_copy_only=False), nulls
+
+        clean = np.ones(batch.num_rows, dtype=bool)
+        chosen_mode = "chosen" in columns
+        items, floats = [], False
+        for name in ("chosen", "rejected") if chosen_mode else ("xa", "xb"):
+            x, null = values(name)
+            clean &= ~null
+            if x.dtype.kind == "f":
+                finite = np.isfinite(x)
+                clean &= finite
+                if self.kind == "id":  # integral floats are ids; the rest goes row by row
+                    safe = np.where(finite & (np.abs(x) < 2.0**63), x, 0.5)
+                    clean &= (safe == np.floor(safe)) & finite
+                    x = np.where(clean, safe, 0).astype(np.int64)
+                else:
+                    floats = True
+            elif self.kind == "number":
+                x, floats = x.astype(np.float64), True
+            items.append(x)
+        tie = np.zeros(batch.num_rows, dtype=bool)
+        if "tie" in columns:
+            tie, _ = values("tie")
+            tie = tie.astype(bool)
+        label_name = "y" if "y" in columns else "label" if "label" in columns else None
+        if chosen_mode:
+            y = np.where(tie, 0.5, 1.0)
+        else:
+            y, null = values(label_name)
+            y = y.astype(np.float64)
+            clean &= ~null & np.isfinite(y) & (y >= 0) & (y <= 1) & (~tie | (y == 0.5))
+        ids = np.full(batch.num_rows, -1, dtype=np.int64)
+        if "annotator_id" in columns:
+            raw, null = values("annotator_id")
+            clean &= null | (raw >= 0)
+            ids = np.where(null, -1, raw).astype(np.int64)
+        weights = np.full(batch.num_rows, np.nan)
+        if "weight" in columns:
+            raw, null = values("weight")
+            raw = raw.astype(np.float64)
+            clean &= null | np.isnan(raw) | (np.isfinite(raw) & (raw >= 0))
+            weights = np.where(null, np.nan, raw)
+        good = np.flatnonzero(clean)
+        if good.size:
+            if self.is_list is None:
+                self.is_list, self.shape_row = False, int(rows[good[0]])
+            present = good[ids[good] >= 0]
+            if present.size and self.id_type is None:
+                self.id_type, self.id_row = int, int(rows[present[0]])
+            self.any_float |= floats
+            dtype = np.float64 if floats else np.int64
+            self.xa.append((items[0][good].astype(dtype), None))
+            self.xb.append((items[1][good].astype(dtype), None))
+            self.rows.append(rows[good])
+            self.ok.append(np.ones(good.size, dtype=bool))
+            self.y.append(y[good])
+            self.ids.append(ids[good])
+            self.weights.append(weights[good])
+            self.prompts.extend([None] * good.size)
+        bad = np.flatnonzero(~clean)
+        if bad.size:
+            import pyarrow as pa
+
+            records = batch.take(pa.array(bad)).to_pylist()
+            records = [
+                {
+                    name: record[original]
+                    for name, original in zip(names, batch.schema.names, strict=True)
+                }
+                for record in records
+            ]
+            self.add_rows(rows[bad].tolist(), records, {})
+
+    def _numeric_columns(self, batch, names):
+        """The batch's columns by pbde name if the vectorized path applies, else ``None``."""
+        import pyarrow.types as types
+
+        if self.kind in ("vector", "tokens") or self.is_list or len(set(names)) != len(names):
+            return None
+        if len(set(batch.schema.names)) != len(batch.schema.names):
+            return None
+        columns = {}
+        for name, array in zip(names, batch.columns, strict=True):
+            if name not in _KNOWN:
+                continue
+            kind = array.type
+            if name == "tie":
+                if not types.is_boolean(kind):
+                    return None
+            elif name == "annotator_id":
+                if not types.is_signed_integer(kind) or self.id_type is str:
+                    return None
+            elif name == "prompt" or not (types.is_signed_integer(kind) or types.is_floating(kind)):
+                return None
+            columns[name] = array
+        keys = set(columns)
+        pair = {"xa", "xb"} <= keys and not keys & {"chosen", "rejected"}
+        pair = pair and len(keys & {"y", "label"}) == 1
+        chosen = {"chosen", "rejected"} <= keys and not keys & {"xa", "xb", "y", "label"}
+        return columns if pair or chosen else None
+
+    def _row(self, row, record, problems, y, ids, weights, prompts, i):
+        def get(name):
+            value = record.get(name)
+            return None if _is_missing(value) else value
+
+        def bad(column, message):
+            problems.append(Problem(row, column, message))
+
+        xa, xb, chosen, rejected = get("xa"), get("xb"), get("chosen"), get("rejected")
+        pair_mode = xa is not None or xb is not None
+        chosen_mode = chosen is not None or rejected is not None
+        names = ("xa", "xb")
+        if pair_mode and chosen_mode:
+            bad(None, "give either 'xa'/'xb' or 'chosen'/'rejected', not both")
+        elif chosen_mode:
+            xa, xb, names = chosen, rejected, ("chosen", "rejected")
+        parsed = []
+        is_float = False
+        for column, value in zip(names, (xa, xb), strict=True):
+            if value is None:
+                other = {"xa": "chosen", "xb": "rejected"}.get(column)
+                alias = "" if chosen_mode or other is None else f" (or '{other}')"
+                bad(column, f"missing field '{column}'{alias}")
+                continue
+            if isinstance(value, _Invalid):
+                bad(column, value.message)
+                continue
+            try:
+                is_list, parsed_value, all_int = _parse_item(value, self.kind)
+            except _Bad as error:
+                bad(column, str(error))
+                continue
+            if self.is_list is None:
+                self.is_list, self.shape_row = is_list, row
+            elif is_list != self.is_list:
+                what = "lists" if self.is_list else "scalars"
+                bad(
+                    column, f"items are {what} (fixed by row {self.shape_row}), got {_short(value)}"
+                )
+                continue
+            is_float |= not all_int
+            parsed.append(parsed_value)
+        # label
+        label_columns = [c for c in ("y", "label") if get(c) is not None]
+        tie = get("tie")
+        tie_value = False
+        if tie is not None:
+            try:
+                if isinstance(tie, _Invalid):
+                    raise _Bad(tie.message)
+                tie_value = _parse_bool(tie)
+            except _Bad as error:
+                bad("tie", str(error))
+        label = None
+        if len(label_columns) == 2:
+            bad("label", "give either 'y' or 'label', not both")
+        elif label_columns:
+            column = label_columns[0]
+            raw = get(column)
+            try:
+                if isinstance(raw, _Invalid):
+                    raise _Bad(raw.message)
+                label = _as_float(raw, "the label")
+                if not 0.0 <= label <= 1.0:
+                    raise _Bad(
+                        f"label must lie in [0, 1] (1 means x_A is preferred), got {label!r}"
+                    )
+                if chosen_mode and not pair_mode:
+                    raise _Bad(
+                        "a 'chosen'/'rejected' row cannot also have a label: chosen is "
+                        "preferred by definition (use 'xa'/'xb' with 'y' for other labels)"
+                    )
+                if tie_value and label != 0.5:
+                    raise _Bad(f"'tie' is true but the label is {label!r}, not 0.5")
+            except _Bad as error:
+                bad(column, str(error))
+        if tie_value:
+            label = 0.5
+        elif label is None and chosen_mode and not pair_mode:
+            label = 1.0
+        elif label is None and not label_columns:
+            bad("y", "missing field 'y' (or 'label', or 'tie': true)")
+        y[i] = 0.0 if label is None else label
+        # annotator id
+        annotator = get("annotator_id")
+        if isinstance(annotator, float) and math.isnan(annotator):
+            annotator = None  # pandas marks missing values of a float column with NaN
+        if annotator is not None:
+            try:
+                if isinstance(annotator, _Invalid):
+                    raise _Bad(annotator.message)
+                if isinstance(annotator, str):
+                    kind = str
+                else:
+                    annotator = _as_int(annotator, "annotator id")
+                    kind = int
+                if self.id_type is None:
+                    self.id_type, self.id_row = kind, row
+                elif kind is not self.id_type:
+                    raise _Bad(
+                        f"annotator ids are {self.id_type.__name__}s (fixed by row "
+                        f"{self.id_row}), got {_short(annotator)}: do not mix names and ints"
+                    )
+                if kind is int:
+                    if annotator < 0:
+                        raise _Bad(f"annotator id must be >= 0, got {annotator}")
+                    ids[i] = annotator
+                else:
+                    ids[i] = self.names.setdefault(annotator, len(self.names))
+            except _Bad as error:
+                bad("annotator_id", str(error))
+        # weight
+        weight = get("weight")
+        if isinstance(weight, float) and math.isnan(weight):
+            weight = None
+        if weight is not None:
+            try:
+                if isinstance(weight, _Invalid):
+                    raise _Bad(weight.message)
+                weight = _as_float(weight, "weight")
+                if weight < 0:
+                    raise _Bad(f"weight must be >= 0, got {weight!r}")
+                weights[i] = weight
+            except _Bad as error:
+                bad("weight", str(error))
+        prompt = get("prompt")
+        if isinstance(prompt, _Invalid):
+            bad("prompt", prompt.message)
+            prompt = None
+        if isinstance(prompt, np.ndarray):
+            prompt = prompt.tolist()
+        if prompt is not None:
+            self.has_prompt = True
+        prompts.append(prompt)
+        if len(parsed) != 2:
+            return None, False
+        return tuple(parsed), is_float
+
+    def finish(self) -> ReadResult:
+        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
+        ok = np.concatenate(self.ok) if self.ok else np.zeros(0, bool)
+        n = rows.shape[0]
+        if n < 2 or bool((rows[1:] > rows[:-1]).all()):
+            order = np.arange(n)
+        else:  # the vectorized path stores a chunk's clean rows before its bad ones
+            order = np.argsort(rows, kind="stable")
+        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64)
+        weights = np.concatenate(self.weights) if self.weights else np.zeros(0)
+        y_all = np.concatenate(self.y) if self.y else np.zeros(0)
+        self.rows, self.ok, self.ids, self.weights, self.y = [], [], [], [], []
+        kind = self.kind
+        if kind == "auto":
+            if self.is_list:
+                kind = "vector" if self.any_float else "tokens"
+            else:
+                kind = "number" if self.any_float else "id"
+        xa, la = self._concat(self.xa)
+        xb, lb = self._concat(self.xb)
+        self.xa, self.xb = [], []  # the chunks are no longer needed: halve the peak memory
+        late: list[Problem] = []
+        if self.is_list and kind == "vector":
+            valid = order[ok[order]]
+            if valid.size:
+                d = int(la[valid[0]])
+                for column, lengths in (("xa", la), ("xb", lb)):
+                    wrong = np.flatnonzero(ok & (lengths != d))
+                    for j in wrong:
+                        late.append(
+                            Problem(
+                                int(rows[j]),
+                                column,
+                                f"vector has length {int(lengths[j])}, expected {d} (the "
+                                f"length in row {int(rows[valid[0]])})",
+                            )
+                        )
+        if kind in ("number", "vector"):  # finite in float64 may overflow the default dtype
+            limit = torch.finfo(torch.get_default_dtype()).max
+            for column, values, lengths in (("xa", xa, la), ("xb", xb, lb)):
+                too_big = np.abs(values) > limit
+                if lengths is not None:
+                    owners = np.repeat(np.arange(n), lengths)[too_big]
+                    too_big = np.zeros(n, dtype=bool)
+                    too_big[owners] = True
+                for j in np.flatnonzero(ok & too_big):
+                    late.append(
+                        Problem(
+                            int(rows[j]),
+                            column,
+                            f"item overflows {torch.get_default_dtype()} (|x| > {limit:.4g})",
+                        )
+                    )
+        weight_limit = torch.finfo(torch.get_default_dtype()).max
+        for j in np.flatnonzero(ok & (weights > weight_limit)):
+            late.append(
+                Problem(int(rows[j]), "weight", f"weight overflows {torch.get_default_dtype()}")
+            )
+        for name, _values, missing in (
+            ("annotator_id", ids, ids < 0),
+            ("weight", weights, np.isnan(weights)),
+        ):
+            if bool((~missing & ok).any()):
+                for j in np.flatnonzero(missing & ok):
+                    late.append(
+                        Problem(int(rows[j]), name, f"missing '{name}' (other rows have one)")
+                    )
+        if late:
+            late_rows = {p.row for p in late}
+            ok &= ~np.isin(rows, np.fromiter(late_rows, np.int64, len(late_rows)))
+            self.problems.extend(late)
+            self.problems.sort(key=lambda p: p.row)
+        if self.problems and self.on_error == "raise":
+            raise ValueError(self._message("has invalid rows"))
+        if not ok.any():
+            if self.problems:
+                raise ValueError(self._message("has no valid row left"))
+            raise ValueError(f"{self.source} holds no comparison (no data rows).")
+        keep = order[ok[order]]  # storage positions of the kept rows, in file order
+        y = torch.as_tensor(y_all[keep]).to(torch.get_default_dtype())
+        tensors = []
+        for values, lengths in ((xa, la), (xb, lb)):
+            tensors.append(self._items(values, lengths, keep, kind, la, lb))
+        annotator = torch.as_tensor(ids[keep]) if (ids[keep] >= 0).any() else None
+        w = weights[keep]
+        weight_tensor = None
+        if not np.isnan(w).all():
+            weight_tensor = torch.as_tensor(w).to(torch.get_default_dtype())
+        prompts = None
+        if self.has_prompt:
+            prompts = [self.prompts[j] for j in keep]
+        names = None
+        if self.id_type is str and annotator is not None:
+            names = list(self.names)
+        ignored = sorted(self.seen_columns - set(_KNOWN))
+        prefs = Preferences(tensors[0], tensors[1], y, annotator)
+        return ReadResult(
+            prefs=prefs,
+            dropped=int(n - keep.size),
+            problems=self.problems,
+            items=kind,
+            weights=weight_tensor,
+            prompts=prompts,
+            annotator_names=names,
+            ignored_columns=ignored,
+            rows_read=int(n),
+            rows=torch.as_tensor(rows[keep]),
+        )
+
+    def _concat(self, parts):
+        if not parts:
+            return np.zeros(0), None
+        dtype = np.float64 if self.any_float else np.int64
+        values = np.concatenate([p[0].astype(dtype, copy=False) for p in parts])
+        lengths = None
+        if self.is_list:  # chunks read before the first readable item hold only bad rows
+            lengths = np.concatenate(
+                [p[1] if p[1] is not None else np.zeros(len(p[0]), np.int64) for p in parts]
+            )
+            values = np.concatenate(
+                [p[0].astype(dtype, copy=False) for p in parts if p[1] is not None]
+            )
+        return values, lengths
+
+    @staticmethod
+    def _items(values, lengths, keep, kind, la, lb):
+        float_dtype = torch.get_default_dtype()
+        if lengths is None:
+            out = torch.as_tensor(values[keep])
+            return out.to(float_dtype) if kind == "number" else out.long()
+        offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        kept_lengths = lengths[keep]
+        width = int(max(la[keep].max(), lb[keep].max()))
+        starts = offsets[keep]
+        # gather all kept elements at once: position p of row r is values[starts[r] + p]
+        position = np.arange(width)
+        mask = position[None, :] < kept_lengths[:, None]
+        index = np.where(mask, starts[:, None] + position[None, :], 0)
+        if kind == "tokens":
+            dense = np.where(mask, values[index] if values.size else 0, PAD_TOKEN)
+            return torch.as_tensor(dense.astype(np.int64))
+        dense = values[index].astype(np.float64)
+        return torch.as_tensor(dense).to(float_dtype)
+
+    def _message(self, what: str) -> str:
+        count = len(self.problems)
+        listed = "\n".join(f"  {p}" for p in self.problems[:_MAX_LISTED])
+        more = f"\n  ... and {count - _MAX_LISTED} more" if count > _MAX_LISTED else ""
+        hint = "" if self.on_error == "drop" else "\nPass on_error='drop' to drop the rows instead."
+        return f"{self.source} {what}: {count} problem(s) ({self.numbering}).\n{listed}{more}{hint}"
+
+
+# -- sources ------------------------------------------------------------------------------
+
+
+def _rename(record: Mapping, columns: Mapping[str, str] | None):
+    if not columns:
+        return record
+    return {columns.get(k, k): v for k, v in record.items()}
+
+
+def _check_columns(columns) -> None:
+    if columns is None:
+        return
+    if not isinstance(columns, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in columns.items()
+    ):
+        raise TypeError(
+            f"'columns' must be a mapping from the file's column names to pbde's names "
+            f"(e.g. {{'response_a': 'xa'}}). Got {columns!r}."
+        )
+    unknown = sorted(set(columns.values()) - set(_KNOWN))
+    if unknown:
+        raise ValueError(f"'columns' maps to unknown names {unknown}; known names: {_KNOWN}.")
+
+
+def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _read_jsonl(path, builder: _Builder, chunk_rows: int, columns) -> None:
+    with open(path, "rb") as handle:
+        numbered = ((row, line) for row, line in enumerate(handle) if line.strip())
+        for chunk in _chunks(numbered, chunk_rows):
+            rows, records, pre = [], [], {}
+            for i, (row, line) in enumerate(chunk):
+                rows.append(row)
+                try:
+                    record = json.loads(line.decode("utf-8-sig" if row == 0 else "utf-8"))
+                    if not isinstance(record, dict):
+                        raise _Bad(f"line is not a JSON object, got {type(record).__name__}")
+                    records.append(_rename(record, columns))
+                except _Bad as error:
+                    records.append(None)
+                    pre[i] = [Problem(row, None, str(error))]
+                except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeError
+                    records.append(None)
+                    reason = str(error) if not isinstance(error, RecursionError) else "too deep"
+                    pre[i] = [Problem(row, None, f"unparseable JSON line: {_short(reason)}")]
+            builder.add_records(rows, records, pre)
+
+
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _csv_number(text: str):
+    text = text.strip()
+    if _INT_TEXT.fullmatch(text):
+        return int(text)
+    if "_" in text:
+        return _Invalid(f"not a number: {_short(text)}")
+    try:
+        return float(text)
+    except ValueError:
+        return _Invalid(f"not a number: {_short(text)}")
+
+
+def _csv_cell(column: str, text: str):
+    try:
+        text.encode("utf-8")  # undecodable bytes were kept as lone surrogates
+    except UnicodeEncodeError:
+        return _Invalid("not valid UTF-8")
+    if text.strip() == "":
+        return None
+    if column in ("xa", "xb", "chosen", "rejected", "prompt"):
+        stripped = text.strip()
+        if stripped.startswith("["):
+            try:
+                return json.loads(stripped)
+            except (ValueError, RecursionError):
+                if column == "prompt":
+                    return text
+                return _Invalid(f"unparseable list {_short(stripped)}")
+        if column == "prompt":
+            return text
+        return _csv_number(text)
+    if column in ("y", "label", "weight"):
+        return _csv_number(text)
+    if column == "tie":
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        return _Invalid(f"must be true/false or 1/0, got {_short(text)}")
+    if column == "annotator_id":
+        parsed = text.strip()
+        return int(parsed) if _INT_TEXT.fullmatch(parsed) else parsed
+    return text
+
+
+def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
+    csv.field_size_limit(2**31 - 1)
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{builder.source} is empty: a CSV file needs a header row.") from None
+        except csv.Error as error:
+            raise ValueError(f"{builder.source}: unreadable CSV header: {error}") from None
+        header = [columns.get(h, h) if columns else h for h in (h.strip() for h in header)]
+        has_pair = {"xa", "xb"} <= set(header) or {"chosen", "rejected"} <= set(header)
+        if not has_pair:
+            raise ValueError(
+                f"{builder.source} has no item columns: the header must hold 'xa' and 'xb' "
+                f"(or 'chosen' and 'rejected'). Got {header}."
+            )
+        if len(set(header)) != len(header):
+            raise ValueError(f"{builder.source} has duplicate column names in its header {header}.")
+
+        def records():
+            row = 0
+            while True:
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as error:
+                    yield row, None, f"unreadable CSV record: {error}"
+                    row += 1
+                    continue
+                if cells:
+                    yield row, cells, None
+                row += 1
+
+        for chunk in _chunks(records(), chunk_rows):
+            rows, out, pre = [], [], {}
+            for i, (row, cells, error) in enumerate(chunk):
+                rows.append(row)
+                if error is not None:
+                    out.append(None)
+                    pre[i] = [Problem(row, None, error)]
+                elif len(cells) != len(header):
+                    out.append(None)
+                    pre[i] = [
+                        Problem(
+                            row,
+                            None,
+                            f"record has {len(cells)} field(s), the header has {len(header)}",
+                        )
+                    ]
+                else:
+                    out.append({h: _csv_cell(h, c) for h, c in zip(header, cells, strict=True)})
+            builder.add_records(rows, out, pre)
+
+
+def _read_parquet(path, builder: _Builder, chunk_rows: int, columns) -> None:
+    pa = _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several types (ArrowInvalid, OSError)
+        raise ValueError(f"{builder.source} is not a readable Parquet file: {error}") from None
+    names = [columns.get(n, n) if columns else n for n in file.schema_arrow.names]
+    if not ({"xa", "xb"} <= set(names) or {"chosen", "rejected"} <= set(names)):
+        raise ValueError(
+            f"{builder.source} has no item columns: it must hold 'xa' and 'xb' (or 'chosen' "
+            f"and 'rejected'). Got {names}."
+        )
+    wanted = [k for k, name in enumerate(names) if name in _KNOWN]
+    builder.seen_columns.update(names)
+    file_names = file.schema_arrow.names
+    names = [names[k] for k in wanted]
+    row = 0
+    batches = file.iter_batches(batch_size=chunk_rows, columns=[file_names[k] for k in wanted])
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as error:  # corrupt pages
+            raise ValueError(
+                f"{builder.source}: cannot read the Parquet rows after row {row}: {error}"
+            ) from None
+        try:
+            builder.add_arrow_batch(
+                batch, names, np.arange(row, row + batch.num_rows, dtype=np.int64)
+            )
+        except pa.ArrowException as error:  # a column type that cannot become Python values
+            raise ValueError(
+                f"{builder.source}: cannot convert rows {row} to {row + batch.num_rows - 1}: "
+                f"{error}"
+            ) from None
+        row += batch.num_rows
+
+
+def read_preferences(
+    source,
+    *,
+    format: str | None = None,
+    items: str = "auto",
+    on_error: str = "raise",
+    chunk_rows: int = 65536,
+    columns: Mapping[str, str] | None = None,
+) -> ReadResult:
+    """Read comparisons from a JSON Lines, CSV or Parquet file.
+
+    Args:
+        source: path (str or ``os.PathLike``) of the file.
+        format: ``"jsonl"``, ``"csv"`` or ``"parquet"``; inferred from the suffix (``.jsonl``,
+            ``.json-lines``, ``.ndjson``, ``.csv``, ``.parquet``, ``.pq``) when ``None``.
+        items: ``"auto"``, ``"id"``, ``"number"``, ``"vector"`` or ``"tokens"`` (see the module
+            docstring).
+        on_error: ``"raise"`` (a ``ValueError`` listing every problem) or ``"drop"`` (drop the
+            rows with problems; they are counted and described in the result).
+        chunk_rows: rows parsed per chunk (Parquet record batch, JSON Lines/CSV line batch).
+        columns: optional renaming ``{file column: pbde name}``, e.g. ``{"response_a": "xa"}``.
+
+    Returns:
+        A :class:`ReadResult`; ``.prefs`` goes to :func:`pbde.fit`.
+
+    Raises:
+        ValueError: on invalid rows (``on_error="raise"``), when no valid row is left, or when
+            the file is unreadable; the message names the file, the rows and the columns.
+        FileNotFoundError: if ``source`` does not exist.
+        ImportError: for Parquet without pyarrow.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "prefs.jsonl"
+        >>> _ = path.write_text('{"xa": 0, "xb": 2, "y": 1}\\n{"chosen": 1, "rejected": 0}\\n')
+        >>> read_preferences(path).prefs.y
+        tensor([1., 1.])
+    """
+    _check_options(items, on_error, chunk_rows)
+    _check_columns(columns)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"'source' must be a path (str or os.PathLike). Got {type(source).__name__}; use "
+            f"from_records or from_dataframe for in-memory data."
+        )
+    path = os.fspath(source)
+    fmt = _resolve_format(path, format)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"'source' {path!r} does not exist.")
+    numbering = {
+        "jsonl": "rows are 0-based line numbers: row r is line r+1",
+        "csv": "rows are 0-based data records, the header not counted: row r is record r+2",
+        "parquet": "rows are 0-based",
+    }[fmt]
+    builder = _Builder(
+        items, on_error, f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}", numbering
+    )
+    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt]
+    try:
+        reader(path, builder, chunk_rows, columns)
+    except OSError as error:
+        raise ValueError(f"{builder.source} cannot be read: {error}") from None
+    return builder.finish()
+
+
+def from_records(
+    records, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+) -> ReadResult:
+    """Comparisons from a list (or iterable) of dicts, e.g. a Hugging Face dataset split.
+
+    Each record has the columns of the module docstring: ``{"xa", "xb", "y"}`` or
+    ``{"prompt", "chosen", "rejected"}`` (items already tokenized or numeric), plus the
+    optional ``tie``, ``annotator_id``, ``weight``.
+
+    Example:
+        >>> out = from_records([{"prompt": [5], "chosen": [1, 2], "rejected": [3]}])
+        >>> out.prefs.xb, out.prompts
+        (tensor([[ 3, -1]]), [[5]])
+    """
+    _check_options(items, on_error, chunk_rows)
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+        raise TypeError(f"'records' must be an iterable of dicts. Got {type(records).__name__}.")
+    builder = _Builder(items, on_error, "records", "rows are 0-based positions")
+    for start, chunk in enumerate(_chunks(records, chunk_rows)):
+        rows = list(range(start * chunk_rows, start * chunk_rows + len(chunk)))
+        pre, clean = {}, []
+        for i, record in enumerate(chunk):
+            if isinstance(record, Mapping):
+                clean.append({str(k): v for k, v in record.items()})
+            else:
+                clean.append(None)
+                pre[i] = [Problem(rows[i], None, f"not a dict: {type(record).__name__}")]
+        builder.add_rows(rows, clean, pre)
+    return builder.finish()
+
+
+def from_dataframe(
+    df, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+) -> ReadResult:
+    """Comparisons from a pandas DataFrame with the columns of the module docstring.
+
+    Row numbers are 0-based positions (not index labels). Missing values (``None``, ``pd.NA``)
+    count as missing fields; a NaN in a float ``annotator_id`` or ``weight`` column is missing,
+    a NaN item or label is a problem.
+    """
+    _check_options(items, on_error, chunk_rows)
+    pd = _require_pandas()
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"'df' must be a pandas DataFrame. Got {type(df).__name__}.")
+    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions")
+    names = [str(c) for c in df.columns]
+    for start in range(0, len(df), chunk_rows):
+        part = df.iloc[start : start + chunk_rows]
+        data = [part.iloc[:, k].tolist() for k in range(part.shape[1])]
+        records = [
+            {n: col[i] for n, col in zip(names, data, strict=True)} for i in range(len(part))
+        ]
+        builder.add_rows(list(range(start, start + len(part))), records, {})
+    return builder.finish()
+
+
+# -- writers ------------------------------------------------------------------------------
+
+
+def _item_lists(x: torch.Tensor) -> tuple[str, Any]:
+    """The item kind of a tensor, for writing."""
+    if x.ndim == 1:
+        return ("number" if x.is_floating_point() else "id"), None
+    if x.ndim == 2:
+        return ("vector" if x.is_floating_point() else "tokens"), None
+    raise ValueError(
+        f"write_preferences writes scalar items or 1-D items (vectors, token ids); got items "
+        f"of shape {tuple(x.shape[1:])}."
+    )
+
+
+def _rows_of(x: torch.Tensor, kind: str) -> list:
+    values = x.detach().cpu()
+    if kind == "tokens":
+        out = []
+        for row in values.tolist():
+            while row and row[-1] == PAD_TOKEN:
+                row.pop()
+            out.append(row)
+        return out
+    if kind in ("number", "vector"):
+        return values.double().tolist()
+    return values.tolist()
+
+
+def write_preferences(prefs: Preferences, path, *, format: str | None = None) -> None:
+    """Write comparisons to a JSON Lines, CSV or Parquet file (columns xa, xb, y[, annotator_id]).
+
+    Integer items of shape ``(n,)`` are written as ids, float items as numbers, float ``(n, d)``
+    as vectors (lists), integer ``(n, L)`` as token lists with the trailing :data:`PAD_TOKEN`
+    padding removed. :func:`read_preferences` gives back the same ``xa``, ``xb``, ``y`` and
+    ``annotator_id`` (token tensors are re-padded to the longest sequence, so a tensor with
+    padding in every row comes back narrower).
+
+    Raises:
+        TypeError: if ``prefs`` is not a :class:`~pbde.Preferences`.
+        ValueError: for items of more than one dimension, negative token ids other than
+            trailing padding, or an unknown format.
+    """
+    if not isinstance(prefs, Preferences):
+        raise TypeError(f"'prefs' must be a pbde.Preferences. Got {type(prefs).__name__}.")
+    path = os.fspath(path)
+    fmt = _resolve_format(path, format)
+    kind, _ = _item_lists(prefs.xa)
+    n = len(prefs)
+    ids = prefs.annotator_id
+    chunk = 65536
+    if fmt == "parquet":
+        _write_parquet(prefs, path, kind)
+        return
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = None
+        if fmt == "csv":
+            writer = csv.writer(handle)
+            writer.writerow(["xa", "xb", "y"] + ([] if ids is None else ["annotator_id"]))
+        for start in range(0, n, chunk):
+            part = prefs[start : start + chunk]
+            xa, xb = _rows_of(part.xa, kind), _rows_of(part.xb, kind)
+            _check_tokens(xa + xb, kind)
+            y = part.y.detach().cpu().double().tolist()
+            aid = None if ids is None else part.annotator_id.cpu().tolist()
+            for i in range(len(y)):
+                if fmt == "jsonl":
+                    record = {"xa": xa[i], "xb": xb[i], "y": y[i]}
+                    if aid is not None:
+                        record["annotator_id"] = aid[i]
+                    handle.write(json.dumps(record) + "\n")
+                else:
+                    cells = [_csv_text(xa[i]), _csv_text(xb[i]), repr(y[i])]
+                    if aid is not None:
+                        cells.append(str(aid[i]))
+                    writer.writerow(cells)
+
+
+def _check_tokens(rows, kind):
+    if kind == "tokens":
+        for row in rows:
+            if not row:
+                raise ValueError(
+                    f"Every token sequence must hold at least one token; one is all padding "
+                    f"({PAD_TOKEN})."
+                )
+            if row and min(row) < 0:
+                raise ValueError(
+                    f"Token ids must be >= 0 ({PAD_TOKEN} is only trailing padding). Got {min(row)}."
+                )
+
+
+def _csv_text(value) -> str:
+    if isinstance(value, list):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _write_parquet(prefs: Preferences, path: str, kind: str) -> None:
+    pa = _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    def column(x: torch.Tensor):
+        values = x.detach().cpu()
+        if kind == "id":
+            return pa.array(values.long().numpy())
+        if kind == "number":
+            return pa.array(values.double().numpy())
+        if kind == "vector":
+            flat = values.double().reshape(-1).numpy()
+            return pa.FixedSizeListArray.from_arrays(pa.array(flat), values.shape[1])
+        array = values.long().numpy()
+        content = array != PAD_TOKEN
+        width = array.shape[1]
+        lengths = np.where(content.any(1), width - content[:, ::-1].argmax(1), 0)
+        if bool((lengths == 0).any()):
+            raise ValueError(
+                f"Every token sequence must hold at least one token; row "
+                f"{int(np.flatnonzero(lengths == 0)[0])} is all padding ({PAD_TOKEN})."
+            )
+        # trailing padding only: every kept element precedes every pad
+        mask = np.arange(array.shape[1])[None, :] < lengths[:, None]
+        if bool((array[mask] < 0).any()):
+            raise ValueError(
+                f"Token ids must be >= 0 ({PAD_TOKEN} is only trailing padding). "
+                f"Got {int(array[mask].min())}."
+            )
+        offsets = np.zeros(array.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(array[mask]))
+
+    data = {
+        "xa": column(prefs.xa),
+        "xb": column(prefs.xb),
+        "y": pa.array(prefs.y.double().cpu().numpy()),
+    }
+    if prefs.annotator_id is not None:
+        data["annotator_id"] = pa.array(prefs.annotator_id.long().cpu().numpy())
+    pq.write_table(pa.table(data), path, row_group_size=65536)

@@ -1,0 +1,728 @@
+"""pbde.io: readers and writers of preference data.
+
+Expected values are written out by hand (or taken from the tensors that were written), never
+from the reader itself. Malformed input is generated with Hypothesis: a reader either parses it
+into labels that match an independent oracle, or raises a ValueError that names rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pbde
+from pbde import io
+
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+FORMATS = ["jsonl", "csv", "parquet"]
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def items_of(kind: str, n: int, generator: torch.Generator):
+    if kind == "id":
+        return torch.randint(-5, 50, (n,), generator=generator), torch.randint(
+            0, 50, (n,), generator=generator
+        )
+    if kind == "number":
+        return torch.randn(n, generator=generator) * 100, torch.randn(n, generator=generator)
+    if kind == "vector":
+        return torch.randn(n, 3, generator=generator), torch.randn(n, 3, generator=generator)
+    # tokens: random lengths 1..5, padded with -1; the longest row is full
+    lengths = torch.randint(1, 6, (2, n), generator=generator)
+    lengths[0, 0] = 5
+    tokens = torch.randint(0, 1000, (2, n, 5), generator=generator)
+    tokens[torch.arange(5) >= lengths[..., None]] = -1
+    return tokens[0], tokens[1]
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", ["id", "number", "vector", "tokens"])
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_round_trip(tmp_path, generator, fmt, kind, with_ids):
+    n = 23
+    xa, xb = items_of(kind, n, generator)
+    y = torch.rand(n, generator=generator)
+    y[:3] = torch.tensor([0.0, 1.0, 0.5])
+    ids = torch.randint(0, 4, (n,), generator=generator) if with_ids else None
+    prefs = pbde.Preferences(xa, xb, y, ids)
+    path = tmp_path / f"prefs.{fmt}"
+    io.write_preferences(prefs, path)
+    result = io.read_preferences(path)
+    assert result.items == kind
+    assert result.dropped == 0 and result.problems == []
+    for name in ("xa", "xb", "y"):
+        expected, got = getattr(prefs, name), getattr(result.prefs, name)
+        assert got.dtype == expected.dtype, name
+        assert torch.equal(got, expected), name
+    if with_ids:
+        assert torch.equal(result.prefs.annotator_id, ids)
+    else:
+        assert result.prefs.annotator_id is None
+    assert result.rows.tolist() == list(range(n))
+    assert result.weights is None and result.prompts is None and result.annotator_names is None
+
+
+def test_format_option_overrides_suffix(tmp_path):
+    prefs = pbde.Preferences(torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([1.0, 0.0]))
+    path = tmp_path / "data.txt"
+    io.write_preferences(prefs, path, format="csv")
+    assert path.read_text().splitlines()[0] == "xa,xb,y"
+    assert torch.equal(io.read_preferences(path, format="csv").prefs.xa, prefs.xa)
+    with pytest.raises(ValueError, match="Cannot infer the format.*'.txt'"):
+        io.read_preferences(path)
+
+
+def test_tokens_are_padded_with_minus_one_to_the_longest_of_both_sides(tmp_path):
+    path = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"xa": [1, 2], "xb": [3], "y": 1}),
+            json.dumps({"xa": [4], "xb": [5, 6, 7, 8], "y": 0}),
+        ],
+    )
+    result = io.read_preferences(path)
+    assert io.PAD_TOKEN == -1
+    assert result.items == "tokens"
+    assert result.prefs.xa.tolist() == [[1, 2, -1, -1], [4, -1, -1, -1]]
+    assert result.prefs.xb.tolist() == [[3, -1, -1, -1], [5, 6, 7, 8]]
+    assert result.prefs.xa.dtype == torch.int64
+
+
+def test_auto_kinds_and_explicit_kinds(tmp_path):
+    lines = [json.dumps({"xa": 1, "xb": 2.5, "y": 1}), json.dumps({"xa": 3, "xb": 4, "y": 0})]
+    path = write_lines(tmp_path / "a.jsonl", lines)
+    auto = io.read_preferences(path)
+    assert auto.items == "number"  # one float makes every scalar a number
+    assert auto.prefs.xb.tolist() == [2.5, 4.0]
+    assert auto.prefs.xa.dtype == torch.get_default_dtype()
+    with pytest.raises(ValueError, match=r"row 0, column 'xb': id must be an integer"):
+        io.read_preferences(path, items="id")
+    ints = write_lines(tmp_path / "i.jsonl", [json.dumps({"xa": 1, "xb": 2, "y": 1})])
+    assert io.read_preferences(ints, items="number").prefs.xa.dtype == torch.float32
+    vec = write_lines(tmp_path / "v.jsonl", [json.dumps({"xa": [1, 2], "xb": [3, 4], "y": 1})])
+    assert io.read_preferences(vec).items == "tokens"  # lists of ints are token ids
+    as_vector = io.read_preferences(vec, items="vector")
+    assert as_vector.items == "vector" and as_vector.prefs.xa.tolist() == [[1.0, 2.0]]
+    with pytest.raises(ValueError, match=r"items are 'tokens' \(lists\)"):
+        io.read_preferences(ints, items="tokens")
+
+
+# -- conventions: chosen/rejected, ties, soft labels, annotators, weights --------------------
+
+
+def test_prompt_chosen_rejected_records():
+    records = [
+        {"prompt": [7, 8], "chosen": [1, 2, 3], "rejected": [4]},
+        {"prompt": [9], "chosen": [5], "rejected": [6, 6]},
+    ]
+    result = io.from_records(records)
+    assert result.prefs.xa.tolist() == [[1, 2, 3], [5, -1, -1]]
+    assert result.prefs.xb.tolist() == [[4, -1, -1], [6, 6, -1]]
+    assert result.prefs.y.tolist() == [1.0, 1.0]
+    assert result.prompts == [[7, 8], [9]]
+
+
+def test_chosen_rejected_jsonl_with_text_prompt_and_tie(tmp_path):
+    path = write_lines(
+        tmp_path / "hf.jsonl",
+        [
+            json.dumps({"prompt": "Hi?", "chosen": 3, "rejected": 1}),
+            json.dumps({"prompt": "Yo?", "chosen": 2, "rejected": 0, "tie": True}),
+        ],
+    )
+    result = io.read_preferences(path)
+    assert result.prefs.xa.tolist() == [3, 2]
+    assert result.prefs.y.tolist() == [1.0, 0.5]
+    assert result.prompts == ["Hi?", "Yo?"]
+
+
+def test_chosen_rejected_with_label_is_an_error():
+    with pytest.raises(ValueError, match=r"row 0, column 'y': a 'chosen'/'rejected' row cannot"):
+        io.from_records([{"chosen": 1, "rejected": 2, "y": 0.0}])
+
+
+def test_ties_and_soft_labels(tmp_path):
+    path = tmp_path / "soft.csv"
+    path.write_text("xa,xb,label,tie\n1,2,0.25,\n3,4,,true\n5,6,0.5,1\n7,8,1,false\n")
+    result = io.read_preferences(path)
+    assert result.prefs.y.tolist() == [0.25, 0.5, 0.5, 1.0]
+    with pytest.raises(ValueError, match=r"row 0, column 'y': 'tie' is true but the label is 1.0"):
+        io.from_records([{"xa": 1, "xb": 2, "y": 1.0, "tie": True}])
+    with pytest.raises(ValueError, match=r"row 0, column 'label': give either 'y' or 'label'"):
+        io.from_records([{"xa": 1, "xb": 2, "y": 1.0, "label": 1.0}])
+    with pytest.raises(ValueError, match=r"row 0, column 'y': missing field 'y'"):
+        io.from_records([{"xa": 1, "xb": 2, "tie": False}])
+
+
+def test_bool_labels_are_rejected_not_coerced():
+    # pyarrow would read [0.5, True] as [0.5, 1.0]; the reader must not
+    records = [{"xa": i, "xb": i + 1, "y": 0.5} for i in range(40)]
+    records[17]["y"] = True
+    with pytest.raises(ValueError, match=r"row 17, column 'y': the label must be a number"):
+        io.from_records(records)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_string_annotator_ids_are_mapped_in_order_of_first_appearance(tmp_path, fmt):
+    rows = [(1, 2, 1.0, "bob"), (3, 4, 0.0, "alice"), (5, 6, 1.0, "bob"), (7, 8, 0.5, "carol")]
+    path = tmp_path / f"ann.{fmt}"
+    if fmt == "jsonl":
+        write_lines(
+            path, [json.dumps({"xa": a, "xb": b, "y": y, "annotator_id": n}) for a, b, y, n in rows]
+        )
+    else:
+        path.write_text(
+            "xa,xb,y,annotator_id\n" + "".join(f"{a},{b},{y},{n}\n" for a, b, y, n in rows)
+        )
+    result = io.read_preferences(path)
+    assert result.annotator_names == ["bob", "alice", "carol"]
+    assert result.prefs.annotator_id.tolist() == [0, 1, 0, 2]
+
+
+def test_integer_annotator_ids_and_their_problems():
+    result = io.from_records(
+        [
+            {"xa": 1, "xb": 2, "y": 1, "annotator_id": 7},
+            {"xa": 1, "xb": 2, "y": 0, "annotator_id": 0},
+        ]
+    )
+    assert result.prefs.annotator_id.tolist() == [7, 0] and result.annotator_names is None
+    records = [
+        {"xa": 1, "xb": 2, "y": 1, "annotator_id": 3},
+        {"xa": 1, "xb": 2, "y": 1, "annotator_id": "eve"},
+        {"xa": 1, "xb": 2, "y": 1},
+        {"xa": 1, "xb": 2, "y": 1, "annotator_id": 1.5},
+    ]
+    out = io.from_records(records, on_error="drop")
+    assert [(p.row, p.column) for p in out.problems] == [
+        (1, "annotator_id"),
+        (2, "annotator_id"),
+        (3, "annotator_id"),
+    ]
+    assert "do not mix names and ints" in out.problems[0].message
+    assert "other rows have one" in out.problems[1].message
+    assert "non-integer 1.5" in out.problems[2].message
+    assert out.prefs.annotator_id.tolist() == [3] and out.dropped == 3
+
+
+def test_weights():
+    records = [{"xa": i, "xb": 0, "y": 1, "weight": w} for i, w in enumerate([0.5, 0, 2])]
+    assert io.from_records(records).weights.tolist() == [0.5, 0.0, 2.0]
+    records.append({"xa": 9, "xb": 0, "y": 1, "weight": -1})
+    records.append({"xa": 9, "xb": 0, "y": 1})
+    out = io.from_records(records, on_error="drop")
+    assert [(p.row, p.column) for p in out.problems] == [(3, "weight"), (4, "weight")]
+    assert out.weights.tolist() == [0.5, 0.0, 2.0]
+
+
+def test_columns_renaming_and_ignored_columns(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("a,b,pref,extra\n1,2,1,x\n")
+    result = io.read_preferences(path, columns={"a": "xa", "b": "xb", "pref": "y"})
+    assert result.prefs.xa.tolist() == [1] and result.ignored_columns == ["extra"]
+    with pytest.raises(ValueError, match="unknown names"):
+        io.read_preferences(path, columns={"a": "x_a"})
+
+
+def test_from_dataframe():
+    df = pd.DataFrame(
+        {
+            "xa": [0.5, 1.5, 2.5],
+            "xb": [1.0, 2.0, 3.0],
+            "y": [1.0, 0.0, 0.5],
+            "annotator_id": ["u1", "u2", "u1"],
+            "note": ["a", "b", "c"],
+        },
+        index=[10, 20, 30],
+    )
+    result = io.from_dataframe(df)
+    assert result.prefs.xa.tolist() == [0.5, 1.5, 2.5]
+    assert result.prefs.annotator_id.tolist() == [0, 1, 0]
+    assert result.annotator_names == ["u1", "u2"] and result.ignored_columns == ["note"]
+    df.loc[20, "y"] = float("nan")
+    with pytest.raises(ValueError, match=r"row 1, column 'y': the label must be finite"):
+        io.from_dataframe(df)  # rows are positions, not index labels
+    with pytest.raises(TypeError, match="'df' must be a pandas DataFrame"):
+        io.from_dataframe({"xa": [1]})
+
+
+# -- chunking --------------------------------------------------------------------------------
+
+
+def fifty_rows_with_problems():
+    records = []
+    for i in range(50):
+        records.append({"xa": i * 0.5, "xb": -i, "y": (i % 5) / 4, "annotator_id": i % 3})
+    records[3]["y"] = 2.0
+    records[13]["xa"] = float("nan")
+    del records[14]["xb"]
+    records[20]["annotator_id"] = -4
+    records[48]["y"] = None
+    return records
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_chunked_reading_matches_one_chunk(tmp_path, fmt):
+    records = fifty_rows_with_problems()
+    path = tmp_path / f"fifty.{fmt}"
+    if fmt == "jsonl":
+        write_lines(path, [json.dumps(r) for r in records])
+    elif fmt == "csv":
+        frame = pd.DataFrame(records)
+        frame["annotator_id"] = frame["annotator_id"].astype("Int64")
+        frame.to_csv(path, index=False)
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path, row_group_size=11)
+    small = io.read_preferences(path, chunk_rows=7, on_error="drop")
+    large = io.read_preferences(path, chunk_rows=1000, on_error="drop")
+    bad = [3, 13, 14, 20, 48]
+    good = [i for i in range(50) if i not in bad]
+    for result in (small, large):
+        assert result.dropped == 5 and result.rows_read == 50
+        assert [p.row for p in result.problems] == bad
+        assert result.rows.tolist() == good
+        assert result.prefs.xa.tolist() == [i * 0.5 for i in good]
+        assert result.prefs.xb.tolist() == [float(-i) for i in good]
+        assert result.prefs.y.tolist() == [(i % 5) / 4 for i in good]
+        assert result.prefs.annotator_id.tolist() == [i % 3 for i in good]
+    assert small.problems == large.problems
+
+
+# -- validation: every problem, with its row and column --------------------------------------
+
+
+def test_every_problem_is_listed_jsonl(tmp_path):
+    lines = [
+        json.dumps({"xa": 1, "xb": 2, "y": 1}),  # 0 ok
+        json.dumps({"xa": 1, "y": 1}),  # 1 missing xb
+        json.dumps({"xa": 1, "xb": 2, "y": 1.5}),  # 2 label out of range
+        '{"xa": 1, "xb": 2, "y": NaN}',  # 3 NaN label
+        json.dumps({"xa": 2.5, "xb": 2, "y": 0}),  # 4 non-integer id
+        json.dumps({"xa": 1, "xb": 2, "y": 0, "annotator_id": -1}),  # 5 negative annotator
+        '{"xa": 1, "xb": ',  # 6 unparseable
+        "",  # 7 blank: skipped
+        json.dumps([1, 2, 3]),  # 8 not an object
+        json.dumps({"xa": 4, "xb": 5, "y": 0.5}),  # 9 ok
+        json.dumps({"xa": "a cat", "xb": 2, "y": 1}),  # 10 text
+    ]
+    path = write_lines(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(ValueError) as info:
+        io.read_preferences(path, items="id")
+    message = str(info.value)
+    expected = [
+        (1, "xb", "missing field 'xb'"),
+        (2, "y", "must lie in [0, 1]"),
+        (3, "y", "must be finite"),
+        (4, "xa", "non-integer 2.5"),
+        (5, "annotator_id", "must be >= 0, got -1"),
+        (6, None, "unparseable JSON line"),
+        (8, None, "not a JSON object"),
+        (10, "xa", "tokenize text first"),
+    ]
+    assert "bad.jsonl" in message and "8 problem(s)" in message and "line r+1" in message
+    for row, column, text in expected:
+        where = f"row {row}" + ("" if column is None else f", column '{column}'")
+        assert re.search(re.escape(where) + ": .*" + re.escape(text), message), (where, message)
+    dropped = io.read_preferences(path, items="id", on_error="drop")
+    assert [(p.row, p.column) for p in dropped.problems] == [(r, c) for r, c, _ in expected]
+    assert dropped.dropped == 8 and dropped.rows.tolist() == [0, 9]
+    assert dropped.prefs.xa.tolist() == [1, 4] and dropped.prefs.y.tolist() == [1.0, 0.5]
+    # the annotator id of row 5 was the only one, and row 5 was dropped: no ids remain
+    assert dropped.prefs.annotator_id is None
+
+
+def test_every_problem_is_listed_for_sequences():
+    records = [
+        {"xa": [0.5, 1.0], "xb": [1.0, 2.0], "y": 1},  # 0 ok, fixes d = 2
+        {"xa": [0.5], "xb": [1.0, 2.0], "y": 1},  # 1 wrong length
+        {"xa": [], "xb": [1.0, 2.0], "y": 1},  # 2 empty
+        {"xa": [0.5, float("inf")], "xb": [1.0, 2.0], "y": 1},  # 3 inf
+        {"xa": 3.0, "xb": [1.0, 2.0], "y": 1},  # 4 scalar among lists
+        {"xa": [1.0, 2.0], "xb": [1.0, 2.0, 3.0], "y": 0},  # 5 wrong length in xb
+    ]
+    out = io.from_records(records, on_error="drop")
+    assert out.items == "vector" and len(out.prefs) == 1
+    assert [(p.row, p.column) for p in out.problems] == [
+        (1, "xa"),
+        (2, "xa"),
+        (3, "xa"),
+        (4, "xa"),
+        (5, "xb"),
+    ]
+    assert "length 1, expected 2" in out.problems[0].message
+    assert "empty sequence" in out.problems[1].message
+    assert "finite" in out.problems[2].message
+    assert "items are lists (fixed by row 0)" in out.problems[3].message
+    tokens = [{"chosen": [1], "rejected": []}, {"chosen": [2, -1], "rejected": [1]}]
+    out = io.from_records(
+        tokens + [{"chosen": [1], "rejected": [2]}], items="tokens", on_error="drop"
+    )
+    assert [(p.row, p.column) for p in out.problems] == [(0, "rejected"), (1, "chosen")]
+    assert "token ids must be >= 0" in out.problems[1].message
+
+
+def test_csv_rows_do_not_count_the_header(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text('xa,xb,y\n1,2,1\n1,2,abc\n1,2\n"[1, 2",2,1\n1,2,0.5\n')
+    with pytest.raises(ValueError) as info:
+        io.read_preferences(path)
+    message = str(info.value)
+    assert "header not counted" in message and "3 problem(s)" in message
+    assert "row 1, column 'y': not a number: 'abc'" in message
+    assert "row 2: record has 2 field(s), the header has 3" in message
+    assert "row 3, column 'xa': unparseable list" in message
+
+
+def test_message_lists_first_20_and_counts_the_rest():
+    records = [{"xa": 1, "xb": 2, "y": 2.0 + i} for i in range(25)]
+    with pytest.raises(ValueError) as info:
+        io.from_records(records)
+    message = str(info.value)
+    assert "25 problem(s)" in message and "... and 5 more" in message
+    assert "row 19," in message and "row 20," not in message
+
+
+def test_nothing_left_after_dropping():
+    with pytest.raises(ValueError, match="has no valid row left"):
+        io.from_records([{"xa": 1, "xb": 2}], on_error="drop")
+
+
+# -- files and arguments that are wrong as a whole --------------------------------------------
+
+
+def test_whole_file_errors(tmp_path):
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not a parquet file at all")
+    with pytest.raises(ValueError, match="junk.parquet' is not a readable Parquet file"):
+        io.read_preferences(junk)
+    no_items = tmp_path / "no_items.csv"
+    no_items.write_text("a,y\n1,1\n")
+    with pytest.raises(ValueError, match="no_items.csv' has no item columns"):
+        io.read_preferences(no_items)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty.csv' is empty"):
+        io.read_preferences(empty)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no comparison"):
+        io.read_preferences(blank)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        io.read_preferences(tmp_path / "missing.jsonl")
+    with pytest.raises(TypeError, match="'source' must be a path"):
+        io.read_preferences([{"xa": 1}])
+    with pytest.raises(ValueError, match="'items' must be one of"):
+        io.from_records([], items="text")
+    with pytest.raises(ValueError, match="'on_error' must be 'raise' or 'drop'"):
+        io.from_records([], on_error="skip")
+    with pytest.raises(ValueError, match="'chunk_rows' must be an int >= 1. Got 0"):
+        io.read_preferences(blank, chunk_rows=0)
+    with pytest.raises(ValueError, match="'format' must be one of"):
+        io.read_preferences(blank, format="xlsx")
+    with pytest.raises(TypeError, match="'records' must be an iterable of dicts"):
+        io.from_records({"xa": 1})
+
+
+def test_writer_errors(tmp_path):
+    with pytest.raises(TypeError, match="'prefs' must be a pbde.Preferences"):
+        io.write_preferences({"xa": 1}, tmp_path / "a.jsonl")
+    cube = pbde.Preferences(torch.zeros(2, 2, 2), torch.zeros(2, 2, 2), torch.ones(2))
+    with pytest.raises(ValueError, match=r"items of shape \(2, 2\)"):
+        io.write_preferences(cube, tmp_path / "a.jsonl")
+    padded = pbde.Preferences(
+        torch.tensor([[1, -1], [-1, -1]]), torch.ones(2, 2).long(), torch.ones(2)
+    )
+    for fmt in FORMATS:
+        with pytest.raises(ValueError, match="at least one token"):
+            io.write_preferences(padded, tmp_path / f"p.{fmt}")
+
+
+def test_missing_pyarrow_gives_a_clear_import_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=r'pip install "pbde\[io\]"'):
+        io.read_preferences(_touch(tmp_path / "x.parquet"))
+    # JSON Lines needs no pyarrow: the row-by-row path takes over
+    records = [json.dumps({"xa": i, "xb": 0, "y": 1}) for i in range(40)]
+    assert len(io.read_preferences(write_lines(tmp_path / "x.jsonl", records)).prefs) == 40
+
+
+def _touch(path):
+    path.write_bytes(b"")
+    return path
+
+
+# -- Hypothesis: malformed input never gives another exception or a wrong label --------------
+
+junk_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.integers(-3, 10), max_size=3),
+    st.lists(st.floats(-1e3, 1e3), max_size=3),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+field_names = st.sampled_from(
+    ["xa", "xb", "y", "label", "tie", "annotator_id", "weight", "chosen", "rejected", "prompt", "z"]
+)
+
+
+@st.composite
+def records_strategy(draw):
+    """Mostly valid records (scalar items) with random deletions, junk values and extra keys."""
+    n = draw(st.integers(1, 30))
+    records = []
+    for _ in range(n):
+        if draw(st.booleans()):
+            record = {"xa": draw(st.integers(0, 9)), "xb": draw(st.integers(0, 9))}
+            record["y"] = draw(st.floats(0, 1))
+        else:
+            record = {"chosen": draw(st.integers(0, 9)), "rejected": draw(st.integers(0, 9))}
+        for _ in range(draw(st.integers(0, 2))):
+            action = draw(st.sampled_from(["delete", "junk", "extra"]))
+            key = draw(field_names)
+            if action == "delete":
+                record.pop(key, None)
+            else:
+                record[key] = draw(junk_values)
+        records.append(record)
+    return records
+
+
+def oracle_label(record):
+    """The label a valid record states, computed without pbde."""
+    if record.get("tie") in (True, 1):
+        return 0.5
+    for key in ("y", "label"):
+        if record.get(key) is not None:
+            return float(record[key])
+    return 1.0  # chosen/rejected
+
+
+def oracle_items(record):
+    if record.get("xa") is not None or record.get("xb") is not None:
+        return record["xa"], record["xb"]
+    return record["chosen"], record["rejected"]
+
+
+def check_parse(result, records):
+    prefs = result.prefs
+    n = len(prefs)
+    assert prefs.xa.shape[0] == prefs.xb.shape[0] == n == result.rows.shape[0]
+    assert result.dropped == result.rows_read - n == len({p.row for p in result.problems})
+    assert bool(((prefs.y >= 0) & (prefs.y <= 1)).all())
+    for position, row in enumerate(result.rows.tolist()):
+        record = records[row]
+        assert prefs.y[position].item() == pytest.approx(oracle_label(record), abs=1e-6)
+        xa, xb = oracle_items(record)
+        assert prefs.xa[position].item() == pytest.approx(float(xa))
+        assert prefs.xb[position].item() == pytest.approx(float(xb))
+
+
+def assert_clear(error: ValueError):
+    message = str(error)
+    assert re.search(r"row \d+|holds no comparison|is empty|no item columns", message), message
+
+
+@FAST
+@given(records=records_strategy(), on_error=st.sampled_from(["raise", "drop"]))
+def test_property_from_records(records, on_error):
+    try:
+        result = io.from_records(records, on_error=on_error)
+    except ValueError as error:
+        assert_clear(error)
+        return
+    check_parse(result, records)
+    if on_error == "raise":
+        assert result.dropped == 0
+
+
+@FAST
+@given(records=records_strategy(), chunk_rows=st.sampled_from([3, 1000]))
+def test_property_jsonl_records(tmp_path, records, chunk_rows):
+    path = tmp_path / "h.jsonl"
+    lines = [json.dumps(r) for r in records]
+    write_lines(path, lines)
+    try:
+        result = io.read_preferences(path, on_error="drop", chunk_rows=chunk_rows)
+    except ValueError as error:
+        assert_clear(error)
+        return
+    check_parse(result, [json.loads(line) for line in lines])
+
+
+@FAST
+@given(lines=st.lists(st.one_of(st.text(max_size=30), st.binary(max_size=30)), max_size=8))
+def test_property_random_lines_jsonl_and_csv(tmp_path, lines):
+    body = b"\n".join(line if isinstance(line, bytes) else line.encode() for line in lines)
+    for name, header in (("r.jsonl", b""), ("r.csv", b"xa,xb,y\n")):
+        path = tmp_path / name
+        path.write_bytes(header + body)
+        for on_error in ("raise", "drop"):
+            try:
+                result = io.read_preferences(path, on_error=on_error)
+            except ValueError as error:
+                assert_clear(error)
+                continue
+            y = result.prefs.y
+            assert bool(((y >= 0) & (y <= 1)).all()) and y.shape[0] == result.rows.shape[0]
+
+
+@FAST
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["1", "2.5", "", "x", "[1,2]", "[]", "nan", "-3", "1e400", "true"]),
+            st.sampled_from(["0", "0.5", "1", "", "2", "-0.1", "nan", "inf", "abc", "True"]),
+            st.sampled_from(["", "0", "7", "-1", "bob", "1.5"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_property_csv_cells(tmp_path, rows):
+    path = tmp_path / "cells.csv"
+    path.write_text("xa,xb,y,annotator_id\n" + "".join(f'"{a}",3,{y},{i}\n' for a, y, i in rows))
+    try:
+        result = io.read_preferences(path, on_error="drop")
+    except ValueError as error:
+        assert_clear(error)
+        return
+    for position, row in enumerate(result.rows.tolist()):
+        expected = float(rows[row][1])  # only plain numbers in [0, 1] can survive
+        assert math.isfinite(expected) and 0 <= expected <= 1
+        assert result.prefs.y[position].item() == pytest.approx(expected)
+
+
+@FAST
+@given(records=records_strategy())
+def test_property_parquet_and_dataframe(tmp_path, records):
+    # keep only the columns pyarrow can type (a Parquet file cannot hold the others)
+    names = sorted(set().union(*records))
+    columns = {}
+    for name in names:
+        try:
+            columns[name] = pa.array([r.get(name) for r in records])
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            continue
+    if not columns:
+        return
+    table = pa.table(columns)
+    path = tmp_path / "h.parquet"
+    try:
+        pq.write_table(table, path)
+    except pa.ArrowException:  # e.g. an empty struct column: Parquet cannot hold it
+        return
+    frame = table.to_pandas()
+    for read in (
+        lambda: io.read_preferences(path, on_error="drop", chunk_rows=4),
+        lambda: io.from_dataframe(frame, on_error="drop"),
+    ):
+        try:
+            result = read()
+        except ValueError as error:
+            assert_clear(error)
+            continue
+        kept = table.to_pylist()
+        assert bool(((result.prefs.y >= 0) & (result.prefs.y <= 1)).all())
+        for position, row in enumerate(result.rows.tolist()):
+            record = {k: v for k, v in kept[row].items() if v is not None}
+            label = oracle_label(record)
+            assert result.prefs.y[position].item() == pytest.approx(label, abs=1e-6)
+
+
+def test_fast_and_row_by_row_paths_agree():
+    generator = np.random.default_rng(0)
+    records = [
+        {"xa": float(a), "xb": float(b), "y": float(y), "annotator_id": int(i)}
+        for a, b, y, i in zip(
+            generator.normal(size=40),
+            generator.normal(size=40),
+            generator.uniform(size=40),
+            generator.integers(0, 5, 40),
+            strict=True,
+        )
+    ]
+    records[5]["y"] = 1.5
+    records[30]["xa"] = float("inf")
+    fast = io.from_records(records, on_error="drop")  # 40 rows: one vectorized chunk
+    slow = io.from_records(records, on_error="drop", chunk_rows=8)  # < 16: row by row
+    assert fast.problems == slow.problems and fast.rows.tolist() == slow.rows.tolist()
+    for name in ("xa", "xb", "y", "annotator_id"):
+        assert torch.equal(getattr(fast.prefs, name), getattr(slow.prefs, name))
+    assert fast.prefs.xa.tolist() == pytest.approx(
+        [r["xa"] for i, r in enumerate(records) if i not in (5, 30)]
+    )
+
+
+def test_parquet_extra_columns_and_row_groups(tmp_path):
+    path = tmp_path / "extra.parquet"
+    table = pa.table(
+        {
+            "chosen": pa.array([[1, 2], [3], [4, 5, 6]]),
+            "rejected": pa.array([[7], [], [8]]),
+            "text": ["a", "b", "c"],
+            "weight": [1.0, 2.0, None],
+        }
+    )
+    pq.write_table(table, path, row_group_size=2)
+    out = io.read_preferences(path, on_error="drop", chunk_rows=1)
+    assert out.ignored_columns == ["text"]
+    assert [(p.row, p.column) for p in out.problems] == [(1, "rejected"), (2, "weight")]
+    assert "empty sequence" in out.problems[0].message
+    assert out.prefs.xa.tolist() == [[1, 2]] and out.prefs.xb.tolist() == [[7, -1]]
+    assert out.weights.tolist() == [1.0] and out.rows.tolist() == [0]
+
+
+def test_float64_overflow_of_float32_items_is_a_problem():
+    out = io.from_records(
+        [{"xa": 1e39, "xb": 0.0, "y": 1}, {"xa": 1.0, "xb": 0.0, "y": 0}], on_error="drop"
+    )
+    assert [(p.row, p.column) for p in out.problems] == [(0, "xa")]
+    assert "overflows torch.float32" in out.problems[0].message
+
+
+def test_float_parquet_column_read_as_ids(tmp_path):
+    values = [1.0, 2.0, float("inf"), 1e300, 2.5, float("nan")] + [3.0] * 20
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"xa": values, "xb": [0.0] * 26, "y": [1.0] * 26}), path)
+    out = io.read_preferences(path, items="id", on_error="drop")
+    assert out.prefs.xa.dtype == torch.int64
+    assert out.prefs.xa.tolist() == [1, 2] + [3] * 20
+    assert [p.row for p in out.problems] == [2, 3, 4, 5]
+    assert "must fit in int64" in out.problems[1].message
+    assert len(out.problems[1].message) < 100
+
+
+@pytest.mark.parametrize(
+    "name, text", [("b.csv", "xa,xb,y\n1,2,1\n"), ("b.jsonl", '{"xa": 1, "xb": 2, "y": 1}\n')]
+)
+def test_utf8_byte_order_mark_is_skipped(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert io.read_preferences(path).prefs.xb.tolist() == [2]
