@@ -73,6 +73,9 @@ class PBDE:
             self._g = float(g)
         self.name = name or "PBDE"
         self.references = tuple(references)
+        # set by the built-in constructors (luce, dpo, geometric) so that pbde.save_model can
+        # write the behavior as plain data; a PBDE built from arbitrary callables has none
+        self._builtin: dict | None = None
 
     def __repr__(self) -> str:
         return f"{self.name}(f={self._describe(self._f)}, g={self._describe(self._g)})"
@@ -125,7 +128,9 @@ def luce() -> PBDE:
 
     Under it, x_A is preferred with probability p(x_A) / (p(x_A) + p(x_B)).
     """
-    return PBDE(1.0, 0.0, name="luce")
+    behavior = PBDE(1.0, 0.0, name="luce")
+    behavior._builtin = {"name": "luce"}
+    return behavior
 
 
 def length_normalized(length: FunctionOfX) -> PBDE:
@@ -165,7 +170,9 @@ def dpo(beta: float, reference) -> PBDE:
         return -beta * ref.log_prob(x)
 
     minus_beta_log_ref.__name__ = f"-{beta:g}·log π_ref"
-    return PBDE(beta, minus_beta_log_ref, name=f"dpo(beta={beta:g})", references=(ref,))
+    behavior = PBDE(beta, minus_beta_log_ref, name=f"dpo(beta={beta:g})", references=(ref,))
+    behavior._builtin = {"name": "dpo", "beta": beta}
+    return behavior
 
 
 def geometric(alpha: float, reference) -> PBDE:
@@ -185,4 +192,8 @@ def geometric(alpha: float, reference) -> PBDE:
         return coefficient * ref.log_prob(x)
 
     scaled_log_ref.__name__ = f"{coefficient:g}·log π_ref"
-    return PBDE(1.0 / alpha, scaled_log_ref, name=f"geometric(alpha={alpha:g})", references=(ref,))
+    behavior = PBDE(
+        1.0 / alpha, scaled_log_ref, name=f"geometric(alpha={alpha:g})", references=(ref,)
+    )
+    behavior._builtin = {"name": "geometric", "alpha": alpha}
+    return behavior

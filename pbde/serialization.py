@@ -1,0 +1,314 @@
+"""Saving fitted annotator models to files and loading them back, without pickled code.
+
+A model file is a ``torch.save``'d dict with three entries: ``"format"`` (``"pbde-model"``),
+``"config"`` (plain ``str``/``int``/``float``/``bool``/``list``/``dict`` data describing how to
+rebuild the model) and ``"state"`` (the model's ``state_dict``: tensors only). It is read back
+with ``torch.load(..., weights_only=True)``, which refuses anything but tensors and plain data, so
+loading a file never runs code from it.
+
+What can be saved: an :class:`~pbde.Annotator` (or a :class:`~pbde.MixtureAnnotator` of them)
+whose density is a :class:`~pbde.densities.Categorical`, :class:`~pbde.densities.EnergyModel`,
+:class:`~pbde.densities.TruncatedNormalMixture`, :class:`~pbde.densities.Tabulated` or a
+:class:`~pbde.densities.Mixture` of those, and whose behavior is :func:`pbde.luce`,
+:func:`pbde.dpo`, :func:`pbde.geometric` (the reference density is saved with it) or a
+:class:`~pbde.PBDE` with constant ``f`` and ``g``. A behavior made of arbitrary callables (e.g.
+:func:`pbde.length_normalized`) is code, not data: it cannot be saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+
+import torch
+from torch import nn
+
+from pbde.annotators import Annotator, MixtureAnnotator
+from pbde.behavior import PBDE, dpo, geometric, luce
+from pbde.densities.base import Density
+from pbde.densities.continuous import Mixture, TruncatedNormalMixture
+from pbde.densities.energy import _ACTIVATIONS, EnergyModel
+from pbde.densities.finite import Categorical, Tabulated
+from pbde.support import Grid, Support
+
+__all__ = ["save_model", "load_model"]
+
+FORMAT = "pbde-model"
+VERSION = 1
+
+
+def save_model(model: Annotator | MixtureAnnotator, path: str | os.PathLike) -> None:
+    """Write a fitted annotator model to ``path`` (tensors and plain data only).
+
+    Args:
+        model: an :class:`~pbde.Annotator` or :class:`~pbde.MixtureAnnotator` (see the module
+            docstring for the densities and behaviors that can be saved).
+        path: the file to write (overwritten atomically).
+
+    Raises:
+        TypeError: if the model, its density or its behavior cannot be described as data (e.g. a
+            PBDE built from user callables); the message names the part.
+
+    Example:
+        >>> import tempfile, torch, pbde
+        >>> model = pbde.Annotator(pbde.densities.Categorical(probs=torch.tensor([0.2, 0.8])))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     pbde.save_model(model, f"{folder}/model.pt")
+        ...     loaded = pbde.load_model(f"{folder}/model.pt")
+        >>> loaded.density.prob(torch.tensor([1]))
+        tensor([0.8000], grad_fn=<ExpBackward0>)
+    """
+    config = _describe_process(model, "model")
+    config["frozen"] = [name for name, p in model.named_parameters() if not p.requires_grad]
+    json.dumps(config)  # plain data only: fails loudly here rather than at load time
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "config": config, "state": state}
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> Annotator | MixtureAnnotator:
+    """Read a model written by :func:`save_model`.
+
+    The file is opened with ``torch.load(weights_only=True)``: a file holding pickled objects
+    other than tensors and plain data is refused, and no code from it runs.
+
+    Args:
+        path: the model file.
+        map_location: where to put the tensors (default the CPU).
+
+    Returns:
+        The model, in eval mode, with the saved parameters (same dtypes as when saved).
+
+    Raises:
+        ValueError: if the file is not a pbde model file, or holds anything but tensors and plain
+            data.
+        OSError: if the file cannot be read.
+    """
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+        detail = found.group(1).strip() if found else str(error).splitlines()[0]
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a pbde model file that can be loaded safely ({detail}); "
+            "pbde refuses to unpickle anything but tensors and plain data, which could run code "
+            "from the file."
+        ) from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a pbde model file (unreadable as a torch file: {error})."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a pbde model file (no 'format' tag).")
+    if payload.get("version") != VERSION:
+        raise ValueError(
+            f"{os.fspath(path)!r} is a pbde model file of version {payload.get('version')!r}; "
+            f"this pbde reads version {VERSION}."
+        )
+    config, state = payload["config"], payload["state"]
+    try:
+        model = _build_process(config)
+        # assign=True keeps the saved dtypes (a float64 model stays float64); the closures of
+        # dpo/geometric hold the same reference modules, which get the saved weights here
+        model.load_state_dict(state, assign=True)
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{os.fspath(path)!r} is a damaged pbde model file: {error}") from None
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name not in config.get("frozen", []))
+    model.eval()
+    return model
+
+
+# -- model -> config ---------------------------------------------------------------------------
+
+
+def _describe_process(model, where: str) -> dict:
+    if isinstance(model, Annotator):
+        return {
+            "kind": "annotator",
+            "density": _describe_density(model.density, f"{where}.density"),
+            "behavior": _describe_behavior(model.behavior, f"{where}.behavior"),
+        }
+    if isinstance(model, MixtureAnnotator):
+        return {
+            "kind": "mixture_annotator",
+            "annotators": [
+                _describe_process(a, f"{where}.annotators[{i}]")
+                for i, a in enumerate(model.annotators)
+            ],
+            "learn_weights": isinstance(model.weight_logits, nn.Parameter),
+        }
+    raise TypeError(
+        f"pbde.save_model can save a pbde.Annotator or MixtureAnnotator; {where} is a "
+        f"{type(model).__name__}."
+    )
+
+
+def _describe_behavior(behavior: PBDE, where: str) -> dict:
+    builtin = getattr(behavior, "_builtin", None)
+    if builtin is not None:
+        config = dict(builtin)
+        if config["name"] in ("dpo", "geometric"):
+            config["reference"] = _describe_density(
+                behavior.references[0], f"{where} reference density"
+            )
+        return config
+    if behavior.constant_f is not None and isinstance(behavior._g, float):
+        return {"name": "constant", "f": behavior.constant_f, "g": behavior._g}
+    raise TypeError(
+        f"pbde.save_model cannot save {where} {behavior!r}: it is built from Python callables "
+        "(code, not data). Only pbde.luce(), pbde.dpo(beta, reference), "
+        "pbde.geometric(alpha, reference) and PBDEs with constant f and g can be saved; save "
+        "the density (e.g. its state_dict) and rebuild the behavior in code."
+    )
+
+
+def _describe_density(density: Density, where: str) -> dict:
+    if type(density) is Categorical:
+        return {"type": "Categorical", "size": density.size}
+    if type(density) is EnergyModel:
+        linear = [m for m in density.energy_net if isinstance(m, nn.Linear)]
+        activation = next(
+            name for name, cls in _ACTIVATIONS.items() if isinstance(density.energy_net[1], cls)
+        )
+        return {
+            "type": "EnergyModel",
+            "low": density.low,
+            "high": density.high,
+            "hidden": [m.out_features for m in linear[:-1]],
+            "activation": activation,
+            "grid_size": density.grid.size,
+        }
+    if type(density) is TruncatedNormalMixture:
+        return {
+            "type": "TruncatedNormalMixture",
+            "components": int(density.loc.shape[0]),
+            "low": density.low,
+            "high": density.high,
+            "learnable": isinstance(density.loc, nn.Parameter),
+        }
+    if type(density) is Tabulated:
+        support = density.support
+        if type(support) is Grid:
+            described = {
+                "grid": {
+                    "low": support.low,
+                    "high": support.high,
+                    "size": support.size,
+                    "dtype": str(support.points.dtype).removeprefix("torch."),
+                }
+            }
+        elif type(support) is Support:
+            # the points and weights travel as lists of numbers: a support is data, small
+            # enough for tabulated densities, and the state dict only holds the values
+            described = {
+                "points": support.points.tolist(),
+                "points_dtype": str(support.points.dtype).removeprefix("torch."),
+                "log_weights": support.log_weights.tolist(),
+            }
+        else:
+            raise TypeError(
+                f"pbde.save_model cannot save {where}: a Tabulated density on a "
+                f"{type(support).__name__} support (only Support and Grid)."
+            )
+        return {"type": "Tabulated", "support": described}
+    if type(density) is Mixture:
+        return {
+            "type": "Mixture",
+            "components": [
+                _describe_density(c, f"{where}.components[{i}]")
+                for i, c in enumerate(density.components)
+            ],
+            "learn_weights": isinstance(density.weight_logits, nn.Parameter),
+        }
+    raise TypeError(
+        f"pbde.save_model cannot save {where}, a {type(density).__name__}: only Categorical, "
+        "EnergyModel, TruncatedNormalMixture, Tabulated and Mixture densities can be saved."
+    )
+
+
+# -- config -> model (placeholder values; the state dict fills them in) -------------------------
+
+
+def _build_process(config: dict):
+    if config["kind"] == "annotator":
+        return Annotator(_build_density(config["density"]), _build_behavior(config["behavior"]))
+    if config["kind"] == "mixture_annotator":
+        return MixtureAnnotator(
+            [_build_process(c) for c in config["annotators"]],
+            learn_weights=bool(config["learn_weights"]),
+        )
+    raise TypeError(f"unknown model kind {config['kind']!r}")
+
+
+def _build_behavior(config: dict) -> PBDE:
+    name = config["name"]
+    if name == "luce":
+        return luce()
+    if name == "dpo":
+        return dpo(float(config["beta"]), _build_density(config["reference"]))
+    if name == "geometric":
+        return geometric(float(config["alpha"]), _build_density(config["reference"]))
+    if name == "constant":
+        return PBDE(float(config["f"]), float(config["g"]))
+    raise TypeError(f"unknown behavior {name!r}")
+
+
+def _build_density(config: dict) -> Density:
+    kind = config["type"]
+    if kind == "Categorical":
+        return Categorical(size=int(config["size"]))
+    if kind == "EnergyModel":
+        return EnergyModel(
+            float(config["low"]),
+            float(config["high"]),
+            hidden=tuple(int(h) for h in config["hidden"]),
+            activation=str(config["activation"]),
+            grid_size=int(config["grid_size"]),
+        )
+    if kind == "TruncatedNormalMixture":
+        k = int(config["components"])
+        return TruncatedNormalMixture(
+            torch.zeros(k),
+            torch.ones(k),
+            low=float(config["low"]),
+            high=float(config["high"]),
+            learnable=bool(config["learnable"]),
+        )
+    if kind == "Tabulated":
+        described = config["support"]
+        if "grid" in described:
+            grid = described["grid"]
+            support: Support = Grid(
+                float(grid["low"]),
+                float(grid["high"]),
+                int(grid["size"]),
+                dtype=_dtype(grid["dtype"]),
+            )
+        else:
+            support = Support(
+                torch.tensor(described["points"], dtype=_dtype(described["points_dtype"])),
+                torch.tensor(described["log_weights"], dtype=torch.float64),
+            )
+        # a normalized placeholder; the saved values replace it
+        uniform = -support.log_integral(torch.zeros(len(support), dtype=torch.float64))
+        return Tabulated(support, uniform.expand(len(support)).clone())
+    if kind == "Mixture":
+        return Mixture(
+            [_build_density(c) for c in config["components"]],
+            learn_weights=bool(config["learn_weights"]),
+        )
+    raise TypeError(f"unknown density type {kind!r}")
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"unknown dtype {name!r}")
+    return dtype
