@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pbde import distributed as _distributed
 from pbde import losses as _losses
 from pbde._validation import check_positive_number, is_validation_enabled, validation
 from pbde.annotators import PreferenceProcess
@@ -150,14 +151,26 @@ def fit(
     prefs = prefs.to(_device_of(model))
     n = len(prefs)
     full_batch = batch_size is None or batch_size >= n
+    rank, world_size = _distributed.rank_and_world_size()
+    if full_batch:  # each process keeps its slice of the data set (all of it when alone)
+        start, stop = _distributed.shard_bounds(n, rank, world_size)
+        local = prefs[start:stop] if stop > start else None
 
     def objective(generator: torch.Generator) -> torch.Tensor:
-        batch = prefs
-        if not full_batch:
-            index = torch.randperm(n, generator=generator)[:batch_size]
-            batch = prefs[index.to(prefs.device)]
-        value = loss_fn(model.logits(batch.xa, batch.xb), batch.y).mean()
-        if regularizer is not None:
+        # this process's part of the batch mean, Σ_{its slice} loss / (batch size): the parts of
+        # all processes sum to the mean exactly, whatever the slice sizes (one part when alone)
+        if full_batch:
+            batch, size = local, n
+        else:
+            index = torch.randperm(n, generator=generator)[:batch_size]  # the same on all ranks
+            start, stop = _distributed.shard_bounds(batch_size, rank, world_size)
+            batch = prefs[index[start:stop].to(prefs.device)] if stop > start else None
+            size = batch_size
+        if batch is None:
+            value = torch.zeros((), device=prefs.device)
+        else:
+            value = loss_fn(model.logits(batch.xa, batch.xb), batch.y).sum() / size
+        if regularizer is not None and rank == 0:  # counted once in the sum over processes
             value = value + regularizer(model)
         return value
 
@@ -172,6 +185,7 @@ def fit(
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         description="fit",
+        sharded=world_size > 1,
     )
 
 
@@ -187,12 +201,20 @@ def optimize(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
     description: str = "optimize",
+    sharded: bool = False,
 ) -> FitResult:
     """The one optimization loop of pbde (used by :func:`fit` and by density pre-training).
 
     Minimizes ``objective(generator)`` over the trainable parameters of ``module`` with Adam.
     The first step runs with validation on (if it is globally on), the rest without: the data
     and the model do not change their kind between steps.
+
+    In a ``torch.distributed`` run only rank 0 shows progress and writes checkpoints (every
+    process reads the checkpoint when resuming: it must be on a file system they all see). With
+    ``sharded=True`` the objective returns this process's part of the objective, the parts of
+    all processes summing to it (see :mod:`pbde.distributed`): the parameters start from rank
+    0's values, and each step sums the values and gradients over the processes before the
+    identical Adam step everywhere.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"'steps' must be an int >= 1. Got {steps!r} instead.")
@@ -221,8 +243,13 @@ def optimize(
         start = _load_checkpoint(
             checkpoint, module, optimizer, scheduler, generator, history, steps
         )
+    main_process = _distributed.is_main_process()
+    if sharded:
+        _distributed.agree_on_start(start, checkpoint)
+        _distributed.broadcast_from_main_(list(module.parameters()) + list(module.buffers()))
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and main_process
     validate_first = is_validation_enabled()
     module.train()
     began = time.perf_counter()
@@ -231,17 +258,29 @@ def optimize(
             with validation(validate_first and step == start):
                 optimizer.zero_grad(set_to_none=True)
                 value = objective(generator)
-                if not bool(torch.isfinite(value)):
+                total = value.detach()
+                if sharded:  # every process sees the same total, so all stop together
+                    total = total.clone().reshape(1)
+                    _distributed.all_reduce_sum_([total])
+                    total = total[0]
+                if not bool(torch.isfinite(total)):
                     raise FloatingPointError(
-                        f"The objective became {float(value.detach())} at step {step} of {steps}; stopping. "
+                        f"The objective became {float(total)} at step {step} of {steps}; stopping. "
                         + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
                     )
-                value.backward()
+                if value.requires_grad or not sharded:  # not so for an empty slice of a shard
+                    value.backward()
+                if sharded:
+                    _distributed.all_reduce_gradients_(parameters)
                 learning_rates[step] = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
-            history[step] = float(value.detach())
-            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            history[step] = float(total)
+            if (
+                checkpoint is not None
+                and main_process
+                and ((step + 1) % checkpoint_every == 0 or step + 1 == steps)
+            ):
                 _save_checkpoint(
                     checkpoint, module, optimizer, scheduler, generator, history, step + 1
                 )
