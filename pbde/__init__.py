@@ -6,7 +6,7 @@ An annotator with implicit preference distribution p* prefers x_A to x_B with pr
 preferences, and computes what the fit should converge to.
 """
 
-from pbde import densities, losses
+from pbde import densities, io, losses
 from pbde._validation import is_validation_enabled, set_validation, validation
 from pbde.annotators import (
     Annotator,
@@ -18,6 +18,7 @@ from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
 from pbde.data import Preferences, sample_pairs
 from pbde.fit import FitResult, fit, nll_regularizer
 from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
+from pbde.serialization import load_model, save_model
 from pbde.support import Grid, Support
 from pbde.theory import kl, optimal_density, tv
 
@@ -37,6 +38,8 @@ __all__ = [
     "sample_pairs",
     "fit",
     "FitResult",
+    "save_model",
+    "load_model",
     "nll_regularizer",
     "optimal_density",
     "kl",
@@ -48,6 +51,7 @@ __all__ = [
     "Grid",
     "densities",
     "losses",
+    "io",
     "validation",
     "set_validation",
     "is_validation_enabled",

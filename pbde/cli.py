@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 
 def _demo(args: argparse.Namespace) -> int:
     from pbde.demo import DemoSettings, run_demo
@@ -37,11 +39,333 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage and exit; main prints one line
+        raise UsageError(message)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _check_fit_options(args: argparse.Namespace) -> None:
+    """Option combinations argparse cannot express; each error names the option."""
+    if args.density == "categorical":
+        if args.items is None:
+            raise UsageError("--density categorical needs --items N (the number of items)")
+        for option in ("low", "high", "grid_size"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} applies only to --density energy")
+    else:
+        if args.low is None or args.high is None:
+            raise UsageError("--density energy needs --low L and --high H (the domain)")
+        if not args.low < args.high:
+            raise UsageError(f"--low must be < --high, got {args.low:g} and {args.high:g}")
+        if args.items is not None:
+            raise UsageError("--items applies only to --density categorical")
+    if args.behavior == "dpo" and args.beta is None:
+        raise UsageError("--behavior dpo needs --beta B (> 0)")
+    if args.behavior != "dpo" and args.beta is not None:
+        raise UsageError("--beta applies only to --behavior dpo (ipo fixes beta = 1)")
+    if args.behavior == "geometric" and args.alpha is None:
+        raise UsageError("--behavior geometric needs --alpha A (> 0)")
+    if args.behavior != "geometric" and args.alpha is not None:
+        raise UsageError("--alpha applies only to --behavior geometric")
+    if args.behavior == "luce" and args.reference is not None:
+        raise UsageError("--reference applies only to --behavior dpo, geometric or ipo")
+    if args.loss == "ipo" and args.tau is None:
+        raise UsageError("--loss ipo needs --tau T (> 0)")
+    if args.loss != "ipo" and args.tau is not None:
+        raise UsageError("--tau applies only to --loss ipo")
+    if args.loss != "hinge" and args.delta is not None:
+        raise UsageError("--delta applies only to --loss hinge")
+    if args.test_fraction is not None and not 0.0 <= args.test_fraction < 1.0:
+        raise UsageError(f"--test-fraction must be in [0, 1), got {args.test_fraction:g}")
+
+
+def _read_data(path: Path, items: str, on_error: str, option: str = "DATA"):
+    from pbde.io import read_preferences
+
+    try:
+        read = read_preferences(path, items=items, on_error=on_error)
+    except (OSError, ValueError, ImportError) as error:
+        message = str(error).replace("Pass on_error='drop'", "Pass --on-error drop")
+        raise UsageError(f"{option} {message}") from None  # every problem, with its row
+    if read.weights is not None:
+        raise UsageError(
+            f"{option} {str(path)!r} has a 'weight' column; pbde fit and evaluate do not use "
+            "per-comparison weights: remove the column"
+        )
+    return read
+
+
+def _check_items(prefs, args: argparse.Namespace) -> None:
+    x = torch.cat([prefs.xa, prefs.xb])
+    if args.density == "categorical":
+        if int(x.min()) < 0 or int(x.max()) >= args.items:
+            raise UsageError(
+                f"--items {args.items} allows item ids 0..{args.items - 1}; DATA holds ids "
+                f"from {int(x.min())} to {int(x.max())}"
+            )
+    elif float(x.min()) < args.low or float(x.max()) > args.high:
+        raise UsageError(
+            f"--low {args.low:g} --high {args.high:g}: DATA holds items from "
+            f"{float(x.min()):g} to {float(x.max()):g}, outside the domain"
+        )
+
+
+def _initial_density(args: argparse.Namespace):
+    from pbde.densities import Categorical, EnergyModel
+
+    if args.density == "categorical":
+        return Categorical(size=args.items)  # uniform
+    torch.manual_seed(args.seed)  # the MLP's initialization
+    grid_size = 2**16 if args.grid_size is None else args.grid_size
+    return EnergyModel(args.low, args.high, grid_size=grid_size)
+
+
+def _reference_density(args: argparse.Namespace, initial):
+    """π_ref: the density of the --reference model, or else the initial model (uniform for
+    categorical, the seeded MLP for energy)."""
+    from pbde.annotators import Annotator
+    from pbde.serialization import load_model
+
+    if args.reference is None:
+        return initial
+    try:
+        reference = load_model(args.reference)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--reference {str(error).splitlines()[0]}") from None
+    if not isinstance(reference, Annotator):
+        raise UsageError(
+            f"--reference {str(args.reference)!r} holds a {type(reference).__name__}; it must "
+            "be a single-annotator model (its density is pi_ref)"
+        )
+    density = reference.density
+    if args.density == "categorical":
+        probe = torch.arange(args.items)
+    else:
+        probe = torch.linspace(args.low, args.high, 5)
+    try:
+        with torch.no_grad():
+            density.log_prob(probe)
+    except (ValueError, TypeError) as error:
+        raise UsageError(
+            f"--reference {str(args.reference)!r} does not fit the items of --density "
+            f"{args.density}: {str(error).splitlines()[0]}"
+        ) from None
+    return density
+
+
+def _behavior(args: argparse.Namespace, reference):
+    import pbde
+
+    if args.behavior == "luce":
+        return pbde.luce()
+    if args.behavior == "dpo":
+        return pbde.dpo(args.beta, reference)
+    if args.behavior == "geometric":
+        return pbde.geometric(args.alpha, reference)
+    return pbde.dpo(1.0, reference)  # ipo: f = 1, g = -log pi_ref (use with --loss ipo)
+
+
+def evaluate_model(model, prefs) -> dict:
+    """Mean log-likelihood per comparison and accuracy of ``model`` on ``prefs``.
+
+    Accuracy counts a comparison as right when the model's preference logit has the sign of the
+    label: ``y·1[h > 0] + (1 − y)·1[h < 0] + ½·1[h = 0]`` averaged over comparisons (ties and soft
+    labels count fractionally; for hard labels it is the plain accuracy, model ties counting ½).
+    """
+    with torch.no_grad():
+        h = model.logits(prefs.xa, prefs.xb).double()
+        y = prefs.y.double()
+        log_likelihood = model.log_likelihood(prefs).double().mean()
+        right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
+    return {
+        "log_likelihood": float(log_likelihood),
+        "accuracy": float(right.mean()),
+        "comparisons": len(prefs),
+    }
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from pbde.distributed import init_from_environment
+
+    _check_fit_options(args)
+    was_initialized = dist.is_available() and dist.is_initialized()
+    args.device = init_from_environment(args.device)  # under torchrun: join its process group
+    try:
+        return _fit_and_report(args)
+    finally:
+        if not was_initialized and dist.is_available() and dist.is_initialized():
+            # all ranks leave together: gloo aborted ("terminate called without an active
+            # exception") in about one run of ten when rank 0 left while writing its outputs
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _fit_and_report(args: argparse.Namespace) -> int:
+    import time
+
+    import pbde
+    from pbde.distributed import is_main_process, rank_and_world_size
+    from pbde.io import write_preferences
+
+    began = time.perf_counter()
+    items = "id" if args.density == "categorical" else "number"
+    read = _read_data(args.data, items, args.on_error)
+    prefs = read.prefs
+    _check_items(prefs, args)
+    test_fraction = 0.2 if args.test_fraction is None else args.test_fraction
+    if test_fraction > 0:
+        try:
+            train, test = prefs.split(float(test_fraction), seed=args.seed)
+        except ValueError as error:
+            raise UsageError(f"--test-fraction {error}") from None
+    else:
+        train, test = prefs, None
+    initial = _initial_density(args)
+    reference = _reference_density(args, initial) if args.behavior != "luce" else None
+    model = pbde.Annotator(initial, _behavior(args, reference) if reference is not None else None)
+    loss_kwargs = {}
+    if args.tau is not None:
+        loss_kwargs["tau"] = args.tau
+    if args.delta is not None:
+        loss_kwargs["delta"] = args.delta
+    initial_heldout = None if test is None else evaluate_model(model, test)
+    try:
+        result = pbde.fit(
+            model,
+            train,
+            loss=args.loss,
+            steps=args.steps,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            checkpoint=args.checkpoint,
+            progress=False if args.no_progress else None,
+            **loss_kwargs,
+        )
+    except FloatingPointError as error:
+        print(f"pbde fit: error: {error}", file=sys.stderr)
+        return 1
+    model.to("cpu")
+    heldout = None if test is None else evaluate_model(model, test)
+    settings = {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in vars(args).items()
+        if key not in ("handler", "command")
+    }
+    settings["test_fraction"] = test_fraction
+    report = {
+        "final_loss": result.final_loss,
+        "heldout_log_likelihood": None if heldout is None else heldout["log_likelihood"],
+        "heldout_accuracy": None if heldout is None else heldout["accuracy"],
+        "initial_heldout_log_likelihood": (
+            None if initial_heldout is None else initial_heldout["log_likelihood"]
+        ),
+        "train_size": len(train),
+        "test_size": 0 if test is None else len(test),
+        "dropped_rows": read.dropped,
+        "steps": result.steps,
+        "processes": rank_and_world_size()[1],
+        "seconds": time.perf_counter() - began,
+        "reference": (
+            None
+            if args.behavior == "luce"
+            else str(args.reference)
+            if args.reference
+            else "initial model"
+        ),
+        "settings": settings,
+        "files": {"model": "model.pt", "report": "report.json"},
+    }
+    if test is not None:
+        report["files"]["test"] = "test.jsonl"
+    if is_main_process():  # under torchrun, rank 0 writes the outputs
+        args.out.mkdir(parents=True, exist_ok=True)
+        pbde.save_model(model, args.out / "model.pt")
+        if test is not None:
+            write_preferences(test, args.out / "test.jsonl")
+        (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(
+            f"fitted {len(train)} comparisons in {report['seconds']:.1f} s: final loss "
+            f"{report['final_loss']:.4f}"
+            + (
+                ""
+                if heldout is None
+                else f", held-out log-likelihood {heldout['log_likelihood']:.4f} per comparison"
+                f", accuracy {heldout['accuracy']:.4f} ({len(test)} comparisons)"
+            )
+        )
+        print(f"  wrote {args.out / 'model.pt'} and {args.out / 'report.json'}")
+    return 0
+
+
+def _item_kind(model) -> str:
+    from pbde.annotators import Annotator
+    from pbde.densities import Categorical, Mixture, Tabulated
+
+    while not isinstance(model, Annotator):  # a MixtureAnnotator: its first annotator
+        model = model.annotators[0]
+    density = model.density
+    while isinstance(density, Mixture):
+        density = density.components[0]
+    if isinstance(density, Categorical):
+        return "id"
+    if isinstance(density, Tabulated):
+        points = density.support.points
+        if points.ndim > 1:
+            return "vector"
+        return "number" if points.is_floating_point() else "id"
+    return "number"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pbde.serialization import load_model
+
+    try:
+        model = load_model(args.model)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"MODEL {str(error).splitlines()[0]}") from None
+    read = _read_data(args.data, _item_kind(model), args.on_error)
+    try:
+        metrics = evaluate_model(model, read.prefs)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"DATA does not fit MODEL: {str(error).splitlines()[0]}") from None
+    metrics["dropped_rows"] = read.dropped
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(
+            f"{metrics['comparisons']} comparisons: mean log-likelihood "
+            f"{metrics['log_likelihood']:.6f} per comparison, accuracy {metrics['accuracy']:.6f}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pbde", description="Learning from pairwise preferences as density estimation."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = commands.add_parser(
         "demo", help="fit DPO to a synthetic Luce annotator and compare with the theory (Fig. 3)"
     )
@@ -56,11 +380,66 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--json", action="store_true", help="print the whole report as JSON")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(handler=_demo)
-    args = parser.parse_args(argv)
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit an annotator model to a preference file (JSONL/CSV/Parquet)",
+        description="Fit an annotator model to the comparisons of DATA; write OUT/model.pt, "
+        "OUT/report.json and OUT/test.jsonl (the held-out split). For --behavior dpo, "
+        "geometric and ipo, pi_ref is the density of --reference (a model file written by pbde "
+        "fit or pbde.save_model) or, by default, the initial model: the uniform distribution "
+        "for --density categorical, the seeded initial MLP for --density energy. "
+        "Under torchrun the fit is data-parallel (docs/distributed.md).",
+    )
+    fit.add_argument("data", type=Path, metavar="DATA", help="preference file (see pbde.io)")
+    fit.add_argument("--density", choices=["categorical", "energy"], required=True)
+    fit.add_argument("--items", type=_positive_int, help="number of items (categorical)")
+    fit.add_argument("--low", type=float, help="left end of the domain (energy)")
+    fit.add_argument("--high", type=float, help="right end of the domain (energy)")
+    fit.add_argument("--grid-size", type=_positive_int, help="normalizer grid (energy; 65536)")
+    fit.add_argument("--behavior", choices=["luce", "dpo", "geometric", "ipo"], default="luce")
+    fit.add_argument("--beta", type=_positive_float, help="DPO inverse temperature")
+    fit.add_argument("--alpha", type=_positive_float, help="geometric mixing exponent")
+    fit.add_argument("--reference", type=Path, help="model file whose density is pi_ref")
+    fit.add_argument("--loss", choices=["bce", "ipo", "hinge", "rrhf"], default="bce")
+    fit.add_argument("--tau", type=_positive_float, help="IPO regularization (--loss ipo)")
+    fit.add_argument("--delta", type=float, help="hinge margin (--loss hinge; default 1)")
+    fit.add_argument("--steps", type=_positive_int, required=True)
+    fit.add_argument("--lr", type=_positive_float, required=True)
+    fit.add_argument("--batch-size", type=_positive_int, help="pairs per step (full batch)")
+    fit.add_argument("--seed", type=int, default=0, help="split, batches, MLP initialization")
+    fit.add_argument("--test-fraction", type=float, help="held-out fraction (0.2; 0: none)")
+    fit.add_argument("--checkpoint", type=Path, help="checkpoint file (resumes if it exists)")
+    fit.add_argument("--on-error", choices=["raise", "drop"], default="raise",
+                     help="bad rows of DATA: stop (default) or drop them")  # fmt: skip
+    fit.add_argument("--device", default=None, help="where to fit, e.g. cuda")
+    fit.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fit.set_defaults(handler=_fit)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="mean log-likelihood and accuracy of a saved model on a preference file",
+    )
+    evaluate.add_argument("model", type=Path, metavar="MODEL", help="model file (model.pt)")
+    evaluate.add_argument("data", type=Path, metavar="DATA", help="preference file")
+    evaluate.add_argument("--on-error", choices=["raise", "drop"], default="raise")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
+    arguments = sys.argv[1:] if argv is None else argv
+    command = (
+        f"pbde {arguments[0]}" if arguments[:1] in (["demo"], ["fit"], ["evaluate"]) else "pbde"
+    )
     try:
+        args = parser.parse_args(argv)
+        command = f"pbde {args.command}"
         return args.handler(args)
+    except UsageError as error:
+        print(f"{command}: error: {error}", file=sys.stderr)
+        return 2
     except ValueError as error:
-        print(f"pbde {args.command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
 
 
