@@ -105,11 +105,6 @@ def _read_data(path: Path, items: str, on_error: str, option: str = "DATA"):
     except (OSError, ValueError, ImportError) as error:
         message = str(error).replace("Pass on_error='drop'", "Pass --on-error drop")
         raise UsageError(f"{option} {message}") from None  # every problem, with its row
-    if read.weights is not None:
-        raise UsageError(
-            f"{option} {str(path)!r} has a 'weight' column; pbde fit and evaluate do not use "
-            "per-comparison weights: remove the column"
-        )
     return read
 
 
@@ -189,15 +184,17 @@ def evaluate_model(model, prefs) -> dict:
     Accuracy counts a comparison as right when the model's preference logit has the sign of the
     label: ``y·1[h > 0] + (1 − y)·1[h < 0] + ½·1[h = 0]`` averaged over comparisons (ties and soft
     labels count fractionally; for hard labels it is the plain accuracy, model ties counting ½).
+    Weighted data give weighted means.
     """
     with torch.no_grad():
         h = model.logits(prefs.xa, prefs.xb).double()
         y = prefs.y.double()
-        log_likelihood = model.log_likelihood(prefs).double().mean()
+        w = torch.ones_like(y) if prefs.weight is None else prefs.weight.double().to(y.device)
+        log_likelihood = (w * model.log_likelihood(prefs).double()).sum() / w.sum()
         right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
     return {
         "log_likelihood": float(log_likelihood),
-        "accuracy": float(right.mean()),
+        "accuracy": float((w * right).sum() / w.sum()),
         "comparisons": len(prefs),
     }
 

@@ -22,10 +22,13 @@ class Preferences:
         xb: items shown second, same shape as ``xa``.
         y: labels, shape ``(n,)``, in [0, 1].
         annotator_id: optional integer ids ``>= 0`` of who made each comparison, shape ``(n,)``.
+        weight: optional weights ``>= 0`` of the comparisons, shape ``(n,)``, not all 0;
+            :func:`pbde.fit` then minimizes the weighted mean of the per-pair losses.
 
     Raises:
         ValueError: on empty data, mismatched lengths or shapes, non-finite items or labels,
-            labels outside [0, 1], or negative annotator ids.
+            labels outside [0, 1], negative annotator ids, or negative / non-finite / all-zero
+            weights.
         TypeError: if ``annotator_id`` is not integer.
 
     Example:
@@ -34,7 +37,7 @@ class Preferences:
         (2, tensor([0.]))
     """
 
-    def __init__(self, xa, xb, y, annotator_id=None):
+    def __init__(self, xa, xb, y, annotator_id=None, weight=None):
         xa, xb = torch.as_tensor(xa), torch.as_tensor(xb)
         y = torch.as_tensor(y)
         if xa.ndim == 0 or xa.shape[0] == 0:
@@ -67,13 +70,28 @@ class Preferences:
                 )
             if bool((annotator_id < 0).any()):
                 raise ValueError(f"'annotator_id' must be >= 0. Got {int(annotator_id.min())}.")
-        self.xa, self.xb, self.y, self.annotator_id = xa, xb, y, annotator_id
+        if weight is not None:
+            weight = torch.as_tensor(weight)
+            weight = weight if weight.is_floating_point() else weight.to(torch.get_default_dtype())
+            if weight.shape != y.shape:
+                raise ValueError(
+                    f"'weight' must have shape ({y.shape[0]},). Got {tuple(weight.shape)}."
+                )
+            check_finite("weight", weight)
+            if bool((weight < 0).any()) or not bool((weight > 0).any()):
+                raise ValueError(
+                    "'weight' must be >= 0 with at least one weight > 0. Got minimum "
+                    f"{float(weight.min())!r} and maximum {float(weight.max())!r}."
+                )
+        self.xa, self.xb, self.y = xa, xb, y
+        self.annotator_id, self.weight = annotator_id, weight
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
     def __repr__(self) -> str:
         ids = "" if self.annotator_id is None else ", with annotator ids"
+        ids += "" if self.weight is None else ", weighted"
         return (
             f"Preferences(n={len(self)}, item shape={tuple(self.xa.shape[1:])}, "
             f"mean y={float(self.y.float().mean()):.3f}{ids})"
@@ -89,13 +107,14 @@ class Preferences:
         if y.ndim != 1 or y.shape[0] == 0:
             raise ValueError(f"Indexing with {index!r} selects no comparison (or not a 1-D set).")
         ids = None if self.annotator_id is None else self.annotator_id[index]
+        weight = None if self.weight is None else self.weight[index]
         # a subset of validated data is valid: no second pass over it (fit draws batches so)
-        return Preferences._trusted(self.xa[index], self.xb[index], y, ids)
+        return Preferences._trusted(self.xa[index], self.xb[index], y, ids, weight)
 
     @classmethod
-    def _trusted(cls, xa, xb, y, annotator_id) -> Preferences:
+    def _trusted(cls, xa, xb, y, annotator_id, weight=None) -> Preferences:
         out = cls.__new__(cls)
-        out.xa, out.xb, out.y, out.annotator_id = xa, xb, y, annotator_id
+        out.xa, out.xb, out.y, out.annotator_id, out.weight = xa, xb, y, annotator_id, weight
         return out
 
     @property
@@ -105,7 +124,10 @@ class Preferences:
     def to(self, device) -> Preferences:
         """A copy on ``device`` (labels, items and ids)."""
         ids = None if self.annotator_id is None else self.annotator_id.to(device)
-        return Preferences._trusted(self.xa.to(device), self.xb.to(device), self.y.to(device), ids)
+        weight = None if self.weight is None else self.weight.to(device)
+        return Preferences._trusted(
+            self.xa.to(device), self.xb.to(device), self.y.to(device), ids, weight
+        )
 
     def split(
         self, test_fraction: float = 0.2, *, seed: int = 0
@@ -133,15 +155,20 @@ class Preferences:
 
     @staticmethod
     def concat(parts: list[Preferences]) -> Preferences:
-        """Concatenate several sets (annotator ids are kept only if every part has them)."""
+        """Concatenate several sets (annotator ids are kept only if every part has them; weights
+        must be given for every part or for none)."""
         if not parts:
             raise ValueError("'parts' must hold at least one Preferences.")
         ids = [p.annotator_id for p in parts]
+        weights = [p.weight for p in parts]
+        if len({w is None for w in weights}) > 1:
+            raise ValueError("'parts' must all have weights or all have none.")
         return Preferences(
             torch.cat([p.xa for p in parts]),
             torch.cat([p.xb for p in parts]),
             torch.cat([p.y for p in parts]),
             None if any(i is None for i in ids) else torch.cat(ids),
+            None if weights[0] is None else torch.cat(weights),
         )
 
 

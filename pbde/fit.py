@@ -90,7 +90,8 @@ def fit(
     """Fit an annotator model to preference data by minimizing a per-pair loss.
 
     The objective at each step is ``mean(loss(model.logits(xa, xb), y, **loss_kwargs))`` over a
-    batch, plus ``regularizer(model)`` if given. Adam with cosine decay of the learning rate to 0
+    batch (the ``prefs.weight``-weighted mean when the data are weighted), plus
+    ``regularizer(model)`` if given. Adam with cosine decay of the learning rate to 0
     over ``steps`` is the default (the paper's recipe).
 
     Args:
@@ -168,8 +169,12 @@ def fit(
             size = batch_size
         if batch is None:
             value = torch.zeros((), device=prefs.device)
-        else:
+        elif prefs.weight is None:
             value = loss_fn(model.logits(batch.xa, batch.xb), batch.y).sum() / size
+        else:  # weighted mean over the whole batch: Σ_{slice} w·loss / Σ_{batch} w
+            total = prefs.weight.sum() if full_batch else prefs.weight[index.to(prefs.device)].sum()
+            per_pair = loss_fn(model.logits(batch.xa, batch.xb), batch.y)
+            value = (batch.weight * per_pair).sum() / total if total > 0 else per_pair.sum() * 0
         if regularizer is not None and rank == 0:  # counted once in the sum over processes
             value = value + regularizer(model)
         return value

@@ -12,7 +12,7 @@ A preference file holds one comparison per row. The columns are
 ``annotator_id``    optional: integers ``>= 0``, or strings (names) that are mapped to
                     ``0, 1, 2, …`` in order of first appearance; the names are returned in
                     :attr:`ReadResult.annotator_names` (``annotator_names[k]`` is id ``k``).
-``weight``          optional weight ``>= 0`` of each comparison (:attr:`ReadResult.weights`).
+``weight``          optional weight ``>= 0`` of each comparison (``ReadResult.prefs.weight``, also :attr:`ReadResult.weights`).
 ``prompt``          optional, kept as is (a string or a list of token ids) in
                     :attr:`ReadResult.prompts`; it is *not* prepended to the items.
 ==================  ==========================================================================
@@ -755,6 +755,12 @@ class _Builder:
         weight_tensor = None
         if not np.isnan(w).all():
             weight_tensor = torch.as_tensor(w).to(torch.get_default_dtype())
+            if not bool((weight_tensor > 0).any()):
+                listed = ", ".join(f"row {int(r)}" for r in rows[keep][:5])
+                raise ValueError(
+                    f"{self.source}: the weight is 0 in every kept comparison ({listed}"
+                    f"{', ...' if keep.size > 5 else ''}); at least one weight must be > 0."
+                )
         prompts = None
         if self.has_prompt:
             prompts = [self.prompts[j] for j in keep]
@@ -762,7 +768,7 @@ class _Builder:
         if self.id_type is str and annotator is not None:
             names = list(self.names)
         ignored = sorted(self.seen_columns - set(_KNOWN))
-        prefs = Preferences(tensors[0], tensors[1], y, annotator)
+        prefs = Preferences(tensors[0], tensors[1], y, annotator, weight_tensor)
         return ReadResult(
             prefs=prefs,
             dropped=int(n - keep.size),
@@ -1174,12 +1180,13 @@ def _rows_of(x: torch.Tensor, kind: str) -> list:
 
 
 def write_preferences(prefs: Preferences, path, *, format: str | None = None) -> None:
-    """Write comparisons to a JSON Lines, CSV or Parquet file (columns xa, xb, y[, annotator_id]).
+    """Write comparisons to a JSON Lines, CSV or Parquet file (columns xa, xb, y[, annotator_id]
+    [, weight]).
 
     Integer items of shape ``(n,)`` are written as ids, float items as numbers, float ``(n, d)``
     as vectors (lists), integer ``(n, L)`` as token lists with the trailing :data:`PAD_TOKEN`
-    padding removed. :func:`read_preferences` gives back the same ``xa``, ``xb``, ``y`` and
-    ``annotator_id`` (token tensors are re-padded to the longest sequence, so a tensor with
+    padding removed. :func:`read_preferences` gives back the same ``xa``, ``xb``, ``y``,
+    ``annotator_id`` and ``weight`` (token tensors are re-padded to the longest sequence, so a tensor with
     padding in every row comes back narrower).
 
     Raises:
@@ -1193,7 +1200,7 @@ def write_preferences(prefs: Preferences, path, *, format: str | None = None) ->
     fmt = _resolve_format(path, format)
     kind, _ = _item_lists(prefs.xa)
     n = len(prefs)
-    ids = prefs.annotator_id
+    ids, weights = prefs.annotator_id, prefs.weight
     chunk = 65536
     if fmt == "parquet":
         _write_parquet(prefs, path, kind)
@@ -1202,23 +1209,29 @@ def write_preferences(prefs: Preferences, path, *, format: str | None = None) ->
         writer = None
         if fmt == "csv":
             writer = csv.writer(handle)
-            writer.writerow(["xa", "xb", "y"] + ([] if ids is None else ["annotator_id"]))
+            header = ["xa", "xb", "y"] + ([] if ids is None else ["annotator_id"])
+            writer.writerow(header + ([] if weights is None else ["weight"]))
         for start in range(0, n, chunk):
             part = prefs[start : start + chunk]
             xa, xb = _rows_of(part.xa, kind), _rows_of(part.xb, kind)
             _check_tokens(xa + xb, kind)
             y = part.y.detach().cpu().double().tolist()
             aid = None if ids is None else part.annotator_id.cpu().tolist()
+            w = None if weights is None else part.weight.detach().cpu().double().tolist()
             for i in range(len(y)):
                 if fmt == "jsonl":
                     record = {"xa": xa[i], "xb": xb[i], "y": y[i]}
                     if aid is not None:
                         record["annotator_id"] = aid[i]
+                    if w is not None:
+                        record["weight"] = w[i]
                     handle.write(json.dumps(record) + "\n")
                 else:
                     cells = [_csv_text(xa[i]), _csv_text(xb[i]), repr(y[i])]
                     if aid is not None:
                         cells.append(str(aid[i]))
+                    if w is not None:
+                        cells.append(repr(w[i]))
                     writer.writerow(cells)
 
 
@@ -1282,4 +1295,6 @@ def _write_parquet(prefs: Preferences, path: str, kind: str) -> None:
     }
     if prefs.annotator_id is not None:
         data["annotator_id"] = pa.array(prefs.annotator_id.long().cpu().numpy())
+    if prefs.weight is not None:
+        data["weight"] = pa.array(prefs.weight.detach().double().cpu().numpy())
     pq.write_table(pa.table(data), path, row_group_size=65536)

@@ -57,10 +57,11 @@ def numpy_heldout(model_file, test_file):
     xa = np.array([r["xa"] for r in rows])
     xb = np.array([r["xb"] for r in rows])
     y = np.array([r["y"] for r in rows], dtype=np.float64)
+    w = np.array([r.get("weight", 1.0) for r in rows], dtype=np.float64)
     h = log_p[xa] - log_p[xb]
     log_likelihood = -(y * np.logaddexp(0, -h) + (1 - y) * np.logaddexp(0, h))
     right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
-    return log_likelihood.mean(), right.mean(), len(rows)
+    return (w * log_likelihood).sum() / w.sum(), (w * right).sum() / w.sum(), len(rows)
 
 
 def test_fit_writes_the_model_the_report_and_the_test_split(data, tmp_path, capsys):
@@ -256,3 +257,33 @@ def test_python_dash_m_pbde_fit(data, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == "pbde fit: error: --behavior dpo needs --beta B (> 0)"
+
+
+def test_weighted_data_fit_and_weighted_evaluation(data, tmp_path, capsys):
+    """A weight column is used: fit minimizes the weighted loss and evaluate reports weighted
+    means (checked in numpy against the weights written to test.jsonl)."""
+    prefs = pbde.io.read_preferences(data / "prefs.jsonl").prefs
+    weight = torch.arange(len(prefs)) % 3 + 0.5  # 0.5, 1.5, 2.5, ...
+    weighted = pbde.Preferences(prefs.xa, prefs.xb, prefs.y, weight=weight)
+    pbde.io.write_preferences(weighted, tmp_path / "weighted.jsonl")
+    out = tmp_path / "run"
+    code, _, err = run(fit_args(tmp_path / "weighted.jsonl", out), capsys)
+    assert code == 0, err
+    assert all(
+        "weight" in json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()
+    )
+    code, stdout, err = run(["evaluate", out / "model.pt", out / "test.jsonl", "--json"], capsys)
+    assert code == 0, err
+    metrics = json.loads(stdout)
+    log_likelihood, accuracy, _ = numpy_heldout(out / "model.pt", out / "test.jsonl")
+    # the model computes its logits in float32, as in the unweighted test above
+    assert metrics["log_likelihood"] == pytest.approx(log_likelihood, abs=1e-6)
+    assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    rows = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    plain = pbde.Preferences(
+        torch.tensor([r["xa"] for r in rows]),
+        torch.tensor([r["xb"] for r in rows]),
+        torch.tensor([r["y"] for r in rows]),
+    )
+    unweighted = pbde.cli.evaluate_model(pbde.load_model(out / "model.pt"), plain)
+    assert abs(unweighted["log_likelihood"] - metrics["log_likelihood"]) > 1e-4  # weights matter

@@ -650,3 +650,44 @@ def test_nll_regularizer_needs_a_single_density_model():
     regularizer = pbde.nll_regularizer(torch.tensor([0, 1]), weight=1.0)
     with pytest.raises(TypeError, match="nll_regularizer needs a model with one density"):
         pbde.fit(mixture, prefs, steps=1, regularizer=regularizer, progress=False)
+
+
+def test_weighted_fit_equals_fit_on_repeated_rows():
+    """Integer weights w are the same objective as repeating each row w times (full batch:
+    Σ w·loss / Σ w is the mean over the repeated rows), so the fits agree to float rounding."""
+    generator = torch.Generator().manual_seed(3)
+    truth = pbde.Annotator(Categorical(probs=torch.tensor([0.1, 0.2, 0.3, 0.4])))
+    xa, xb = torch.randint(0, 4, (2, 300), generator=generator)
+    prefs = truth.label(xa, xb, generator=generator)
+    weight = torch.randint(0, 4, (300,), generator=generator)
+    weight[0] = 1  # at least one positive weight
+    weighted = pbde.Preferences(prefs.xa, prefs.xb, prefs.y, weight=weight)
+    repeat = weight.long()
+    repeated = pbde.Preferences(
+        prefs.xa.repeat_interleave(repeat),
+        prefs.xb.repeat_interleave(repeat),
+        prefs.y.repeat_interleave(repeat),
+    )
+    models = []
+    for data in (weighted, repeated):
+        model = pbde.Annotator(Categorical(size=4))
+        pbde.fit(model, data, steps=50, lr=0.1, progress=False)
+        models.append(model.density.logits.detach())
+    torch.testing.assert_close(models[0], models[1], atol=1e-5, rtol=0)
+    unweighted = pbde.Annotator(Categorical(size=4))
+    pbde.fit(unweighted, prefs, steps=50, lr=0.1, progress=False)
+    assert float((unweighted.density.logits.detach() - models[0]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "weight, message",
+    [
+        ([1.0, -1.0], "'weight' must be >= 0"),
+        ([0.0, 0.0], "at least one weight > 0"),
+        ([1.0, float("nan")], "'weight' must be finite"),
+        ([1.0], "'weight' must have shape"),
+    ],
+)
+def test_bad_weights_are_rejected(weight, message):
+    with pytest.raises(ValueError, match=message):
+        pbde.Preferences(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.ones(2), weight=weight)

@@ -726,3 +726,16 @@ def test_utf8_byte_order_mark_is_skipped(tmp_path, name, text):
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert io.read_preferences(path).prefs.xb.tolist() == [2]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_weights_round_trip_into_preferences(tmp_path, fmt):
+    weight = torch.tensor([0.5, 2.0, 0.0])
+    prefs = pbde.Preferences(
+        torch.tensor([0, 1, 2]), torch.tensor([2, 0, 1]), torch.ones(3), weight=weight
+    )
+    path = tmp_path / f"w.{fmt}"
+    pbde.io.write_preferences(prefs, path)
+    read = pbde.io.read_preferences(path)
+    assert torch.equal(read.prefs.weight, weight)
+    assert torch.equal(read.weights, weight)
