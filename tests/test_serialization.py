@@ -162,6 +162,7 @@ def test_loading_refuses_a_file_that_would_run_code(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the point of it
 def test_loading_refuses_a_plain_pickle(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pkl"
