@@ -638,3 +638,12 @@ def test_support_counting_measure_and_weights():
     assert float(support.log_integral(log_values).exp()) == pytest.approx(1.75, rel=1e-12)
     weighted = pbde.Support(torch.tensor([3, 1, 4]), torch.log(torch.tensor([2.0, 4.0, 0.5])))
     assert float(weighted.log_integral(log_values).exp()) == pytest.approx(2.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_categorical_keeps_the_dtype_it_is_given(dtype):
+    probs = torch.tensor([0.25, 0.75], dtype=dtype)
+    for density in (Categorical(probs=probs), Categorical(logits=probs.log())):
+        assert density.logits.dtype == dtype
+        assert density.log_prob(torch.tensor([1])).dtype == dtype
+    assert Categorical(size=2).logits.dtype == torch.get_default_dtype()

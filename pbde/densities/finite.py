@@ -63,7 +63,9 @@ class Categorical(Density):
             check_finite("logits", logits)
             if logits.ndim != 1:
                 raise ValueError(f"'logits' must be 1-D. Got shape {tuple(logits.shape)}.")
-        self.logits = nn.Parameter(logits.detach().clone().to(torch.get_default_dtype()))
+        if not logits.is_floating_point():  # integer logits; float32/float64 are kept as given
+            logits = logits.to(torch.get_default_dtype())
+        self.logits = nn.Parameter(logits.detach().clone())
 
     @property
     def size(self) -> int:
