@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import sys
 
-import scipy.optimize
 import torch
 
 from pbde import losses as _losses
@@ -272,6 +271,8 @@ def _scores_to_log_density(scores, behavior: PBDE, points, support: Support) -> 
     if behavior.constant_f is not None:
         log_density = shifted / f
         return log_density - support.log_integral(log_density)
+
+    import scipy.optimize  # here, not at import time: it costs ~0.4 s and only this needs it
 
     def log_mass(c: float) -> float:
         return float(support.log_integral((shifted - c) / f))
