@@ -42,8 +42,9 @@ def run_demo(settings: DemoSettings, out: Path | None = None, *, progress: bool 
     """Run the demo; write ``demo.json`` and ``demo.png`` into ``out`` if given.
 
     Returns:
-        dict with the settings, the metrics (KL and TV between the fitted density and the
-        theoretical optimum, and between π_pre and the optimum, for scale) and the wall time.
+        dict: the settings, the metrics (KL and TV between the fitted density and the
+            theoretical optimum, and between π_pre and the optimum, for scale) and the wall
+            time.
     """
     began = time.perf_counter()
     torch.manual_seed(settings.seed)

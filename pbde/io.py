@@ -1180,8 +1180,8 @@ def _rows_of(x: torch.Tensor, kind: str) -> list:
 
 
 def write_preferences(prefs: Preferences, path, *, format: str | None = None) -> None:
-    """Write comparisons to a JSON Lines, CSV or Parquet file (columns xa, xb, y[, annotator_id]
-    [, weight]).
+    """Write comparisons to a JSON Lines, CSV or Parquet file (columns ``xa``, ``xb``, ``y``, and
+    ``annotator_id`` and ``weight`` when the data have them).
 
     Integer items of shape ``(n,)`` are written as ids, float items as numbers, float ``(n, d)``
     as vectors (lists), integer ``(n, L)`` as token lists with the trailing :data:`PAD_TOKEN`

@@ -39,7 +39,8 @@ class TruncatedNormalMixture(Density):
         loc: component means, shape ``(K,)``.
         scale: component standard deviations, shape ``(K,)``, > 0.
         weights: mixture weights, shape ``(K,)``, > 0 (normalized here); default uniform.
-        low, high: the interval, ``low < high``.
+        low: left end of the interval.
+        high: right end of the interval, ``low < high``.
         learnable: make loc, log-scale and weight logits trainable parameters (default False).
     """
 

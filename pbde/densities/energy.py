@@ -24,7 +24,8 @@ class EnergyModel(Density):
     parameters change.
 
     Args:
-        low, high: the domain.
+        low: left end of the domain.
+        high: right end of the domain, ``> low``.
         hidden: widths of the hidden layers (default ``(64, 64, 64, 64)``).
         activation: ``"tanh"`` (default), ``"relu"``, ``"gelu"`` or ``"silu"``.
         grid_size: points of the normalization grid, >= 2.
@@ -124,12 +125,13 @@ class EnergyModel(Density):
         Args:
             target_log_prob: callable mapping a batch of points to log-densities (e.g.
                 ``TruncatedNormalMixture([0.], [5.], low=-10, high=10).log_prob``).
-            steps, lr: optimization length and learning rate (Adam, cosine decay).
+            steps: optimization length (Adam, cosine decay).
+            lr: peak learning rate.
             points: number of regression points.
             progress: show a progress bar (default: when interactive).
 
         Returns:
-            The :class:`~pbde.FitResult` of the regression.
+            FitResult: the result of the regression (:class:`~pbde.FitResult`).
         """
         from pbde.fit import optimize
 
