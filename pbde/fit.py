@@ -153,28 +153,32 @@ def fit(
     n = len(prefs)
     full_batch = batch_size is None or batch_size >= n
     rank, world_size = _distributed.rank_and_world_size()
+    # the objective is Σ (w·)loss / size, size = the batch's size or total weight
+    full_size = n if prefs.weight is None else float(prefs.weight.sum())
     if full_batch:  # each process keeps its slice of the data set (all of it when alone)
         start, stop = _distributed.shard_bounds(n, rank, world_size)
         local = prefs[start:stop] if stop > start else None
 
     def objective(generator: torch.Generator) -> torch.Tensor:
         # this process's part of the batch mean, Σ_{its slice} loss / (batch size): the parts of
-        # all processes sum to the mean exactly, whatever the slice sizes (one part when alone)
+        # all processes sum to the mean exactly, whatever the slice sizes (one part when alone);
+        # weighted data: Σ_{its slice} w·loss / Σ_{batch} w
         if full_batch:
-            batch, size = local, n
+            batch, size = local, full_size
         else:
             index = torch.randperm(n, generator=generator)[:batch_size]  # the same on all ranks
             start, stop = _distributed.shard_bounds(batch_size, rank, world_size)
             batch = prefs[index[start:stop].to(prefs.device)] if stop > start else None
             size = batch_size
+            if prefs.weight is not None:  # a batch of zero weights contributes 0, not 0/0
+                size = prefs.weight[index.to(prefs.device)].sum().clamp_min(1e-30)
         if batch is None:
             value = torch.zeros((), device=prefs.device)
-        elif prefs.weight is None:
-            value = loss_fn(model.logits(batch.xa, batch.xb), batch.y).sum() / size
-        else:  # weighted mean over the whole batch: Σ_{slice} w·loss / Σ_{batch} w
-            total = prefs.weight.sum() if full_batch else prefs.weight[index.to(prefs.device)].sum()
+        else:
             per_pair = loss_fn(model.logits(batch.xa, batch.xb), batch.y)
-            value = (batch.weight * per_pair).sum() / total if total > 0 else per_pair.sum() * 0
+            if batch.weight is not None:
+                per_pair = batch.weight * per_pair
+            value = per_pair.sum() / size
         if regularizer is not None and rank == 0:  # counted once in the sum over processes
             value = value + regularizer(model)
         return value

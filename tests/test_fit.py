@@ -691,3 +691,21 @@ def test_weighted_fit_equals_fit_on_repeated_rows():
 def test_bad_weights_are_rejected(weight, message):
     with pytest.raises(ValueError, match=message):
         pbde.Preferences(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.ones(2), weight=weight)
+
+
+def test_constant_weights_change_nothing_in_mini_batches():
+    """Σ c·loss / Σ c is the plain mean: with the same seed (same batches) a constant weight
+    gives the unweighted parameters; a weight that varies does not."""
+    generator = torch.Generator().manual_seed(4)
+    truth = pbde.Annotator(Categorical(probs=torch.tensor([0.1, 0.2, 0.3, 0.4])))
+    xa, xb = torch.randint(0, 4, (2, 500), generator=generator)
+    prefs = truth.label(xa, xb, generator=generator)
+    varying = torch.rand(500, generator=generator)
+    results = []
+    for weight in (None, torch.full((500,), 2.0), varying):
+        data = pbde.Preferences(prefs.xa, prefs.xb, prefs.y, weight=weight)
+        model = pbde.Annotator(Categorical(size=4))
+        pbde.fit(model, data, steps=40, lr=0.1, batch_size=32, seed=7, progress=False)
+        results.append(model.density.logits.detach())
+    torch.testing.assert_close(results[1], results[0], atol=1e-6, rtol=0)
+    assert float((results[2] - results[0]).abs().max()) > 1e-3
