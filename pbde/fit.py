@@ -19,6 +19,7 @@ from pbde import losses as _losses
 from pbde._validation import check_positive_number, is_validation_enabled, validation
 from pbde.annotators import PreferenceProcess
 from pbde.data import Preferences
+from pbde.densities.base import device_of
 
 
 @dataclass
@@ -65,7 +66,7 @@ def nll_regularizer(
                 "nll_regularizer needs a model with one density (a pbde.Annotator). Got "
                 f"{type(model).__name__}."
             )
-        return -weight * density.log_prob(samples.to(_device_of(model))).mean()
+        return -weight * density.log_prob(samples).mean()  # log_prob moves them to its device
 
     return regularizer
 
@@ -149,7 +150,7 @@ def fit(
         raise TypeError(f"'regularizer' must be a callable of the model. Got {regularizer!r}.")
     if device is not None:
         model.to(device)
-    prefs = prefs.to(_device_of(model))
+    prefs = prefs.to(device_of(model))
     n = len(prefs)
     full_batch = batch_size is None or batch_size >= n
     rank, world_size = _distributed.rank_and_world_size()
@@ -316,12 +317,6 @@ def _bind_loss(loss, loss_kwargs):
     return bound
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _save_checkpoint(path, module, optimizer, scheduler, generator, history, step):
     state = {
         "model": module.state_dict(),
@@ -338,7 +333,7 @@ def _save_checkpoint(path, module, optimizer, scheduler, generator, history, ste
 
 
 def _load_checkpoint(path, module, optimizer, scheduler, generator, history, steps) -> int:
-    state = torch.load(path, map_location=_device_of(module), weights_only=True)
+    state = torch.load(path, map_location=device_of(module), weights_only=True)
     if state["steps"] != steps:
         raise ValueError(
             f"The checkpoint {os.fspath(path)!r} belongs to a run of {state['steps']} steps; "

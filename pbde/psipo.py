@@ -22,7 +22,7 @@ from pbde.annotators import PreferenceProcess
 from pbde.densities.base import Density, check_density
 from pbde.densities.finite import Tabulated
 from pbde.support import Support, as_support
-from pbde.theory import _check_normalized, _log_density_on, _logit_matrix, _pair_weights
+from pbde.theory import _check_normalized, _item_masses, _log_density_on, _logit_matrix
 
 __all__ = ["psipo_optimum", "ipo_population_loss", "preference_against"]
 
@@ -141,8 +141,7 @@ def _behaviour_masses(proposal, support: Support) -> torch.Tensor:
             "'proposal' (μ) must be a distribution over single items here: a Density or masses "
             f"of shape ({len(support)},). Got a joint of shape {tuple(proposal.shape)}."
         )
-    joint = _pair_weights(proposal, support)  # μ ⊗ μ, normalized
-    return joint.sum(1)
+    return _item_masses(proposal, support)
 
 
 def _apply_psi(psi, probabilities_logits: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,7 @@ def optimal_density(
             weights = _pair_weights(proposal, support)
             scores = _minimize_scores(logits, weights, loss_fn, loss_kwargs)
         log_density = _scores_to_log_density(scores, behavior, points, support)
-    return Tabulated(support, log_density, normalize=True)
+    return Tabulated(support, log_density)  # normalized by construction; Tabulated checks it
 
 
 def kl(p: Density, q: Density, support: Support | torch.Tensor, *, atol: float = 1e-3) -> float:
@@ -180,33 +180,47 @@ def _logit_matrix(process: PreferenceProcess, points: torch.Tensor) -> torch.Ten
     return process.logits(points[index_a], points[index_b]).to(torch.float64).reshape(n, n)
 
 
-def _pair_weights(proposal, support: Support) -> torch.Tensor:
-    """Q[a, b] = probability of the pair (a, b) under the proposal, float64, sums to 1."""
+def _item_masses(proposal, support: Support) -> torch.Tensor:
+    """μ[a] = mass of item a under a proposal over single items (None: uniform on the support;
+    a Density; or masses of shape (n,)), float64, normalized."""
     n = len(support)
     if proposal is None:
         masses = support.log_weights.exp()
-        joint = masses[:, None] * masses[None, :]
     elif isinstance(proposal, Density):
         masses = support.masses(_log_density_on(proposal, support))
-        joint = masses[:, None] * masses[None, :]
-    elif isinstance(proposal, torch.Tensor):
-        proposal = proposal.detach().to(torch.float64).cpu()
-        if proposal.shape == (n,):
-            joint = proposal[:, None] * proposal[None, :]
-        elif proposal.shape == (n, n):
-            joint = proposal
-        else:
-            raise ValueError(
-                f"'proposal' as a tensor must have shape ({n},) or ({n}, {n}). Got "
-                f"{tuple(proposal.shape)}."
-            )
+    elif isinstance(proposal, torch.Tensor) and proposal.shape == (n,):
+        masses = proposal.detach().to(torch.float64).cpu()
     else:
         raise TypeError(
-            f"'proposal' must be None, a Density or a tensor. Got {type(proposal).__name__}."
+            f"'proposal' must be None, a Density or a tensor of shape ({n},). Got "
+            f"{type(proposal).__name__}."
         )
-    if not bool(torch.isfinite(joint).all()) or bool((joint < 0).any()) or float(joint.sum()) <= 0:
+    return _normalized_masses(masses)
+
+
+def _pair_weights(proposal, support: Support) -> torch.Tensor:
+    """Q[a, b] = probability of the pair (a, b) under the proposal, float64, sums to 1: x_A and
+    x_B drawn independently from :func:`_item_masses`, or a joint of shape (n, n)."""
+    n = len(support)
+    if isinstance(proposal, torch.Tensor) and proposal.shape not in ((n,), (n, n)):
+        raise ValueError(
+            f"'proposal' as a tensor must have shape ({n},) or ({n}, {n}). Got "
+            f"{tuple(proposal.shape)}."
+        )
+    if isinstance(proposal, torch.Tensor) and proposal.shape == (n, n):
+        return _normalized_masses(proposal.detach().to(torch.float64).cpu())
+    masses = _item_masses(proposal, support)
+    return masses[:, None] * masses[None, :]
+
+
+def _normalized_masses(masses: torch.Tensor) -> torch.Tensor:
+    if (
+        not bool(torch.isfinite(masses).all())
+        or bool((masses < 0).any())
+        or float(masses.sum()) <= 0
+    ):
         raise ValueError("'proposal' must give finite, non-negative masses with a positive total.")
-    return joint / joint.sum()
+    return masses / masses.sum()
 
 
 def _minimize_scores(
