@@ -16,7 +16,7 @@ from pbde.annotators import (
 )
 from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
 from pbde.data import Preferences, sample_pairs
-from pbde.fit import FitResult, fit, nll_regularizer
+from pbde.fit import FitResult, fit, fit_ensemble, nll_regularizer
 from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
 from pbde.serialization import load_model, save_model
 from pbde.support import Grid, Support
@@ -37,6 +37,7 @@ __all__ = [
     "Preferences",
     "sample_pairs",
     "fit",
+    "fit_ensemble",
     "FitResult",
     "save_model",
     "load_model",

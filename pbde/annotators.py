@@ -70,6 +70,16 @@ class PreferenceProcess(nn.Module):
     def _logits(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _indexed_logits(
+        self, items: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of the pairs ``(items[ia], items[ib])``, ``items`` holding distinct items.
+
+        What :func:`pbde.fit` calls: a subclass whose logits are differences of per-item scores
+        evaluates each distinct item once, however many pairs it is in.
+        """
+        return self._logits(items[ia], items[ib])
+
 
 class Annotator(PreferenceProcess):
     """One annotator: a density and a behavior, P(x_A ≻ x_B) = σ(Ω(x_A) − Ω(x_B)) (eq. 11).
@@ -104,10 +114,24 @@ class Annotator(PreferenceProcess):
         """Ω(x) = f(x)·log p(x) + g(x), shape ``(batch,)``."""
         return self.behavior.omega(self.density.log_prob(x), x)
 
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Ω(x) up to a constant shared by all items: all that pair logits need.
+
+        With a constant f the density's normalizer only shifts every score by f·log Z, so it is
+        skipped (:meth:`~pbde.densities.Density.unnormalized_log_prob`).
+        """
+        if self.behavior.constant_f is not None:
+            return self.behavior.omega(self.density.unnormalized_log_prob(x), x)
+        return self.omega(x)
+
     def _logits(self, xa, xb):
-        # one density evaluation for both items (one normalizer for energy models)
-        scores = self.omega(torch.cat([xa, xb]))
+        # one density evaluation for both items
+        scores = self._scores(torch.cat([xa, xb]))
         return scores[: xa.shape[0]] - scores[xa.shape[0] :]
+
+    def _indexed_logits(self, items, ia, ib):
+        scores = self._scores(items)
+        return scores[ia] - scores[ib]
 
 
 class MixtureAnnotator(PreferenceProcess):
@@ -159,6 +183,10 @@ class MixtureAnnotator(PreferenceProcess):
 
     def _logits(self, xa, xb):
         return self.combine(self.component_logits(xa, xb))
+
+    def _indexed_logits(self, items, ia, ib):
+        h = [a._indexed_logits(items, ia, ib) for a in self.annotators]
+        return self.combine(torch.stack(h, dim=-1))
 
     def label(self, xa, xb, *, generator=None) -> Preferences:
         """Draw an annotator for each comparison, then its label; ids go in ``annotator_id``."""

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 from pbde import distributed as _distributed
 from pbde import losses as _losses
 from pbde._validation import check_positive_number, is_validation_enabled, validation
-from pbde.annotators import PreferenceProcess
+from pbde.annotators import Annotator, PreferenceProcess
 from pbde.data import Preferences
 from pbde.densities.base import device_of
+from pbde.densities.energy import EnergyStack, stackable
 
 
 @dataclass
@@ -139,50 +140,13 @@ def fit(
         raise TypeError(
             f"'model' must be a pbde.Annotator or MixtureAnnotator. Got {type(model).__name__}."
         )
-    if not isinstance(prefs, Preferences):
-        raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
     loss_fn = _bind_loss(loss, loss_kwargs)
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"'batch_size' must be None or an int >= 1. Got {batch_size!r}.")
-    if regularizer is not None and not callable(regularizer):
-        raise TypeError(f"'regularizer' must be a callable of the model. Got {regularizer!r}.")
-    if device is not None:
-        model.to(device)
-    prefs = prefs.to(device_of(model))
-    n = len(prefs)
-    full_batch = batch_size is None or batch_size >= n
-    rank, world_size = _distributed.rank_and_world_size()
-    # the objective is Σ (w·)loss / size, size = the batch's size or total weight
-    full_size = n if prefs.weight is None else float(prefs.weight.sum())
-    if full_batch:  # each process keeps its slice of the data set (all of it when alone)
-        start, stop = _distributed.shard_bounds(n, rank, world_size)
-        local = prefs[start:stop] if stop > start else None
+    _check_regularizer(regularizer)
+    data = _PairData(prefs, batch_size, torch.device(device) if device else device_of(model))
+    model.to(data.prefs.device)
 
     def objective(generator: torch.Generator) -> torch.Tensor:
-        # this process's part of the batch mean, Σ_{its slice} loss / (batch size): the parts of
-        # all processes sum to the mean exactly, whatever the slice sizes (one part when alone);
-        # weighted data: Σ_{its slice} w·loss / Σ_{batch} w
-        if full_batch:
-            batch, size = local, full_size
-        else:
-            index = torch.randperm(n, generator=generator)[:batch_size]  # the same on all ranks
-            start, stop = _distributed.shard_bounds(batch_size, rank, world_size)
-            batch = prefs[index[start:stop].to(prefs.device)] if stop > start else None
-            size = batch_size
-            if prefs.weight is not None:  # a batch of zero weights contributes 0, not 0/0
-                size = prefs.weight[index.to(prefs.device)].sum().clamp_min(1e-30)
-        if batch is None:
-            value = torch.zeros((), device=prefs.device)
-        else:
-            per_pair = loss_fn(model.logits(batch.xa, batch.xb), batch.y)
-            if batch.weight is not None:
-                per_pair = batch.weight * per_pair
-            value = per_pair.sum() / size
-        if regularizer is not None and rank == 0:  # counted once in the sum over processes
-            value = value + regularizer(model)
-        return value
+        return data.objective(model, loss_fn, regularizer, data.draw(generator))
 
     return optimize(
         model,
@@ -195,8 +159,226 @@ def fit(
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         description="fit",
-        sharded=world_size > 1,
+        sharded=data.world_size > 1,
     )
+
+
+def fit_ensemble(
+    models: Sequence[PreferenceProcess],
+    prefs: Preferences,
+    *,
+    loss: str | Callable | Sequence[str | Callable] = "bce",
+    loss_kwargs: dict | Sequence[dict] | None = None,
+    regularizer: Callable | Sequence[Callable | None] | None = None,
+    steps: int = 1000,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    schedule: str = "cosine",
+    seed: int = 0,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+) -> list[FitResult]:
+    """Fit several models to the same data at once — a sweep (β, α, τ, δ…) in one run.
+
+    The result is that of :func:`fit` on each model alone with the same settings: the members
+    see the same batches, and Adam, being elementwise, steps each member's parameters as its
+    own optimizer would. When every model is an :class:`~pbde.Annotator` whose density is an
+    :class:`~pbde.densities.EnergyModel` of one architecture, the members' networks are
+    evaluated together, as batched matrix products on stacked weights
+    (:class:`~pbde.densities.EnergyStack`), once per step for all of them; otherwise the models
+    are fitted one after another.
+
+    Args:
+        models: the models, trained in place.
+        prefs: the training data, shared by all.
+        loss: one loss for all, or one per model (see :func:`fit`).
+        loss_kwargs: the loss's parameters: one dict for all, or one per model.
+        regularizer: ``None``, one callable for all, or one (or ``None``) per model; it is called
+            with a stand-in :class:`~pbde.Annotator` whose density reads the stacked weights.
+        steps, lr, batch_size, schedule, seed, progress, device: as in :func:`fit`.
+            (Checkpoints are not supported here.)
+
+    Returns:
+        One :class:`FitResult` per model, in order. Their ``losses`` are each member's own
+        objective; ``seconds`` is the wall time of the whole ensemble.
+
+    Raises:
+        TypeError, ValueError: as :func:`fit`; also per-model lists of the wrong length.
+        FloatingPointError: if any member's objective becomes NaN or infinite.
+    """
+    models = list(models)
+    if not models or not all(isinstance(m, PreferenceProcess) for m in models):
+        raise TypeError("'models' must be a non-empty list of pbde annotator models.")
+    k = len(models)
+    losses = _per_model("loss", loss, k, lambda v: isinstance(v, (str, Callable)))
+    kwargs = _per_model("loss_kwargs", loss_kwargs or {}, k, lambda v: isinstance(v, dict))
+    regularizers = _per_model("regularizer", regularizer, k, lambda v: v is None or callable(v))
+    loss_fns = [_bind_loss(f, kw) for f, kw in zip(losses, kwargs, strict=True)]
+    for r in regularizers:
+        _check_regularizer(r)
+    densities = [getattr(m, "density", None) for m in models]
+    if not (all(isinstance(m, Annotator) for m in models) and stackable(densities)):
+        return [
+            fit(
+                m,
+                prefs,
+                loss=f,
+                steps=steps,
+                lr=lr,
+                batch_size=batch_size,
+                schedule=schedule,
+                seed=seed,
+                progress=progress,
+                regularizer=r,
+                device=device,
+                **kw,
+            )
+            for m, f, kw, r in zip(models, losses, kwargs, regularizers, strict=True)
+        ]
+    target = torch.device(device) if device else device_of(models[0])
+    data = _PairData(prefs, batch_size, target)
+    for m in models:
+        m.to(data.prefs.device)
+    stack = EnergyStack(densities)
+    views = [Annotator(stack.member(i), m.behavior) for i, m in enumerate(models)]
+    history = torch.full((k, steps), math.nan, dtype=torch.float64)
+    step = [0]
+
+    def objective(generator: torch.Generator) -> torch.Tensor:
+        stack.new_step()
+        drawn = data.draw(generator)
+        values = torch.stack(
+            [
+                data.objective(view, f, r, drawn)
+                for view, f, r in zip(views, loss_fns, regularizers, strict=True)
+            ]
+        )
+        history[:, step[0]] = values.detach().double().cpu()
+        step[0] += 1
+        return values.sum()
+
+    result = optimize(
+        stack,
+        objective,
+        steps=steps,
+        lr=lr,
+        schedule=schedule,
+        seed=seed,
+        progress=progress,
+        description=f"fit {k} models",
+        sharded=data.world_size > 1,
+    )
+    stack.write_back()
+    return [
+        FitResult(m, history[i], result.learning_rates, result.seconds, steps)
+        for i, m in enumerate(models)
+    ]
+
+
+def _per_model(name: str, value, k: int, is_one) -> list:
+    if is_one(value):
+        return [value] * k
+    values = list(value) if isinstance(value, (list, tuple)) else None
+    if values is None or len(values) != k or not all(is_one(v) for v in values):
+        raise ValueError(
+            f"'{name}' must be one value for all {k} models or a list of {k}. Got {value!r}."
+        )
+    return values
+
+
+def _check_regularizer(regularizer) -> None:
+    if regularizer is not None and not callable(regularizer):
+        raise TypeError(f"'regularizer' must be a callable of the model. Got {regularizer!r}.")
+
+
+class _PairData:
+    """The training pairs as indices into their distinct items, and how a step's batch is drawn.
+
+    Each distinct item is scored once per step, however many pairs it is in (pairs drawn from a
+    density on a grid repeat items a lot), and a full batch hands the model the same tensor of
+    items at every step (so a frozen π_ref answers from memory).
+    """
+
+    def __init__(self, prefs: Preferences, batch_size: int | None, device: torch.device):
+        if not isinstance(prefs, Preferences):
+            raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"'batch_size' must be None or an int >= 1. Got {batch_size!r}.")
+        self.prefs = prefs = prefs.to(device)
+        self.n = n = len(prefs)
+        self.batch_size = batch_size
+        self.full_batch = batch_size is None or batch_size >= n
+        self.rank, self.world_size = _distributed.rank_and_world_size()
+        # the objective is Σ (w·)loss / size, size = the batch's size or total weight
+        self.full_size = n if prefs.weight is None else float(prefs.weight.sum())
+        self.items, self.item_a, self.item_b = distinct_items(prefs.xa, prefs.xb)
+        if self.full_batch:  # each process keeps its slice of the data set (all when alone)
+            start, stop = _distributed.shard_bounds(n, self.rank, self.world_size)
+            self.local = self._batch(slice(start, stop)) if stop > start else None
+
+    def _batch(self, which) -> _Batch:
+        prefs = self.prefs
+        weight = None if prefs.weight is None else prefs.weight[which]
+        a, b = self.item_a[which], self.item_b[which]
+        if a.shape[0] == self.n:  # the whole data set: all items, the same tensor every step
+            return _Batch(self.items, a, b, prefs.y, weight)
+        used, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
+        m = a.shape[0]
+        return _Batch(self.items[used], inverse[:m], inverse[m:], prefs.y[which], weight)
+
+    def draw(self, generator: torch.Generator) -> tuple[_Batch | None, float | torch.Tensor]:
+        """This process's part of a step's batch, and the batch's size (or total weight)."""
+        if self.full_batch:
+            return self.local, self.full_size
+        index = torch.randperm(self.n, generator=generator)[: self.batch_size]  # same on all ranks
+        start, stop = _distributed.shard_bounds(self.batch_size, self.rank, self.world_size)
+        mine = index[start:stop].to(self.prefs.device)
+        batch = self._batch(mine) if stop > start else None
+        size = self.batch_size
+        if self.prefs.weight is not None:  # a batch of zero weights contributes 0, not 0/0
+            size = self.prefs.weight[index.to(self.prefs.device)].sum().clamp_min(1e-30)
+        return batch, size
+
+    def objective(self, model, loss_fn, regularizer, drawn) -> torch.Tensor:
+        """This process's part of the batch mean, Σ_{its slice} loss / (batch size): the parts
+        of all processes sum to the mean exactly, whatever the slice sizes (one part when
+        alone); weighted data: Σ_{its slice} w·loss / Σ_{batch} w."""
+        batch, size = drawn
+        if batch is None:
+            value = torch.zeros((), device=self.prefs.device)
+        else:
+            per_pair = loss_fn(model._indexed_logits(batch.items, batch.a, batch.b), batch.y)
+            if batch.weight is not None:
+                per_pair = batch.weight * per_pair
+            value = per_pair.sum() / size
+        if regularizer is not None and self.rank == 0:  # counted once in the sum over processes
+            value = value + regularizer(model)
+        return value
+
+
+def distinct_items(
+    xa: torch.Tensor, xb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct items of the pairs and where each pair's items are among them.
+
+    Returns ``(items, ia, ib)`` with ``items[ia] == xa`` and ``items[ib] == xb``.
+    """
+    both = torch.cat([xa, xb])
+    items, inverse = torch.unique(both, dim=0 if both.ndim > 1 else None, return_inverse=True)
+    return items, inverse[: xa.shape[0]], inverse[xa.shape[0] :]
+
+
+@dataclass
+class _Batch:
+    """Pairs as indices into their distinct items (what ``_indexed_logits`` takes)."""
+
+    items: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor | None
 
 
 def optimize(

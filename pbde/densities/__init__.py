@@ -2,7 +2,7 @@
 
 from pbde.densities.base import Density
 from pbde.densities.continuous import FromDistribution, Mixture, TruncatedNormalMixture
-from pbde.densities.energy import EnergyModel
+from pbde.densities.energy import EnergyModel, EnergyStack
 from pbde.densities.finite import Categorical, Tabulated
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "FromDistribution",
     "Mixture",
     "EnergyModel",
+    "EnergyStack",
 ]

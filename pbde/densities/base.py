@@ -32,11 +32,30 @@ class Density(nn.Module):
             ValueError: if ``x`` has the wrong shape, non-finite entries or lies outside the
                 support (checked while validation is enabled).
         """
+        return self._evaluate(x, normalized=True)
+
+    def unnormalized_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) + c, with c the same for every item (it may depend on the parameters).
+
+        Differences of log-densities, which is all a pair logit with a constant f needs, do not
+        depend on c: energy models skip their normalizer here. Validated like :meth:`log_prob`.
+        """
+        return self._evaluate(x, normalized=False)
+
+    def _evaluate(self, x: torch.Tensor, normalized: bool) -> torch.Tensor:
         check_tensor("x", x)
+        memo = self.__dict__.get("_memo")
+        if memo is not None:  # a frozen copy: same tensor, same contents, same answer
+            key = (x, x._version, normalized, self._parameter_versions())
+            if memo[0] is x and memo[1:4] == key[1:]:
+                return memo[4]
         x = x.to(self._param_device())
         if is_validation_enabled():
             self._validate_items(x)
-        return self._log_prob(x)
+        value = self._log_prob(x) if normalized else self._unnormalized_log_prob(x)
+        if memo is not None:
+            self._memo = (*key, value)
+        return value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`log_prob` (so ``torch.func.functional_call`` works on densities)."""
@@ -58,12 +77,28 @@ class Density(nn.Module):
         clone = copy.deepcopy(self)
         clone.requires_grad_(False)
         clone.eval()
+        # The copy remembers its last answer: a training loop asks for π_ref on the same items at
+        # every step. Keyed on the tensor object (held, so its id cannot be reused) and the
+        # version counters of it and of the parameters (bumped by in-place writes such as
+        # load_state_dict); moving the copy (.to, .double) forgets the answer.
+        clone._memo = (None,) * 5
         return clone
+
+    def _parameter_versions(self) -> int:
+        return sum(t._version for t in itertools.chain(self.parameters(), self.buffers()))
+
+    def _apply(self, fn, *args, **kwargs):
+        if self.__dict__.get("_memo") is not None:
+            self._memo = (None,) * 5
+        return super()._apply(fn, *args, **kwargs)
 
     # -- for subclasses -------------------------------------------------------------------
 
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _unnormalized_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self._log_prob(x)  # override where the normalizer costs something
 
     def _sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} cannot be sampled.")

@@ -38,6 +38,9 @@ class EnergyModel(Density):
         1.0
     """
 
+    #: points per pass through the network on the CPU (see :meth:`energy`)
+    chunk_size: int = 8192
+
     def __init__(
         self,
         low: float,
@@ -64,13 +67,25 @@ class EnergyModel(Density):
             layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
             width = h
         layers.append(nn.Linear(width, 1))
+        # The output bias shifts E by a constant, which the normalizer cancels: it has no effect
+        # on the density and an exact gradient of 0, so it is not trained (Adam would turn the
+        # rounding noise in that 0 into steps of size lr, a random walk of a dead parameter).
+        layers[-1].bias.requires_grad_(False)
         self.energy_net = nn.Sequential(*layers)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (parameters, log Z)
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
-        """E(x), shape ``(batch,)`` (unnormalized: log p(x) = −E(x) − log Z)."""
+        """E(x), shape ``(batch,)`` (unnormalized: log p(x) = −E(x) − log Z).
+
+        Large batches go through the network in chunks of :attr:`chunk_size` points, so that a
+        chunk's activations stay in the CPU's cache (same values, same gradients).
+        """
         scaled = (2.0 * (x - self.low) / (self.high - self.low) - 1.0).to(self._dtype())
-        return self.energy_net(scaled[:, None]).squeeze(-1)
+        scaled = scaled[:, None]
+        chunk = self.chunk_size
+        if scaled.shape[0] <= chunk or scaled.device.type != "cpu":
+            return self.energy_net(scaled).squeeze(-1)
+        return torch.cat([self.energy_net(part) for part in scaled.split(chunk)]).squeeze(-1)
 
     def log_normalizer(self) -> torch.Tensor:
         """log Z = log ∫ exp(−E(x)) dx by the trapezoid rule on the grid (a scalar)."""
@@ -96,6 +111,9 @@ class EnergyModel(Density):
     def _log_prob(self, x):
         return -self.energy(x) - self.log_normalizer()
 
+    def _unnormalized_log_prob(self, x):
+        return -self.energy(x)
+
     def _validate_items(self, x):
         super()._validate_items(x)
         _check_in_interval(x, self.low, self.high)
@@ -120,7 +138,7 @@ class EnergyModel(Density):
         """Regress −E on a target log-density over the domain (how the paper makes π_pre).
 
         Minimizes the mean squared error between −E(x) and ``target_log_prob(x)`` on a grid of
-        ``points`` points; the normalizer then absorbs any constant offset.
+        ``points`` points, both centred (a constant offset is the normalizer's business).
 
         Args:
             target_log_prob: callable mapping a batch of points to log-densities (e.g.
@@ -145,7 +163,8 @@ class EnergyModel(Density):
             )
 
         def mse(_generator):
-            return ((-self.energy(x) - target) ** 2).mean()
+            residual = -self.energy(x) - target
+            return ((residual - residual.mean()) ** 2).mean()
 
         return optimize(self, mse, steps=steps, lr=lr, progress=progress, description="pretrain")
 
@@ -154,3 +173,121 @@ class EnergyModel(Density):
 
     def _device(self) -> torch.device:
         return self.energy_net[0].weight.device
+
+
+class EnergyStack(nn.Module):
+    """K energy models of one architecture as one module: stacked weights, batched matmuls.
+
+    Used by :func:`pbde.fit_ensemble` to train a sweep at once. ``member(k)`` is a density
+    that reads member k's energies from one batched evaluation of all K networks per step;
+    :meth:`write_back` copies the trained weights into the original models.
+
+    Args:
+        models: :class:`EnergyModel` instances with the same domain, grid, hidden widths,
+            activation, dtype and device.
+    """
+
+    def __init__(self, models: list[EnergyModel]):
+        super().__init__()
+        first = models[0]
+        if not stackable(models):
+            raise ValueError("'models' must be EnergyModels of one architecture to be stacked.")
+        self.models = models  # a plain list: the originals are not parameters of the stack
+        self.low, self.high, self.grid = first.low, first.high, first.grid
+        self.chunk_size = first.chunk_size
+        self.activation = first.energy_net[1]
+        self.weights = nn.ParameterList()  # (K, in, out): h @ W + b
+        self.biases = nn.ParameterList()  # (K, 1, out)
+        per_model = [[m for m in model.energy_net if isinstance(m, nn.Linear)] for model in models]
+        for layers in zip(*per_model, strict=True):
+            weight = torch.stack([x.weight.detach().T for x in layers])
+            bias = torch.stack([x.bias.detach()[None] for x in layers])
+            self.weights.append(nn.Parameter(weight, layers[0].weight.requires_grad))
+            self.biases.append(nn.Parameter(bias, layers[0].bias.requires_grad))
+        self._memo: dict = {}
+
+    def __len__(self) -> int:
+        return self.weights[0].shape[0]
+
+    def energies(self, x: torch.Tensor) -> torch.Tensor:
+        """E_k(x) for every member, shape ``(K, batch)``."""
+        scaled = (2.0 * (x - self.low) / (self.high - self.low) - 1.0).to(self.weights[0].dtype)
+        if scaled.shape[0] <= self.chunk_size or scaled.device.type != "cpu":
+            return self._forward(scaled)
+        return torch.cat([self._forward(part) for part in scaled.split(self.chunk_size)], dim=1)
+
+    def _forward(self, scaled: torch.Tensor) -> torch.Tensor:
+        # first layer: one input feature, so an outer product instead of a matmul
+        h = self.activation(torch.addcmul(self.biases[0], scaled[None, :, None], self.weights[0]))
+        for w, b in zip(self.weights[1:-1], self.biases[1:-1], strict=True):
+            h = self.activation(torch.baddbmm(b, h, w))
+        return torch.baddbmm(self.biases[-1], h, self.weights[-1]).squeeze(-1)
+
+    def new_step(self) -> None:
+        """Forget the energies of the previous step (the parameters have changed)."""
+        self._memo = {}
+
+    def _cached(self, key: str, x: torch.Tensor, compute) -> torch.Tensor:
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not x:
+            hit = self._memo[key] = (x, compute())
+        return hit[1]
+
+    def unnormalized_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """−E_k(x), shape ``(K, batch)``; computed once per step for a given tensor ``x``."""
+        return self._cached("items", x, lambda: -self.energies(x))
+
+    def log_normalizers(self) -> torch.Tensor:
+        """log Z_k, shape ``(K,)``; computed once per step."""
+        points = self.grid.points.to(self.weights[0].device)
+        return self._cached(
+            "grid", self.grid.points, lambda: self.grid.log_integral(-self.energies(points))
+        )
+
+    def member(self, k: int) -> _StackMember:
+        """Member ``k`` as a :class:`~pbde.densities.Density` reading from the stack."""
+        return _StackMember(self, k)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the stacked weights into the original models."""
+        for k, model in enumerate(self.models):
+            layers = [m for m in model.energy_net if isinstance(m, nn.Linear)]
+            for layer, w, b in zip(layers, self.weights, self.biases, strict=True):
+                layer.weight.copy_(w[k].T)
+                layer.bias.copy_(b[k, 0])
+
+
+def stackable(models) -> bool:
+    """Whether :class:`EnergyStack` can hold these models (same architecture, dtype, device)."""
+    if not models or not all(isinstance(m, EnergyModel) for m in models):
+        return False
+
+    def signature(m):
+        shapes = [tuple(p.shape) for p in m.parameters()]
+        kinds = [type(layer) for layer in m.energy_net]
+        return (m.low, m.high, m.grid.size, shapes, kinds, m._dtype(), m._device(), m.chunk_size)
+
+    return all(signature(m) == signature(models[0]) for m in models)
+
+
+class _StackMember(Density):
+    """Member k of an :class:`EnergyStack` as a density (its parameters live in the stack)."""
+
+    def __init__(self, stack: EnergyStack, k: int):
+        super().__init__()
+        self.__dict__["stack"] = stack  # not a submodule: the stack is trained on its own
+        self.k = k
+
+    def _unnormalized_log_prob(self, x):
+        return self.stack.unnormalized_log_probs(x)[self.k]
+
+    def _log_prob(self, x):
+        return self._unnormalized_log_prob(x) - self.stack.log_normalizers()[self.k]
+
+    def _validate_items(self, x):
+        super()._validate_items(x)
+        _check_in_interval(x, self.stack.low, self.stack.high)
+
+    def _param_device(self):
+        return self.stack.weights[0].device

@@ -1,0 +1,247 @@
+"""The training step's shortcuts keep the maths: each is checked against the plain computation.
+
+- pair logits skip an energy model's normalizer when f is constant (it cancels);
+- :func:`pbde.fit` scores each distinct item once (pairs from a grid repeat items);
+- a frozen reference remembers its last answer, and forgets it when anything changes;
+- :class:`~pbde.densities.EnergyModel` goes through its network in chunks.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import pbde
+from pbde.densities import Categorical, EnergyModel, TruncatedNormalMixture
+from pbde.fit import distinct_items
+
+
+def _plain_log_prob(model: EnergyModel, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) written out: the network on all points at once, trapezoid normalizer."""
+    grid = model.grid.points
+    scale = lambda t: (2 * (t - model.low) / (model.high - model.low) - 1)[:, None]  # noqa: E731
+    energy = model.energy_net(scale(x)).squeeze(-1)
+    grid_energy = model.energy_net(scale(grid)).squeeze(-1)
+    h = (model.high - model.low) / (grid.shape[0] - 1)
+    w = torch.full_like(grid, h)
+    w[0] = w[-1] = h / 2
+    return -energy - torch.logsumexp(-grid_energy + w.log(), 0)
+
+
+@pytest.fixture
+def energy():
+    torch.manual_seed(0)
+    return EnergyModel(-10.0, 10.0, grid_size=513)
+
+
+def test_unnormalized_log_prob_differs_from_log_prob_by_one_constant(energy):
+    x = torch.linspace(-9.0, 9.0, 37)
+    gap = energy.log_prob(x) - energy.unnormalized_log_prob(x)
+    assert float((gap.max() - gap.min()).detach()) < 1e-5
+    # and the constant is log Z, not anything else
+    assert torch.allclose(gap, -energy.log_normalizer().expand_as(gap), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "behavior",
+    [
+        lambda ref: pbde.luce(),
+        lambda ref: pbde.dpo(4.0, ref),
+        lambda ref: pbde.geometric(0.25, ref),
+        lambda ref: pbde.PBDE(f=lambda x: 1.0 + x.abs(), g=0.0),  # non-constant f keeps Z
+    ],
+)
+def test_annotator_logits_equal_the_written_out_formula(energy, behavior):
+    reference = copy.deepcopy(energy)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    b = behavior(reference)
+    model = pbde.Annotator(energy, b)
+    xa, xb = torch.linspace(-9, 9, 11), torch.linspace(8, -8, 11)
+
+    def omega(x):
+        log_p = _plain_log_prob(energy, x)
+        return b.f(x) * log_p + b.g(x)
+
+    expected = omega(xa) - omega(xb)
+    assert torch.allclose(model.logits(xa, xb), expected, atol=1e-4)
+
+
+def test_distinct_items_rebuild_the_pairs():
+    xa = torch.tensor([3.0, 1.0, 3.0, 2.0])
+    xb = torch.tensor([1.0, 1.0, 2.0, 3.0])
+    items, ia, ib = distinct_items(xa, xb)
+    assert items.tolist() == [1.0, 2.0, 3.0]
+    assert torch.equal(items[ia], xa) and torch.equal(items[ib], xb)
+    tokens_a = torch.tensor([[1, 2, -1], [4, 5, 6], [1, 2, -1]])
+    tokens_b = torch.tensor([[4, 5, 6], [7, -1, -1], [7, -1, -1]])
+    items, ia, ib = distinct_items(tokens_a, tokens_b)
+    assert items.shape == (3, 3)
+    assert torch.equal(items[ia], tokens_a) and torch.equal(items[ib], tokens_b)
+
+
+def test_indexed_logits_equal_logits_for_every_kind_of_annotator():
+    torch.manual_seed(1)
+    p = Categorical(probs=torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    q = Categorical(probs=torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    models = [
+        pbde.Annotator(p, pbde.dpo(2.0, q)),
+        pbde.MixtureAnnotator([pbde.Annotator(p), pbde.Annotator(q)], [0.3, 0.7]),
+        pbde.DeterministicAnnotator(torch.tensor([0.0, 2.0, 1.0, 3.0])),
+    ]
+    xa, xb = torch.randint(0, 4, (2, 50))
+    items, ia, ib = distinct_items(xa, xb)
+    for model in models:
+        assert torch.equal(model._indexed_logits(items, ia, ib), model.logits(xa, xb))
+
+
+def _pairs(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    xa, xb = torch.randint(0, 30, (2, n), generator=g).float() / 3 - 5  # many repeats
+    truth = pbde.Annotator(TruncatedNormalMixture([1.0], [2.0], low=-10, high=10))
+    return truth.label(xa, xb, generator=g)
+
+
+@pytest.mark.parametrize("batch_size", [None, 64])
+def test_fit_with_shared_items_follows_the_plain_objective(batch_size):
+    """Same trajectory as minimizing the plain per-pair objective with the same optimizer."""
+    prefs = _pairs(300, 0)
+    torch.manual_seed(0)
+    start = EnergyModel(-10.0, 10.0, hidden=(16, 16), grid_size=257)
+    reference = copy.deepcopy(start)
+    model = pbde.Annotator(copy.deepcopy(start), pbde.dpo(2.0, reference))
+    fitted = pbde.fit(model, prefs, steps=15, lr=1e-2, batch_size=batch_size, progress=False)
+
+    plain = copy.deepcopy(start)
+    g = torch.Generator().manual_seed(0)  # the sampler fit uses (seed=0)
+    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=15, eta_min=0.0)
+    for _ in range(15):
+        index = torch.arange(300) if batch_size is None else torch.randperm(300, generator=g)[:64]
+        xa, xb, y = prefs.xa[index], prefs.xb[index], prefs.y[index]
+        h = 2.0 * (_plain_log_prob(plain, xa) - _plain_log_prob(reference, xa))
+        h = h - 2.0 * (_plain_log_prob(plain, xb) - _plain_log_prob(reference, xb))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(h, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    for a, b in zip(fitted.model.density.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=2e-5)
+    x = torch.linspace(-10, 10, 101)
+    with torch.no_grad():
+        assert torch.allclose(fitted.model.density.log_prob(x), plain.log_prob(x), atol=1e-4)
+
+
+def test_frozen_copy_remembers_and_forgets(energy):
+    frozen = energy.frozen()
+    x = torch.linspace(-5, 5, 9)
+    first = frozen.log_prob(x)
+    assert frozen.log_prob(x) is first  # remembered
+    assert frozen.log_prob(x.clone()) is not first  # another tensor: computed again
+    y = x.clone()
+    value = frozen.log_prob(y)
+    y.add_(1.0)  # in place: a new version
+    assert torch.allclose(frozen.log_prob(y), energy.log_prob(y), atol=1e-6)
+    assert not torch.allclose(frozen.log_prob(y), value)
+    # new parameters (load_state_dict writes in place): recomputed
+    other = EnergyModel(-10.0, 10.0, grid_size=513)
+    frozen.log_prob(x)
+    frozen.load_state_dict(other.state_dict())
+    assert torch.allclose(frozen.log_prob(x), other.log_prob(x), atol=1e-6)
+    # normalized and unnormalized answers are kept apart
+    assert not torch.allclose(frozen.unnormalized_log_prob(x), frozen.log_prob(x))
+    # moved: recomputed in the new dtype
+    assert frozen.double().log_prob(x).dtype == torch.float64
+
+
+def test_the_output_bias_is_not_trained(energy):
+    """It shifts E by a constant, so the density ignores it; Adam would random-walk it."""
+    bias = energy.energy_net[-1].bias
+    assert not bias.requires_grad
+    x = torch.linspace(-10, 10, 101)
+    before = energy.log_prob(x).detach()
+    with torch.no_grad():
+        bias.add_(3.0)
+    assert torch.allclose(energy.log_prob(x), before, atol=1e-5)
+
+
+def test_chunked_energy_equals_one_pass(energy):
+    x = torch.linspace(-10, 10, 1000)
+    whole = energy.energy(x)
+    energy.chunk_size = 64
+    chunked = energy.energy(x)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    trained = [p for p in energy.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad(whole.sin().sum(), trained)
+    g2 = torch.autograd.grad(chunked.sin().sum(), trained)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def _sweep_models(start, reference):
+    return [
+        pbde.Annotator(copy.deepcopy(start), pbde.dpo(1.0, reference)),
+        pbde.Annotator(copy.deepcopy(start), pbde.dpo(4.0, reference)),
+        pbde.Annotator(copy.deepcopy(start), pbde.geometric(0.25, reference)),
+        pbde.Annotator(copy.deepcopy(start), pbde.luce()),
+    ]
+
+
+@pytest.mark.parametrize("batch_size", [None, 50])
+def test_ensemble_fit_equals_fitting_each_model_alone(batch_size):
+    prefs = _pairs(200, 3)
+    torch.manual_seed(2)
+    start = EnergyModel(-10.0, 10.0, hidden=(16, 16), grid_size=257)
+    reference = start.frozen()
+    samples = torch.linspace(-3, 3, 20)
+    settings = dict(steps=12, lr=1e-2, batch_size=batch_size, progress=False)
+    losses = ["bce", "ipo", "hinge", "bce"]
+    kwargs = [{}, {"tau": 0.5}, {"delta": 1.0}, {}]
+    regularizers = [None, None, pbde.nll_regularizer(samples, 1.0), None]
+    together = pbde.fit_ensemble(
+        _sweep_models(start, reference),
+        prefs,
+        loss=losses,
+        loss_kwargs=kwargs,
+        regularizer=regularizers,
+        **settings,
+    )
+    assert isinstance(together[0].model.density, EnergyModel)
+    for i, model in enumerate(_sweep_models(start, reference)):
+        alone = pbde.fit(
+            model, prefs, loss=losses[i], regularizer=regularizers[i], **kwargs[i], **settings
+        )
+        assert torch.allclose(together[i].losses, alone.losses, rtol=1e-4, atol=1e-5), i
+        x = torch.linspace(-10, 10, 101)
+        with torch.no_grad():
+            assert torch.allclose(
+                together[i].model.density.log_prob(x), alone.model.density.log_prob(x), atol=1e-4
+            ), i
+
+
+def test_ensemble_of_other_models_is_fitted_one_by_one():
+    truth = pbde.Annotator(Categorical(probs=torch.tensor([0.2, 0.3, 0.5])))
+    xa, xb = torch.randint(0, 3, (2, 500), generator=torch.Generator().manual_seed(0))
+    prefs = truth.label(xa, xb, generator=torch.Generator().manual_seed(1))
+    models = [pbde.Annotator(Categorical(size=3)), pbde.Annotator(Categorical(size=3))]
+    results = pbde.fit_ensemble(models, prefs, steps=50, lr=0.1, progress=False)
+    alone = pbde.fit(pbde.Annotator(Categorical(size=3)), prefs, steps=50, lr=0.1, progress=False)
+    for r in results:
+        assert torch.allclose(r.losses, alone.losses)
+
+
+def test_ensemble_arguments_are_checked():
+    models = [pbde.Annotator(Categorical(size=3))] * 2
+    prefs = pbde.Preferences(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]))
+    with pytest.raises(
+        ValueError, match="'loss' must be one value for all 2 models or a list of 2"
+    ):
+        pbde.fit_ensemble(models, prefs, loss=["bce"])
+    with pytest.raises(ValueError, match="'loss_kwargs'"):
+        pbde.fit_ensemble(models, prefs, loss_kwargs=[{}, {}, {}])
+    with pytest.raises(TypeError, match="'models'"):
+        pbde.fit_ensemble([], prefs)
