@@ -17,6 +17,7 @@ import torch
 
 import pbde
 from pbde import densities
+from pbde.experiments.toy import paper_p_star, pretrain_prior
 
 
 @dataclass
@@ -31,13 +32,6 @@ class DemoSettings:
     device: str = "cpu"
 
 
-def paper_p_star() -> densities.TruncatedNormalMixture:
-    """p* of Dumoulin et al., eq. 10: 0.4·N_trunc(−2.5, 0.25) + 0.6·N_trunc(2.5, 1) on [−10, 10]."""
-    return densities.TruncatedNormalMixture(
-        [-2.5, 2.5], [0.25, 1.0], [0.4, 0.6], low=-10.0, high=10.0
-    )
-
-
 def run_demo(settings: DemoSettings, out: Path | None = None, *, progress: bool | None = None):
     """Run the demo; write ``demo.json`` and ``demo.png`` into ``out`` if given.
 
@@ -50,9 +44,10 @@ def run_demo(settings: DemoSettings, out: Path | None = None, *, progress: bool 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     p_star = paper_p_star()
-    prior = densities.TruncatedNormalMixture([0.0], [5.0], low=-10.0, high=10.0)
     pi_pre = densities.EnergyModel(-10.0, 10.0, grid_size=settings.grid_size)
-    pi_pre.pretrain_to(prior.log_prob, steps=settings.pretrain_steps, lr=3e-3, progress=progress)
+    pi_pre.pretrain_to(
+        pretrain_prior().log_prob, steps=settings.pretrain_steps, lr=3e-3, progress=progress
+    )
 
     xa, xb = pbde.sample_pairs(pi_pre, settings.pairs, generator=generator)
     annotator = pbde.Annotator(p_star, pbde.luce())

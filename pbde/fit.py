@@ -16,7 +16,12 @@ from tqdm.auto import tqdm
 
 from pbde import distributed as _distributed
 from pbde import losses as _losses
-from pbde._validation import check_positive_number, is_validation_enabled, validation
+from pbde._validation import (
+    check_positive_number,
+    check_tensor,
+    is_validation_enabled,
+    validation,
+)
 from pbde.annotators import Annotator, PreferenceProcess
 from pbde.data import Preferences
 from pbde.densities.base import device_of
@@ -59,6 +64,14 @@ def nll_regularizer(
         A regularizer for :func:`fit`: a callable of the model (an :class:`~pbde.Annotator`).
     """
     weight = check_positive_number("weight", weight, allow_zero=True)
+    check_tensor("samples", samples)
+    if samples.ndim == 0 or samples.shape[0] == 0:
+        raise ValueError(f"'samples' must be a non-empty batch. Got shape {tuple(samples.shape)}.")
+    # each distinct sample evaluated once: mean log π = Σ_u count_u·log π(u) / m
+    distinct, counts = torch.unique(
+        samples, dim=0 if samples.ndim > 1 else None, return_counts=True
+    )
+    frequencies = counts.to(torch.get_default_dtype()) / samples.shape[0]
 
     def regularizer(model):
         density = getattr(model, "density", None)
@@ -67,7 +80,8 @@ def nll_regularizer(
                 "nll_regularizer needs a model with one density (a pbde.Annotator). Got "
                 f"{type(model).__name__}."
             )
-        return -weight * density.log_prob(samples).mean()  # log_prob moves them to its device
+        log_p = density.log_prob(distinct)  # moves them to its device
+        return -weight * (frequencies.to(log_p) * log_p).sum()
 
     return regularizer
 
@@ -80,6 +94,7 @@ def fit(
     steps: int = 1000,
     lr: float = 1e-3,
     batch_size: int | None = None,
+    replacement: bool = False,
     schedule: str = "cosine",
     seed: int = 0,
     progress: bool | None = None,
@@ -105,6 +120,9 @@ def fit(
         steps: number of optimization steps, >= 1.
         lr: peak learning rate, > 0.
         batch_size: pairs per step; ``None`` for full batch.
+        replacement: draw each mini-batch with replacement (e.g. Azar et al. §5.4: batches of 9
+            from a data set of 3 pairs); by default without, and a ``batch_size`` >= the data
+            set's size is the full batch.
         schedule: ``"cosine"`` (decay to 0) or ``"constant"``.
         seed: seed of the mini-batch sampler.
         progress: show a progress bar; default: when standard error is a terminal.
@@ -142,7 +160,8 @@ def fit(
         )
     loss_fn = _bind_loss(loss, loss_kwargs)
     _check_regularizer(regularizer)
-    data = _PairData(prefs, batch_size, torch.device(device) if device else device_of(model))
+    target = torch.device(device) if device else device_of(model)
+    data = _PairData(prefs, batch_size, target, replacement)
     model.to(data.prefs.device)
 
     def objective(generator: torch.Generator) -> torch.Tensor:
@@ -173,6 +192,7 @@ def fit_ensemble(
     steps: int = 1000,
     lr: float = 1e-3,
     batch_size: int | None = None,
+    replacement: bool = False,
     schedule: str = "cosine",
     seed: int = 0,
     progress: bool | None = None,
@@ -195,7 +215,8 @@ def fit_ensemble(
         loss_kwargs: the loss's parameters: one dict for all, or one per model.
         regularizer: ``None``, one callable for all, or one (or ``None``) per model; it is called
             with a stand-in :class:`~pbde.Annotator` whose density reads the stacked weights.
-        steps, lr, batch_size, schedule, seed, progress, device: as in :func:`fit`.
+        steps, lr, batch_size, replacement, schedule, seed, progress, device: as in
+            :func:`fit`.
             (Checkpoints are not supported here.)
 
     Returns:
@@ -226,6 +247,7 @@ def fit_ensemble(
                 steps=steps,
                 lr=lr,
                 batch_size=batch_size,
+                replacement=replacement,
                 schedule=schedule,
                 seed=seed,
                 progress=progress,
@@ -236,7 +258,7 @@ def fit_ensemble(
             for m, f, kw, r in zip(models, losses, kwargs, regularizers, strict=True)
         ]
     target = torch.device(device) if device else device_of(models[0])
-    data = _PairData(prefs, batch_size, target)
+    data = _PairData(prefs, batch_size, target, replacement)
     for m in models:
         m.to(data.prefs.device)
     stack = EnergyStack(densities)
@@ -299,7 +321,13 @@ class _PairData:
     items at every step (so a frozen π_ref answers from memory).
     """
 
-    def __init__(self, prefs: Preferences, batch_size: int | None, device: torch.device):
+    def __init__(
+        self,
+        prefs: Preferences,
+        batch_size: int | None,
+        device: torch.device,
+        replacement: bool = False,
+    ):
         if not isinstance(prefs, Preferences):
             raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
         if batch_size is not None and (
@@ -309,7 +337,10 @@ class _PairData:
         self.prefs = prefs = prefs.to(device)
         self.n = n = len(prefs)
         self.batch_size = batch_size
-        self.full_batch = batch_size is None or batch_size >= n
+        if not isinstance(replacement, bool):
+            raise TypeError(f"'replacement' must be True or False. Got {replacement!r}.")
+        self.replacement = replacement
+        self.full_batch = batch_size is None or (batch_size >= n and not replacement)
         self.rank, self.world_size = _distributed.rank_and_world_size()
         # the objective is Σ (w·)loss / size, size = the batch's size or total weight
         self.full_size = n if prefs.weight is None else float(prefs.weight.sum())
@@ -332,7 +363,10 @@ class _PairData:
         """This process's part of a step's batch, and the batch's size (or total weight)."""
         if self.full_batch:
             return self.local, self.full_size
-        index = torch.randperm(self.n, generator=generator)[: self.batch_size]  # same on all ranks
+        if self.replacement:  # the same on all ranks
+            index = torch.randint(0, self.n, (self.batch_size,), generator=generator)
+        else:
+            index = torch.randperm(self.n, generator=generator)[: self.batch_size]
         start, stop = _distributed.shard_bounds(self.batch_size, self.rank, self.world_size)
         mine = index[start:stop].to(self.prefs.device)
         batch = self._batch(mine) if stop > start else None

@@ -21,7 +21,7 @@ from pbde.fit import distinct_items
 def _plain_log_prob(model: EnergyModel, x: torch.Tensor) -> torch.Tensor:
     """log p(x) written out: the network on all points at once, trapezoid normalizer."""
     grid = model.grid.points
-    scale = lambda t: (2 * (t - model.low) / (model.high - model.low) - 1)[:, None]  # noqa: E731
+    scale = lambda t: (10 * (2 * (t - model.low) / (model.high - model.low) - 1))[:, None]  # noqa: E731
     energy = model.energy_net(scale(x)).squeeze(-1)
     grid_energy = model.energy_net(scale(grid)).squeeze(-1)
     h = (model.high - model.low) / (grid.shape[0] - 1)

@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import pbde  # noqa: E402
-from pbde.demo import paper_p_star  # noqa: E402
+from pbde.experiments.toy import paper_p_star  # noqa: E402
 
 SMOKE = os.environ.get("PBDE_SMOKE") == "1"
 FIGURES = Path(

@@ -1,0 +1,150 @@
+"""Per-step cost at the paper's settings: pbde against a naive eager PyTorch step (issue #3).
+
+The setting is Dumoulin et al.'s Fig. 3 (Table 1): a 4×64 tanh MLP energy, 2^15 pairs drawn from
+π_pre (normalized, and sampled, on a 2^16-point grid), DPO with β = 4, Adam, full batch.
+
+Contenders, run in turn in one process (A B C … A B C …), each for ``--steps`` steps per round:
+
+- ``naive``: the step as a notebook writes it — a plain ``nn.Sequential`` MLP on the 2^16 pair
+  items (x_A and x_B concatenated), BCE on the pairwise difference (the normalizer cancels and is
+  not computed; π_ref's term is precomputed once), ``loss.backward()``, Adam.
+- ``naive+chunks``: the same, the MLP applied to chunks of 8192 points (cache-sized activations).
+- ``naive+dedup``: the same, the MLP applied once to each distinct item, gathered into pairs.
+- ``pbde.fit``: the library (distinct items, chunks, the frozen π_ref answering from memory,
+  no normalizer when f is constant), measured as the wall time of ``pbde.fit`` / steps.
+- sweep β ∈ {1, 4, 16}: ``pbde.fit_ensemble`` (one batched model) against the three
+  ``pbde.fit`` calls one after another; reported per step of the whole sweep.
+
+Usage:
+    python -m benchmarks.bench_step [--rounds 5] [--steps 20] [--pairs 32768] [--grid 65536]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pbde
+from pbde.experiments import toy
+
+
+def naive_steps(start, x, ref_diff, y, beta, steps, lr, *, chunk=None, dedup=False):
+    """``steps`` Adam steps of the naive DPO objective; returns seconds per step."""
+    net = nn.Sequential(
+        nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
+        nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1),
+    )  # fmt: skip
+    net.load_state_dict(start.energy_net.state_dict())
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    n = x.shape[0] // 2
+    inputs = x[:, None]  # the domain is [−10, 10]: the MLP sees x itself, as in pbde
+    if dedup:
+        inputs, inverse = torch.unique(inputs, return_inverse=True)
+        inputs = inputs[:, None]
+    began = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        if chunk is None:
+            energy = net(inputs).squeeze(-1)
+        else:
+            energy = torch.cat([net(part) for part in inputs.split(chunk)]).squeeze(-1)
+        if dedup:
+            energy = energy[inverse.reshape(-1)]
+        logits = beta * (energy[n:] - energy[:n]) - ref_diff
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - began) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=2**15)
+    parser.add_argument("--grid", type=int, default=2**16)
+    parser.add_argument("--no-sweep", action="store_true", help="skip the β-sweep contenders")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    pi_pre = toy.pretrained_reference(grid_size=args.grid, steps=300, progress=False)
+    xa, xb = toy.draw_pairs(pi_pre, args.pairs, seed=1)
+    prefs = pbde.Annotator(toy.paper_p_star()).label(
+        xa, xb, generator=torch.Generator().manual_seed(2)
+    )
+    beta, lr = 4.0, 5e-4
+    x = torch.cat([prefs.xa, prefs.xb])
+    with torch.no_grad():
+        log_ref = pi_pre.log_prob(x)
+    ref_diff = beta * (log_ref[: args.pairs] - log_ref[args.pairs :])
+    distinct = torch.unique(x).numel()
+
+    def run_pbde():
+        model = pbde.Annotator(copy.deepcopy(pi_pre), pbde.dpo(beta, pi_pre))
+        result = pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False)
+        return result.seconds / args.steps
+
+    def sweep_models():
+        return [
+            pbde.Annotator(copy.deepcopy(pi_pre), pbde.dpo(b, pi_pre)) for b in (1.0, 4.0, 16.0)
+        ]
+
+    def run_ensemble():
+        results = pbde.fit_ensemble(sweep_models(), prefs, steps=args.steps, lr=lr, progress=False)
+        return results[0].seconds / args.steps
+
+    def run_sequential():
+        began = time.perf_counter()
+        for model in sweep_models():
+            pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False)
+        return (time.perf_counter() - began) / args.steps
+
+    contenders = {
+        "naive": lambda: naive_steps(pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr),
+        "naive+chunks": lambda: naive_steps(
+            pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr, chunk=8192
+        ),
+        "naive+dedup": lambda: naive_steps(
+            pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr, dedup=True
+        ),
+        "pbde.fit": run_pbde,
+    }
+    if not args.no_sweep:
+        contenders["sweep: fit_ensemble"] = run_ensemble
+        contenders["sweep: 3 x fit"] = run_sequential
+    for run in contenders.values():  # warm-up: imports, allocator, first Adam step
+        run()
+    times = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, run in contenders.items():
+            times[name].append(run())
+
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}")  # fmt: skip
+    print(f"setting: {args.pairs} pairs on a {args.grid}-point grid ({distinct} distinct items), "
+          f"{args.steps} steps per round, {args.rounds} rounds")  # fmt: skip
+    for name, values in times.items():
+        low, mid, high = (1e3 * v for v in (min(values), statistics.median(values), max(values)))
+        print(f"{name:22s} ms/step min / median / max: {low:7.1f} / {mid:7.1f} / {high:7.1f}")
+
+    def ratio(a, b):
+        per_round = [x / y for x, y in zip(times[a], times[b], strict=True)]
+        return statistics.median(per_round), min(per_round), max(per_round)
+
+    for a, b in [("naive", "pbde.fit"), ("naive", "naive+chunks"), ("naive", "naive+dedup")]:
+        mid, low, high = ratio(a, b)
+        print(f"speed-up {b} over {a}: {mid:.2f}x (rounds: {low:.2f}-{high:.2f})")
+    if not args.no_sweep:
+        mid, low, high = ratio("sweep: fit_ensemble", "sweep: 3 x fit")
+        print(f"time fit_ensemble / sequential fits: {mid:.2f} (rounds: {low:.2f}-{high:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Reproductions of the papers' experiments: ``pbde reproduce NAME``.
+
+Each experiment is a function returning a :class:`~pbde.experiments.base.Result` (metrics,
+settings, wall time, a plot); :func:`run` runs one by name with the paper's settings, the quick
+settings of the test suite (``quick=True``) or the faster recipe (``fast=True``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+
+from pbde.experiments.base import Result
+
+# name -> (module, whether the module's run takes the name, one-line description)
+_REGISTRY = {
+    "reward": ("sweeps", True, "Fig. 1/7: a reward model recovers p* (e^r ∝ p*)"),
+    "dpo-wellspecified": ("sweeps", True, "Fig. 2: DPO annotator and DPO model → p*"),
+    "dpo": ("sweeps", True, "Fig. 3: DPO under a Luce annotator → π_pre·p*^(1/β), β ∈ {1, 4, 16}"),
+    "geometric": ("sweeps", True, "Fig. 8: geometric behavior → π_pre^(1−α)·p*^α"),
+    "slic": ("sweeps", True, "Fig. 9: SLiC-HF-direct, δ × λ sweep (no closed form)"),
+    "ipo": ("sweeps", True, "Fig. 10: IPO, τ ∈ {0.1, 0.5, 1}, against its population optimum"),
+    "misspecification": ("misspecification", False, "Figs. 4-5: two annotators, one model"),
+    "ipo-bandit": ("ipo_bandit", False, "Azar et al. §5.4: DPO goes greedy, IPO does not"),
+    "online": (
+        "online",
+        False,
+        "Dumoulin §6 / Xiong et al.: KL to the optimum vs annotator queries (static / "
+        "on-policy / active)",
+    ),
+}
+
+
+def names() -> list[str]:
+    """The experiments ``pbde reproduce`` knows, in the order ``all`` runs them."""
+    return list(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    """One line saying what the experiment reproduces."""
+    return _entry(name)[2]
+
+
+def settings_for(name: str, *, quick: bool = False, fast: bool = False, **overrides):
+    """The settings an experiment runs with: the paper's, ``quick`` or ``fast``; ``overrides``
+    (e.g. ``seed=1``) replace fields that the settings have, ``None`` values are ignored."""
+    if quick and fast:
+        raise ValueError("Give at most one of 'quick' and 'fast'.")
+    module = _module(name)
+    arguments = (name,) if _entry(name)[1] else ()
+    if quick:
+        settings = module.quick(*arguments)
+    else:
+        settings = module.fast(*arguments) if fast else module.Settings()
+    changes = {k: v for k, v in overrides.items() if v is not None and hasattr(settings, k)}
+    return replace(settings, **changes)
+
+
+def run(name: str, settings=None, *, progress: bool | None = None) -> Result:
+    """Run one experiment (settings: see :func:`settings_for`; default the paper's)."""
+    module_name, takes_name, _ = _entry(name)
+    module = _module(name)
+    settings = settings if settings is not None else module.Settings()
+    if takes_name:
+        return module.run(name, settings, progress=progress)
+    return module.run(settings, progress=progress)
+
+
+def register(name: str, module: str, description: str, *, takes_name: bool = False) -> None:
+    """Add an experiment: ``module`` (under ``pbde.experiments``) has ``Settings``, ``quick()``,
+    ``fast()`` and ``run(settings, *, progress)``."""
+    _REGISTRY[name] = (module, takes_name, description)
+
+
+def _entry(name: str):
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown experiment {name!r}. Known: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def _module(name: str):
+    return importlib.import_module(f"pbde.experiments.{_entry(name)[0]}")
+
+
+__all__ = ["Result", "names", "describe", "settings_for", "run", "register"]

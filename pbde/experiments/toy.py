@@ -1,0 +1,71 @@
+"""The 1-D toy problem of Dumoulin et al. §4 (Table 1), shared by the reproductions.
+
+p* is eq. 10 on [−10, 10]; π_pre is the energy MLP (4 hidden layers of 64, tanh) pretrained by
+regression to log N_trunc(0, 5); pairs are drawn from π_pre.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import pbde
+from pbde import densities
+
+LOW, HIGH = -10.0, 10.0
+
+
+def paper_p_star() -> densities.TruncatedNormalMixture:
+    """p* of Dumoulin et al., eq. 10: 0.4·N_trunc(−2.5, 0.25) + 0.6·N_trunc(2.5, 1) on [−10, 10]."""
+    return densities.TruncatedNormalMixture(
+        [-2.5, 2.5], [0.25, 1.0], [0.4, 0.6], low=LOW, high=HIGH
+    )
+
+
+def annotator_components() -> tuple[densities.TruncatedNormalMixture, ...]:
+    """The two annotators of §5 (eq. 25 with p*_1 = N_trunc(−2.5, 0.25), p*_2 = N_trunc(2.5, 1),
+    weights 0.4 and 0.6)."""
+    return (
+        densities.TruncatedNormalMixture([-2.5], [0.25], low=LOW, high=HIGH),
+        densities.TruncatedNormalMixture([2.5], [1.0], low=LOW, high=HIGH),
+    )
+
+
+ANNOTATOR_WEIGHTS = (0.4, 0.6)
+
+
+def pretrain_prior() -> densities.TruncatedNormalMixture:
+    """The target of π_pre's pre-training: N_trunc(0, 5) on [−10, 10]."""
+    return densities.TruncatedNormalMixture([0.0], [5.0], low=LOW, high=HIGH)
+
+
+def pretrained_reference(
+    *,
+    grid_size: int,
+    steps: int,
+    lr: float = 3e-3,
+    seed: int = 0,
+    hidden: tuple[int, ...] = (64, 64, 64, 64),
+    progress: bool | None = None,
+) -> densities.EnergyModel:
+    """π_pre: an :class:`~pbde.densities.EnergyModel` regressed onto log N_trunc(0, 5)."""
+    torch.manual_seed(seed)
+    pi_pre = densities.EnergyModel(LOW, HIGH, hidden=hidden, grid_size=grid_size)
+    pi_pre.pretrain_to(pretrain_prior().log_prob, steps=steps, lr=lr, progress=progress)
+    return pi_pre
+
+
+def draw_pairs(pi_pre, pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pairs`` pairs (x_A, x_B), both items drawn independently from ``pi_pre``."""
+    return pbde.sample_pairs(pi_pre, pairs, generator=torch.Generator().manual_seed(seed))
+
+
+def evaluation_grid(points: int = 4001) -> pbde.Grid:
+    """The grid on which experiments compare densities (KL and TV by the trapezoid rule)."""
+    return pbde.Grid(LOW, HIGH, points)
+
+
+def draw_uniform_pairs(grid: pbde.Grid, pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pairs`` pairs with both items uniform on the points of ``grid`` (the reward model's
+    setting, "uniformly at random in [−10, 10]²", on the grid π_pre is normalized on)."""
+    index = torch.randint(0, grid.size, (2, pairs), generator=torch.Generator().manual_seed(seed))
+    return grid.points[index[0]], grid.points[index[1]]
