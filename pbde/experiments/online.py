@@ -1,0 +1,310 @@
+"""Online preference learning: how many annotator queries does each proposal strategy need?
+
+Dumoulin et al. (§6, "Stationarity") ask whether drawing every pair up front from π_pre is better
+than alternating between querying pairs drawn from the current model and re-fitting, and whether
+active learning reduces the number of queries. This experiment answers with numbers, with
+:func:`pbde.online.run` and three proposals:
+
+* ``static``: both items from π_pre (π_0), the paper's setting, queried in instalments;
+* ``on_policy``: both items from the current model (iterative DPO, Xiong et al.);
+* ``active``: from ``active_pool`` on-policy candidates per query, the pairs whose label the
+  current model is least sure of (:class:`pbde.online.Active`).
+
+on two problems with a known optimum (Lemma 1: eq. 16, the same for every proposal, so the pooled
+data of every strategy share it):
+
+* the 1-D toy (§4): p* of eq. 10 with a Luce annotator, an
+  :class:`~pbde.densities.EnergyModel` started at π_pre and fitted with DPO (β = ``toy_beta``);
+  target π_pre · p*^{1/β};
+* a finite bandit: a Bradley–Terry annotator with rewards ``bandit_rewards`` (a Luce annotator
+  with p* ∝ exp(r)), a Categorical model started at π_0 and fitted with DPO (β = η); target
+  π* ∝ π_0 · exp(r/η).
+
+KL(target ‖ π_θ) is recorded after every round against the cumulative number of queries, for
+``repeats`` seeds; the metrics give, per strategy, the queries after which KL stays ≤
+``kl_threshold`` for every later round (median over seeds, a seed that never gets there counting
+as +∞; ``None`` if the median is not reached within the budget).
+
+The paper has no online experiment, so the defaults are chosen to answer the question on a
+small CPU in a few minutes rather than copied from it: the paper's fits take 8192 steps on 2^16
+grid points; here each round warm-starts the previous fit and takes ``toy_fit_steps`` Adam steps
+on a 1025-point normalization grid (the target is smooth at β = 4, one of the paper's values),
+and the query budget doubles every round (32 … 2048 pairs), so the curves are evenly spaced on
+the log axis.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+import pbde
+from pbde import online
+from pbde.experiments import toy
+from pbde.experiments.base import Result, pyplot
+
+STRATEGIES = ("static", "on_policy", "active")
+
+
+@dataclass
+class Settings:
+    """Settings of the online experiment (see the module docstring for why these sizes).
+
+    Attributes:
+        strategies: proposal strategies to compare: ``"static"``, ``"on_policy"``, ``"active"``.
+        repeats: seeds per strategy and problem.
+        kl_threshold: the KL(target ‖ π_θ) whose query count is reported on the 1-D toy.
+        bandit_kl_threshold: the same on the bandit (whose π_0 starts at KL 0.078 from π* with
+            the default rewards, so 0.05 would tell the strategies apart by nothing).
+        active_pool: candidate pairs per query for ``"active"``.
+        toy_beta: DPO's β on the 1-D toy.
+        toy_queries: pairs queried in each round on the 1-D toy.
+        toy_fit_steps: Adam steps per round (warm start) on the 1-D toy.
+        toy_lr: peak learning rate of those fits.
+        toy_grid_size: normalization grid of the energy models.
+        toy_hidden: hidden layers of the energy models (the paper's 4 × 64).
+        toy_pretrain_steps: steps regressing π_pre onto N_trunc(0, 5).
+        toy_eval_points: points of the grid on which KL is computed.
+        bandit_rewards: the bandit's rewards r (the annotator is Bradley–Terry in r).
+        bandit_reference: π_0's probabilities; ``None`` for uniform.
+        bandit_eta: η of the KL-regularised bandit (DPO's β).
+        bandit_queries: pairs queried in each round on the bandit.
+        bandit_fit_steps: Adam steps per round on the bandit.
+        bandit_lr: peak learning rate of those fits.
+        seed: base seed (repeat k uses ``seed + 1000·k``).
+    """
+
+    strategies: tuple[str, ...] = STRATEGIES
+    repeats: int = 5
+    kl_threshold: float = 0.05
+    bandit_kl_threshold: float = 0.005
+    active_pool: int = 8
+    toy_beta: float = 4.0
+    toy_queries: tuple[int, ...] = (32, 32, 64, 128, 256, 512, 1024)
+    toy_fit_steps: int = 200
+    toy_lr: float = 3e-3
+    toy_grid_size: int = 1025
+    toy_hidden: tuple[int, ...] = (64, 64, 64, 64)
+    toy_pretrain_steps: int = 1000
+    toy_eval_points: int = 2001
+    bandit_rewards: tuple[float, ...] = (1.0, 0.5, 0.0)
+    bandit_reference: tuple[float, ...] | None = None
+    bandit_eta: float = 1.0
+    bandit_queries: tuple[int, ...] = (16, 16, 32, 64, 128, 256, 512, 1024, 2048)
+    bandit_fit_steps: int = 150
+    bandit_lr: float = 0.1
+    seed: int = 0
+
+
+def quick() -> Settings:
+    """Reduced sizes for the test suite (seconds): one seed, a small energy model, fewer rounds."""
+    return Settings(
+        repeats=1,
+        toy_queries=(64, 128, 256),
+        toy_fit_steps=60,
+        toy_lr=1e-2,
+        toy_grid_size=257,
+        toy_hidden=(32, 32),
+        toy_pretrain_steps=300,
+        toy_eval_points=1001,
+        bandit_queries=(64, 192, 768, 3072),
+        bandit_fit_steps=100,
+    )
+
+
+def fast() -> Settings:
+    """A faster recipe (about a third of the default's time): 2 seeds, budgets of 1024 queries on
+    the toy and 2048 on the bandit."""
+    return Settings(
+        repeats=2,
+        toy_queries=(32, 32, 64, 128, 256, 512),
+        bandit_queries=(16, 16, 32, 64, 128, 256, 512, 1024),
+    )
+
+
+def _proposal(strategy: str, pool: int):
+    if strategy == "active":
+        return online.Active(pool=pool)
+    if strategy in ("static", "on_policy"):
+        return strategy
+    raise ValueError(f"'strategies' must hold names of {list(STRATEGIES)}. Got {strategy!r}.")
+
+
+def _median_queries(values: list[int | None]) -> int | float | None:
+    """Median over seeds, a seed that never reached the threshold counting as +∞."""
+    ordered = sorted(math.inf if v is None else v for v in values)
+    median = statistics.median(ordered)
+    if math.isinf(median):
+        return None
+    return int(median) if float(median).is_integer() else float(median)
+
+
+def _study(make_model, annotator, support, sizes, refit, threshold, settings, progress):
+    """Every strategy × repeat on one problem: KL curves and queries to the threshold."""
+    curves, metrics = {}, {}
+    for strategy in settings.strategies:
+        runs = []
+        for k in range(settings.repeats):
+            result = online.run(
+                make_model(),
+                annotator,
+                rounds=len(sizes),
+                queries_per_round=list(sizes),
+                proposal=_proposal(strategy, settings.active_pool),
+                refit=refit,
+                support=support,
+                seed=settings.seed + 1000 * k,
+                progress=progress,
+            )
+            runs.append(result)
+        reached = [r.queries_to_reach(kl=threshold, stay=True) for r in runs]
+        kls = torch.tensor([r.kl for r in runs], dtype=torch.float64)  # (repeats, rounds)
+        xa = torch.cat([r.data.xa for r in runs])
+        xb = torch.cat([r.data.xb for r in runs])
+        curves[strategy] = {
+            "queries": runs[0].queries,
+            "median": kls.median(0).values.tolist(),
+            "low": kls.min(0).values.tolist(),
+            "high": kls.max(0).values.tolist(),
+        }
+        metrics[strategy] = {
+            "queries_to_threshold": _median_queries(reached),
+            "queries_to_threshold_per_seed": reached,
+            "final_kl": float(kls[:, -1].median()),
+            "kl_per_round": curves[strategy]["median"],
+            "identical_pair_fraction": float((xa == xb).double().mean()),
+            "seconds": sum(r.seconds for r in runs),
+        }
+        if xa.is_floating_point():  # how far apart the queried items are (1-D toy)
+            metrics[strategy]["median_pair_distance"] = float((xa - xb).abs().double().median())
+        metrics[strategy]["initial_kl"] = runs[0].initial_kl
+    return curves, metrics
+
+
+def run(settings: Settings, *, progress: bool | None = None) -> Result:
+    """Run the experiment: KL to the optimum vs queries for each strategy, on both problems."""
+    began = time.perf_counter()
+    for strategy in settings.strategies:
+        _proposal(strategy, settings.active_pool)  # fail before the slow part
+    refit_toy = {"steps": settings.toy_fit_steps, "lr": settings.toy_lr}
+    refit_bandit = {"steps": settings.bandit_fit_steps, "lr": settings.bandit_lr}
+
+    # the 1-D toy: π_pre, p* (eq. 10), DPO
+    pi_pre = toy.pretrained_reference(
+        grid_size=settings.toy_grid_size,
+        steps=settings.toy_pretrain_steps,
+        hidden=tuple(settings.toy_hidden),
+        seed=settings.seed,
+        progress=progress,
+    )
+    behavior = pbde.dpo(settings.toy_beta, pi_pre)
+    toy_annotator = pbde.Annotator(toy.paper_p_star())
+    grid = toy.evaluation_grid(settings.toy_eval_points)
+
+    def toy_model():
+        return pbde.Annotator(copy.deepcopy(pi_pre).requires_grad_(True).train(), behavior)
+
+    toy_curves, toy_metrics = _study(
+        toy_model,
+        toy_annotator,
+        grid,
+        settings.toy_queries,
+        refit_toy,
+        settings.kl_threshold,
+        settings,
+        progress,
+    )
+
+    # the finite bandit: Bradley–Terry in r, uniform (or given) π_0, DPO with β = η
+    rewards = torch.tensor(settings.bandit_rewards, dtype=torch.float64)
+    size = rewards.shape[0]
+    if settings.bandit_reference is None:
+        reference_probs = torch.full((size,), 1.0 / size, dtype=torch.float64)
+    else:
+        reference_probs = torch.tensor(settings.bandit_reference, dtype=torch.float64)
+    pi_0 = pbde.densities.Categorical(probs=reference_probs)
+    bandit_behavior = pbde.dpo(settings.bandit_eta, pi_0)
+    bandit_annotator = pbde.Annotator(pbde.densities.Categorical(logits=rewards))
+
+    def bandit_model():
+        return pbde.Annotator(pbde.densities.Categorical(probs=reference_probs), bandit_behavior)
+
+    bandit_curves, bandit_metrics = _study(
+        bandit_model,
+        bandit_annotator,
+        torch.arange(size),
+        settings.bandit_queries,
+        refit_bandit,
+        settings.bandit_kl_threshold,
+        settings,
+        progress,
+    )
+    optimum = torch.softmax(reference_probs.log() + rewards / settings.bandit_eta, 0)
+
+    metrics = {
+        "kl_threshold": settings.kl_threshold,
+        "bandit_kl_threshold": settings.bandit_kl_threshold,
+        "toy_queries_to_threshold": {s: m["queries_to_threshold"] for s, m in toy_metrics.items()},
+        "bandit_queries_to_threshold": {
+            s: m["queries_to_threshold"] for s, m in bandit_metrics.items()
+        },
+        "toy_initial_kl": next(iter(toy_metrics.values()))["initial_kl"],
+        "bandit_initial_kl": next(iter(bandit_metrics.values()))["initial_kl"],
+        "bandit_optimum": optimum.tolist(),
+        "toy": toy_metrics,
+        "bandit": bandit_metrics,
+    }
+    for part in (toy_metrics, bandit_metrics):
+        for m in part.values():
+            del m["initial_kl"]
+
+    def plot(path):
+        plt = pyplot()
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        panels = (
+            (axes[0], toy_curves, f"1-D toy: DPO (β = {settings.toy_beta:g}) under p* (eq. 10)"),
+            (
+                axes[1],
+                bandit_curves,
+                f"bandit: r = {tuple(settings.bandit_rewards)}, η = {settings.bandit_eta:g}",
+            ),
+        )
+        thresholds = (settings.kl_threshold, settings.bandit_kl_threshold)
+        for (ax, curves, title), threshold in zip(panels, thresholds, strict=True):
+            for strategy, curve in curves.items():
+                floor = 1e-5  # KL can touch 0 on a log axis
+                median = [max(v, floor) for v in curve["median"]]
+                (line,) = ax.plot(curve["queries"], median, marker="o", label=strategy)
+                if settings.repeats > 1:
+                    ax.fill_between(
+                        curve["queries"],
+                        [max(v, floor) for v in curve["low"]],
+                        [max(v, floor) for v in curve["high"]],
+                        color=line.get_color(),
+                        alpha=0.15,
+                    )
+            ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label="threshold")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("annotator queries (cumulative)")
+            ax.set_ylabel("KL(optimum ‖ model)")
+            ax.set_title(title, fontsize=10)
+            ax.legend(title=f"median of {settings.repeats} seeds (band: min–max)", fontsize=8)
+        figure.suptitle("Online preference learning: KL to the optimum vs number of queries")
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+
+    return Result(
+        experiment="online",
+        settings=settings,
+        metrics=metrics,
+        seconds=time.perf_counter() - began,
+        plot=plot,
+        data={"toy_curves": toy_curves, "bandit_curves": bandit_curves},
+    )
