@@ -262,6 +262,11 @@ def fit_ensemble(
     for m in models:
         m.to(data.prefs.device)
     stack = EnergyStack(densities)
+    # a member that needs its normalizer every step (a regularizer on log π, a non-constant f)
+    # has the whole grid evaluated anyway: read the items that lie on it from there
+    stack.grid_first = any(r is not None for r in regularizers) or any(
+        m.behavior.constant_f is None for m in models
+    )
     views = [Annotator(stack.member(i), m.behavior) for i, m in enumerate(models)]
     history = torch.full((k, steps), math.nan, dtype=torch.float64)
     step = [0]

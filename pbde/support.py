@@ -115,6 +115,15 @@ class Grid(Support):
     def __repr__(self) -> str:
         return f"Grid(low={self.low}, high={self.high}, size={self.size})"
 
+    def index_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The grid index of each item of ``x`` if every item is exactly a grid point, else
+        ``None`` (e.g. samples of a density that samples on this grid)."""
+        if x.ndim != 1 or not x.is_floating_point():
+            return None
+        points = self.points.to(x.device)
+        index = torch.round((x.double() - self.low) / self.step).long().clamp_(0, self.size - 1)
+        return index if bool((points[index] == x.to(points.dtype)).all()) else None
+
 
 def as_support(support: Support | torch.Tensor) -> Support:
     """Accept a :class:`Support` or a tensor of items (counting measure)."""

@@ -192,12 +192,20 @@ def _sweep_models(start, reference):
 
 
 @pytest.mark.parametrize("batch_size", [None, 50])
-def test_ensemble_fit_equals_fitting_each_model_alone(batch_size):
-    prefs = _pairs(200, 3)
+@pytest.mark.parametrize("on_grid", [False, True])
+def test_ensemble_fit_equals_fitting_each_model_alone(batch_size, on_grid):
     torch.manual_seed(2)
     start = EnergyModel(-10.0, 10.0, hidden=(16, 16), grid_size=257)
     reference = start.frozen()
-    samples = torch.linspace(-3, 3, 20)
+    if on_grid:  # items and samples are grid points: the stack reads them off the grid pass
+        g = torch.Generator().manual_seed(3)
+        xa, xb = start.grid.points[torch.randint(60, 200, (2, 200), generator=g)]
+        truth = pbde.Annotator(TruncatedNormalMixture([1.0], [2.0], low=-10, high=10))
+        prefs = truth.label(xa, xb, generator=g)
+        samples = start.grid.points[100:140]
+    else:
+        prefs = _pairs(200, 3)
+        samples = torch.linspace(-3, 3, 20)
     settings = dict(steps=12, lr=1e-2, batch_size=batch_size, progress=False)
     losses = ["bce", "ipo", "hinge", "bce"]
     kwargs = [{}, {"tau": 0.5}, {"delta": 1.0}, {}]
@@ -221,6 +229,14 @@ def test_ensemble_fit_equals_fitting_each_model_alone(batch_size):
             assert torch.allclose(
                 together[i].model.density.log_prob(x), alone.model.density.log_prob(x), atol=1e-4
             ), i
+
+
+def test_grid_index_of():
+    grid = pbde.Grid(-1.0, 1.0, 5)
+    assert grid.index_of(torch.tensor([-1.0, 0.5, 1.0, 0.0])).tolist() == [0, 3, 4, 2]
+    assert grid.index_of(torch.tensor([0.25])) is None  # between points
+    assert grid.index_of(torch.tensor([[0.5]])) is None  # not a batch of numbers
+    assert grid.index_of(torch.tensor([1, 2])) is None  # ids, not points
 
 
 def test_ensemble_of_other_models_is_fitted_one_by_one():

@@ -215,6 +215,8 @@ class EnergyStack(nn.Module):
             self.weights.append(nn.Parameter(weight, layers[0].weight.requires_grad))
             self.biases.append(nn.Parameter(bias, layers[0].bias.requires_grad))
         self._memo: dict = {}
+        #: evaluate the whole normalizer grid once per step and read grid items from it
+        self.grid_first = False
 
     def __len__(self) -> int:
         return self.weights[0].shape[0]
@@ -246,14 +248,28 @@ class EnergyStack(nn.Module):
         return hit[1]
 
     def unnormalized_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """−E_k(x), shape ``(K, batch)``; computed once per step for a given tensor ``x``."""
-        return self._cached("items", x, lambda: -self.energies(x))
+        """−E_k(x), shape ``(K, batch)``; computed once per step for a given tensor ``x``.
+
+        With :attr:`grid_first` set (some member needs its normalizer every step), items that
+        are all points of the normalizer grid are read from the grid's energies instead.
+        """
+
+        def compute():
+            index = self.grid.index_of(x) if self.grid_first else None
+            if index is not None:
+                return self._grid_log_probs()[:, index.to(x.device)]
+            return -self.energies(x)
+
+        return self._cached("items", x, compute)
+
+    def _grid_log_probs(self) -> torch.Tensor:
+        points = self.grid.points.to(self.weights[0].device)
+        return self._cached("grid", self.grid.points, lambda: -self.energies(points))
 
     def log_normalizers(self) -> torch.Tensor:
         """log Z_k, shape ``(K,)``; computed once per step."""
-        points = self.grid.points.to(self.weights[0].device)
         return self._cached(
-            "grid", self.grid.points, lambda: self.grid.log_integral(-self.energies(points))
+            "log Z", self.grid.points, lambda: self.grid.log_integral(self._grid_log_probs())
         )
 
     def member(self, k: int) -> _StackMember:

@@ -229,7 +229,8 @@ def _plot(spec, grid, p_star, pi_pre, models, theories, runs, path):
     n = len(models)
     columns = min(n, 5)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.9 * rows + 0.6), dpi=110,
+    width = max(3.4 * columns, 7.5)  # one panel: wide enough for the legend
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.9 * rows + 0.9), dpi=110,
                              squeeze=False, sharex=True, sharey=True)  # fmt: skip
     x = grid.points.numpy()
     with torch.no_grad():

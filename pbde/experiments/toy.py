@@ -6,6 +6,8 @@ regression to log N_trunc(0, 5); pairs are drawn from π_pre.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 import pbde
@@ -47,11 +49,22 @@ def pretrained_reference(
     hidden: tuple[int, ...] = (64, 64, 64, 64),
     progress: bool | None = None,
 ) -> densities.EnergyModel:
-    """π_pre: an :class:`~pbde.densities.EnergyModel` regressed onto log N_trunc(0, 5)."""
-    torch.manual_seed(seed)
-    pi_pre = densities.EnergyModel(LOW, HIGH, hidden=hidden, grid_size=grid_size)
-    pi_pre.pretrain_to(pretrain_prior().log_prob, steps=steps, lr=lr, progress=progress)
-    return pi_pre
+    """π_pre: an :class:`~pbde.densities.EnergyModel` regressed onto log N_trunc(0, 5).
+
+    Pre-trained once per set of arguments in a process (``pbde reproduce all`` shares it between
+    experiments); each call returns a fresh copy.
+    """
+    key = (grid_size, steps, lr, seed, tuple(hidden))
+    if key not in _PRETRAINED:
+        torch.manual_seed(seed)
+        pi_pre = densities.EnergyModel(LOW, HIGH, hidden=hidden, grid_size=grid_size)
+        pi_pre.pretrain_to(pretrain_prior().log_prob, steps=steps, lr=lr, progress=progress)
+        _PRETRAINED[key] = pi_pre
+    torch.manual_seed(seed)  # callers go on from the same random state either way
+    return copy.deepcopy(_PRETRAINED[key])
+
+
+_PRETRAINED: dict = {}
 
 
 def draw_pairs(pi_pre, pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
