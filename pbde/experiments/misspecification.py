@@ -24,21 +24,13 @@ from pbde.experiments.base import Result, pyplot
 
 
 @dataclass
-class Settings:
-    """The paper's settings (Table 1); ``quick()`` shrinks them."""
+class Settings(toy.TrainingSettings):
+    """The paper's settings (:class:`~pbde.experiments.toy.TrainingSettings`); ``quick()``
+    shrinks them."""
 
-    pairs: int = 2**15
-    steps: int = 8192
-    lr: float = 5e-4
-    batch_size: int | None = None
-    grid_size: int = 2**16
-    pretrain_steps: int = 2000
-    pretrain_lr: float = 3e-3
     eval_points: int = 2001  # the misspecified optimum needs an n×n Newton solve
     heatmap_points: int = 121
     init_noise: float = 0.05  # symmetry breaking of the two-annotator model (noisy π_pre copies)
-    seed: int = 0
-    device: str = "cpu"
 
 
 def quick() -> Settings:

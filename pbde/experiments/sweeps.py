@@ -32,22 +32,11 @@ from pbde.experiments.base import Result, pyplot
 
 
 @dataclass
-class Settings:
-    """The paper's settings (Table 1 and §3–4); ``quick()`` and ``fast()`` shrink them.
+class Settings(toy.TrainingSettings):
+    """The paper's settings (:class:`~pbde.experiments.toy.TrainingSettings`); ``quick()`` and
+    ``fast()`` shrink them."""
 
-    The learning rate is Table 1's 5e-4 (issue #3 quotes 1e-4; the paper's table is followed).
-    """
-
-    pairs: int = 2**15
-    steps: int = 8192
-    lr: float = 5e-4
-    batch_size: int | None = None
-    grid_size: int = 2**16
-    pretrain_steps: int = 2000
-    pretrain_lr: float = 3e-3
     eval_points: int = 4001
-    seed: int = 0
-    device: str = "cpu"
     ensemble: bool = True
     #: the swept values (β, α, τ or δ); ``None``: the paper's
     sweep: tuple[float, ...] | None = None
