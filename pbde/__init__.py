@@ -24,6 +24,18 @@ from pbde.theory import kl, optimal_density, tv
 
 __version__ = "0.1.0"
 
+_LAZY = ("mixture", "LatentMixture", "select_k", "diagnose_misspecification")
+
+
+def __getattr__(name):  # pbde.mixture imports Pyro (~0.3 s): loaded on first use
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module("pbde.mixture")
+        return module if name == "mixture" else getattr(module, name)
+    raise AttributeError(f"module 'pbde' has no attribute {name!r}")
+
+
 __all__ = [
     "PBDE",
     "luce",
@@ -54,6 +66,10 @@ __all__ = [
     "losses",
     "io",
     "online",
+    "mixture",
+    "LatentMixture",
+    "select_k",
+    "diagnose_misspecification",
     "validation",
     "set_validation",
     "is_validation_enabled",

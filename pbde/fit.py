@@ -206,7 +206,9 @@ def fit_ensemble(
     :class:`~pbde.densities.EnergyModel` of one architecture, the members' networks are
     evaluated together, as batched matrix products on stacked weights
     (:class:`~pbde.densities.EnergyStack`), once per step for all of them; otherwise the models
-    are fitted one after another.
+    are fitted one after another. ``steps``, ``lr``, ``batch_size``, ``replacement``,
+    ``schedule``, ``seed``, ``progress`` and ``device`` are those of :func:`fit`; checkpoints
+    are not supported here.
 
     Args:
         models: the models, trained in place.
@@ -215,9 +217,6 @@ def fit_ensemble(
         loss_kwargs: the loss's parameters: one dict for all, or one per model.
         regularizer: ``None``, one callable for all, or one (or ``None``) per model; it is called
             with a stand-in :class:`~pbde.Annotator` whose density reads the stacked weights.
-        steps, lr, batch_size, replacement, schedule, seed, progress, device: as in
-            :func:`fit`.
-            (Checkpoints are not supported here.)
 
     Returns:
         One :class:`FitResult` per model, in order. Their ``losses`` are each member's own

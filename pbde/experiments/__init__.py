@@ -22,6 +22,11 @@ _REGISTRY = {
     "ipo": ("sweeps", True, "Fig. 10: IPO, τ ∈ {0.1, 0.5, 1}, against its population optimum"),
     "misspecification": ("misspecification", False, "Figs. 4-5: two annotators, one model"),
     "ipo-bandit": ("ipo_bandit", False, "Azar et al. §5.4: DPO goes greedy, IPO does not"),
+    "mixture": (
+        "mixture",
+        False,
+        "Fig. 11 / A.4: a latent-annotator mixture (Pyro) recovers both annotators without IDs",
+    ),
     "online": (
         "online",
         False,
