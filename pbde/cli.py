@@ -382,6 +382,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         top = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         numbers = ", ".join(f"{k} = {v:.4g}" for k, v in top.items())
         print(f"{name}: {result.seconds:.1f} s" + (f"; {numbers}" if numbers else ""))
+        if name == "length-bias":
+            from pbde.experiments.length_bias import table
+
+            print(table(result.metrics))
         print("  wrote " + " and ".join(str(path) for path in written))
     if args.json:
         print(json.dumps(summaries, indent=2))

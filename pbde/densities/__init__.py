@@ -4,6 +4,8 @@ from pbde.densities.base import Density
 from pbde.densities.continuous import FromDistribution, Mixture, TruncatedNormalMixture
 from pbde.densities.energy import EnergyModel, EnergyStack
 from pbde.densities.finite import Categorical, Tabulated
+from pbde.densities.hf import CausalLM
+from pbde.densities.sequence import Autoregressive
 
 __all__ = [
     "Density",
@@ -14,4 +16,6 @@ __all__ = [
     "Mixture",
     "EnergyModel",
     "EnergyStack",
+    "Autoregressive",
+    "CausalLM",
 ]

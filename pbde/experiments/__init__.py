@@ -27,6 +27,16 @@ _REGISTRY = {
         False,
         "Fig. 11 / A.4: a latent-annotator mixture (Pyro) recovers both annotators without IDs",
     ),
+    "length-bias": (
+        "length_bias",
+        False,
+        "Table 2: Luce (eq. 9) vs length-normalized (eq. 26) preferences by sentence length",
+    ),
+    "lm-mixture": (
+        "lm_mixture",
+        False,
+        "Fig. 6: LM adapted on annotator-mixture (eq. 27) vs density-mixture (eq. 28) data",
+    ),
     "online": (
         "online",
         False,
