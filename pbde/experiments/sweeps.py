@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -255,8 +255,3 @@ def _plot(spec, grid, p_star, pi_pre, models, theories, runs, path):
     fig.tight_layout(rect=(0, 0.04, 1, 0.93))
     fig.savefig(path)
     plt.close(fig)
-
-
-def with_overrides(settings: Settings, **changes) -> Settings:
-    """A copy of ``settings`` with some fields changed (for the command line)."""
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})
