@@ -110,3 +110,15 @@ def test_tutorial_pages_show_their_figures(site):
         parser.feed(html)
         shown = {Path(unquote(urlparse(s).path)).name for s in parser.sources}
         assert expected <= shown, f"{source.name}: figures not on its page: {expected - shown}"
+
+
+def test_no_formula_is_swallowed_by_emphasis(site):
+    # "p*(x_A) − log p*(x_B)" must not render as p<em>(x_A) − log p</em>(x_B): emphasis holds
+    # words, never a formula
+    formula = re.compile(r"[∝=·−(){}\[\]^]")
+    swallowed = []
+    for html in site.rglob("*.html"):
+        for em in re.findall(r"<em>(.*?)</em>", html.read_text(encoding="utf-8"), flags=re.S):
+            if formula.search(em):
+                swallowed.append(f"{html.relative_to(site)}: <em>{em[:80]}</em>")
+    assert not swallowed, "emphasis around formulas (an unescaped *):\n" + "\n".join(swallowed)
