@@ -15,6 +15,7 @@ import torch
 
 import pbde
 from pbde.densities import Categorical, EnergyModel, TruncatedNormalMixture
+from pbde.densities.energy import EnergyStack
 from pbde.fit import distinct_items
 
 
@@ -180,6 +181,25 @@ def test_chunked_energy_equals_one_pass(energy):
     g2 = torch.autograd.grad(chunked.sin().sum(), trained)
     for a, b in zip(g1, g2, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_stacked_energies_equal_each_member_chunked_or_not():
+    torch.manual_seed(4)
+    # float64, so that summing the gradient in another order changes nothing visible
+    members = [EnergyModel(-10.0, 10.0, hidden=(16, 16), grid_size=257).double() for _ in range(3)]
+    stack = EnergyStack(members)
+    x = torch.linspace(-10, 10, 1000, dtype=torch.float64)
+    whole = stack.energies(x)
+    stack.chunk_size = 64
+    chunked = stack.energies(x)
+    for k, member in enumerate(members):  # each member's own network is the reference
+        assert torch.allclose(whole[k], member.energy(x), rtol=1e-12, atol=1e-12), k
+    assert torch.allclose(whole, chunked, rtol=1e-12, atol=1e-12)
+    trained = [p for p in stack.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad(whole.sin().sum(), trained)
+    g2 = torch.autograd.grad(chunked.sin().sum(), trained)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def _sweep_models(start, reference):

@@ -87,11 +87,7 @@ class EnergyModel(Density):
         chunk's activations stay in the CPU's cache (same values, same gradients).
         """
         scaled = _to_input(x, self.low, self.high, self.input_range).to(self._dtype())
-        scaled = scaled[:, None]
-        chunk = self.chunk_size
-        if scaled.shape[0] <= chunk or scaled.device.type != "cpu":
-            return self.energy_net(scaled).squeeze(-1)
-        return torch.cat([self.energy_net(part) for part in scaled.split(chunk)]).squeeze(-1)
+        return _chunked(self.energy_net, scaled[:, None], self.chunk_size, dim=0).squeeze(-1)
 
     def log_normalizer(self) -> torch.Tensor:
         """log Z = log ∫ exp(−E(x)) dx by the trapezoid rule on the grid (a scalar)."""
@@ -185,6 +181,15 @@ def _to_input(x: torch.Tensor, low: float, high: float, half_width: float) -> to
     return (2.0 * (x - low) / (high - low) - 1.0) * half_width
 
 
+def _chunked(forward, points: torch.Tensor, chunk_size: int, *, dim: int) -> torch.Tensor:
+    """``forward(points)``, on the CPU in chunks of ``chunk_size`` points (along the first axis of
+    ``points``) concatenated along ``dim`` of the outputs, so that a chunk's activations stay in
+    the cache; the same values and gradients as one call."""
+    if points.shape[0] <= chunk_size or points.device.type != "cpu":
+        return forward(points)
+    return torch.cat([forward(part) for part in points.split(chunk_size)], dim=dim)
+
+
 class EnergyStack(nn.Module):
     """K energy models of one architecture as one module: stacked weights, batched matmuls.
 
@@ -224,9 +229,7 @@ class EnergyStack(nn.Module):
     def energies(self, x: torch.Tensor) -> torch.Tensor:
         """E_k(x) for every member, shape ``(K, batch)``."""
         scaled = _to_input(x, self.low, self.high, self.input_range).to(self.weights[0].dtype)
-        if scaled.shape[0] <= self.chunk_size or scaled.device.type != "cpu":
-            return self._forward(scaled)
-        return torch.cat([self._forward(part) for part in scaled.split(self.chunk_size)], dim=1)
+        return _chunked(self._forward, scaled, self.chunk_size, dim=1)
 
     def _forward(self, scaled: torch.Tensor) -> torch.Tensor:
         # first layer: one input feature, so an outer product instead of a matmul
