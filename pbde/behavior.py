@@ -150,7 +150,11 @@ def length_normalized(length: FunctionOfX) -> PBDE:
         return 1.0 / n.to(torch.get_default_dtype())
 
     inverse_length.__name__ = "1/length"
-    return PBDE(inverse_length, 0.0, name="length_normalized")
+    behavior = PBDE(inverse_length, 0.0, name="length_normalized")
+    # pbde.save_model writes this as data when `length` counts tokens (see pbde.serialization)
+    behavior._builtin = {"name": "length_normalized"}
+    behavior._length = length
+    return behavior
 
 
 def dpo(beta: float, reference) -> PBDE:

@@ -8,11 +8,14 @@ loading a file never runs code from it.
 
 What can be saved: an :class:`~pbde.Annotator` (or a :class:`~pbde.MixtureAnnotator` of them)
 whose density is a :class:`~pbde.densities.Categorical`, :class:`~pbde.densities.EnergyModel`,
-:class:`~pbde.densities.TruncatedNormalMixture`, :class:`~pbde.densities.Tabulated` or a
-:class:`~pbde.densities.Mixture` of those, and whose behavior is :func:`pbde.luce`,
-:func:`pbde.dpo`, :func:`pbde.geometric` (the reference density is saved with it) or a
-:class:`~pbde.PBDE` with constant ``f`` and ``g``. A behavior made of arbitrary callables (e.g.
-:func:`pbde.length_normalized`) is code, not data: it cannot be saved.
+:class:`~pbde.densities.TruncatedNormalMixture`, :class:`~pbde.densities.Tabulated`,
+:class:`~pbde.densities.Autoregressive` or a :class:`~pbde.densities.Mixture` of those, and whose
+behavior is :func:`pbde.luce`, :func:`pbde.dpo`, :func:`pbde.geometric` (the reference density
+is saved with it), :func:`pbde.length_normalized` counting tokens
+(``Autoregressive.length`` or :func:`~pbde.densities.sequence.sequence_lengths`) or a
+:class:`~pbde.PBDE` with constant ``f`` and ``g``. A behavior made of other callables is code,
+not data: it cannot be saved. A Hugging Face :class:`~pbde.densities.CausalLM` is saved the
+Hugging Face way (``model.model.save_pretrained``).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import torch
 from torch import nn
 
 from pbde.annotators import Annotator, MixtureAnnotator
-from pbde.behavior import PBDE, dpo, geometric, luce
+from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
 from pbde.densities.base import Density
 from pbde.densities.continuous import Mixture, TruncatedNormalMixture
 from pbde.densities.energy import _ACTIVATIONS, EnergyModel
 from pbde.densities.finite import Categorical, Tabulated
+from pbde.densities.sequence import Autoregressive, sequence_lengths
 from pbde.support import Grid, Support
 
 __all__ = ["save_model", "load_model"]
@@ -158,14 +162,24 @@ def _describe_behavior(behavior: PBDE, where: str) -> dict:
             config["reference"] = _describe_density(
                 behavior.references[0], f"{where} reference density"
             )
-        return config
+        if config["name"] != "length_normalized" or _counts_tokens(behavior._length):
+            return config
     if behavior.constant_f is not None and isinstance(behavior._g, float):
         return {"name": "constant", "f": behavior.constant_f, "g": behavior._g}
     raise TypeError(
         f"pbde.save_model cannot save {where} {behavior!r}: it is built from Python callables "
         "(code, not data). Only pbde.luce(), pbde.dpo(beta, reference), "
-        "pbde.geometric(alpha, reference) and PBDEs with constant f and g can be saved; save "
-        "the density (e.g. its state_dict) and rebuild the behavior in code."
+        "pbde.geometric(alpha, reference), pbde.length_normalized counting tokens and PBDEs "
+        "with constant f and g can be saved; save the density (e.g. its state_dict) and "
+        "rebuild the behavior in code."
+    )
+
+
+def _counts_tokens(length) -> bool:
+    """Whether ``length`` is the token count of padded sequences (rebuilt on loading)."""
+    bound_to = getattr(length, "__self__", None)
+    return length is sequence_lengths or (
+        isinstance(bound_to, Autoregressive) and length.__func__ is Autoregressive.length
     )
 
 
@@ -218,6 +232,18 @@ def _describe_density(density: Density, where: str) -> dict:
                 f"{type(support).__name__} support (only Support and Grid)."
             )
         return {"type": "Tabulated", "support": described}
+    if type(density) is Autoregressive:
+        return {
+            "type": "Autoregressive",
+            "vocab_size": density.vocab_size,
+            "max_length": density.max_length,
+            "eos": density.eos,
+            "min_length": density.min_length,
+            "embedding_dim": density.token_embedding.embedding_dim,
+            "hidden_size": density.gru.hidden_size,
+            "num_layers": density.gru.num_layers,
+            "dropout": float(density.gru.dropout),
+        }
     if type(density) is Mixture:
         return {
             "type": "Mixture",
@@ -229,7 +255,8 @@ def _describe_density(density: Density, where: str) -> dict:
         }
     raise TypeError(
         f"pbde.save_model cannot save {where}, a {type(density).__name__}: only Categorical, "
-        "EnergyModel, TruncatedNormalMixture, Tabulated and Mixture densities can be saved."
+        "EnergyModel, TruncatedNormalMixture, Tabulated, Autoregressive and Mixture densities "
+        "can be saved (a Hugging Face CausalLM: model.model.save_pretrained(folder))."
     )
 
 
@@ -238,7 +265,8 @@ def _describe_density(density: Density, where: str) -> dict:
 
 def _build_process(config: dict):
     if config["kind"] == "annotator":
-        return Annotator(_build_density(config["density"]), _build_behavior(config["behavior"]))
+        density = _build_density(config["density"])
+        return Annotator(density, _build_behavior(config["behavior"], density))
     if config["kind"] == "mixture_annotator":
         return MixtureAnnotator(
             [_build_process(c) for c in config["annotators"]],
@@ -247,10 +275,13 @@ def _build_process(config: dict):
     raise TypeError(f"unknown model kind {config['kind']!r}")
 
 
-def _build_behavior(config: dict) -> PBDE:
+def _build_behavior(config: dict, density: Density) -> PBDE:
     name = config["name"]
     if name == "luce":
         return luce()
+    if name == "length_normalized":
+        tokens = density.length if isinstance(density, Autoregressive) else sequence_lengths
+        return length_normalized(tokens)
     if name == "dpo":
         return dpo(float(config["beta"]), _build_density(config["reference"]))
     if name == "geometric":
@@ -299,6 +330,17 @@ def _build_density(config: dict) -> Density:
         # a normalized placeholder; the saved values replace it
         uniform = -support.log_integral(torch.zeros(len(support), dtype=torch.float64))
         return Tabulated(support, uniform.expand(len(support)).clone())
+    if kind == "Autoregressive":
+        return Autoregressive(
+            int(config["vocab_size"]),
+            int(config["max_length"]),
+            eos=int(config["eos"]),
+            min_length=int(config["min_length"]),
+            embedding_dim=int(config["embedding_dim"]),
+            hidden_size=int(config["hidden_size"]),
+            num_layers=int(config["num_layers"]),
+            dropout=float(config["dropout"]),
+        )
     if kind == "Mixture":
         return Mixture(
             [_build_density(c) for c in config["components"]],

@@ -16,10 +16,21 @@ from pbde.densities import (
     Tabulated,
     TruncatedNormalMixture,
 )
+from pbde.densities.sequence import Autoregressive, sequence_lengths
 
 
 def _categorical(seed: int, size: int = 5) -> Categorical:
     return Categorical(logits=torch.randn(size, generator=torch.Generator().manual_seed(seed)))
+
+
+def _sequences(seed: int, **options) -> Autoregressive:
+    torch.manual_seed(seed)
+    return Autoregressive(6, 5, eos=0, min_length=2, embedding_dim=4, hidden_size=8, **options)
+
+
+def _lm_annotator() -> pbde.Annotator:
+    lm = _sequences(13, num_layers=2, dropout=0.1)
+    return pbde.Annotator(lm, pbde.length_normalized(lm.length)).eval()  # no dropout noise
 
 
 def _energy(seed: int, **options) -> EnergyModel:
@@ -58,12 +69,20 @@ MODELS = {
         [0.35, 0.65],
         learn_weights=True,
     ),
+    "sequences_length_normalized": _lm_annotator,
+    "sequences_dpo": lambda: pbde.Annotator(_sequences(14), pbde.dpo(4.0, _sequences(15))),
+    "sequences_token_count": lambda: pbde.Annotator(
+        _sequences(16), pbde.length_normalized(sequence_lengths)
+    ),
 }
+SEQUENCES = {"sequences_length_normalized", "sequences_dpo", "sequences_token_count"}
 FINITE = {"categorical_luce", "categorical_dpo", "categorical_geometric", "constant_pbde",
           "tabulated_finite", "density_mixture", "mixture_annotator"}  # fmt: skip
 
 
 def pairs(name: str, generator: torch.Generator):
+    if name in SEQUENCES:
+        return _sequences(99).sample(128, generator=generator).chunk(2)
     if name in FINITE:
         return torch.randint(0, 5, (2, 64), generator=generator)
     return torch.rand(2, 64, generator=generator) * 5.0 - 2.0
@@ -89,6 +108,18 @@ def test_round_trip_gives_identical_logits(tmp_path, name, dtype, generator):
         assert torch.equal(restored[key], saved[key]), key
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     assert {n: p.requires_grad for n, p in loaded.named_parameters()} == trainable
+
+
+def test_a_sequence_model_keeps_its_architecture(tmp_path):
+    model = _lm_annotator()
+    pbde.save_model(model, tmp_path / "m.pt")
+    loaded = pbde.load_model(tmp_path / "m.pt")
+    for attribute in ("vocab_size", "max_length", "eos", "min_length"):
+        assert getattr(loaded.density, attribute) == getattr(model.density, attribute)
+    assert (loaded.density.gru.num_layers, loaded.density.gru.dropout) == (2, 0.1)
+    # the behavior divides by the loaded model's own token counts (eq. 26)
+    x = torch.tensor([[3, 0, -1, -1, -1], [1, 2, 3, 4, 0]])
+    assert torch.allclose(loaded.behavior.f(x), torch.tensor([1 / 2, 1 / 5]))
 
 
 def test_the_reference_of_dpo_is_saved_and_used(tmp_path):
