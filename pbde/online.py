@@ -749,7 +749,8 @@ def run(
         support: where densities are compared; default: the model density's support or grid.
         target: ``None`` (Lemma 1's optimum; needs a single :class:`~pbde.Annotator` and the
             BCE loss), ``"pooled"`` (the optimum for the pooled proposals, recomputed each
-            round; needs proposals with ``pair_masses`` and a refit dict), or a Density.
+            round, for the loss of a refit dict, or BCE when ``refit`` is a callable; needs
+            proposals with ``pair_masses``), or a Density.
         seed: seed of the draws and labels (and of the fits, ``seed + t``).
         progress: show a progress bar over rounds; default: when standard error is a terminal.
 

@@ -16,6 +16,11 @@ EXPECTED_FIGURES = {
     "reward_model_is_a_density.py": ["reward_model_density.png"],
     "define_your_own_annotator.py": ["custom_annotators.png"],
     "fit_a_policy_to_preference_data.py": ["fit_a_policy.png"],
+    "annotator_in_the_loop.py": ["annotator_in_the_loop.png", "annotator_in_the_loop_pooled.png"],
+    "when_annotators_disagree.py": [
+        "when_annotators_disagree.png",
+        "when_annotators_disagree_preferences.png",
+    ],
 }
 
 
