@@ -17,6 +17,7 @@ EXPECTED_FIGURES = {
     "define_your_own_annotator.py": ["custom_annotators.png"],
     "fit_a_policy_to_preference_data.py": ["fit_a_policy.png"],
     "annotator_in_the_loop.py": ["annotator_in_the_loop.png", "annotator_in_the_loop_pooled.png"],
+    "length_bias_in_sequence_models.py": ["length_bias.png"],
     "when_annotators_disagree.py": [
         "when_annotators_disagree.png",
         "when_annotators_disagree_preferences.png",
