@@ -31,13 +31,21 @@ def test_every_tutorial_is_listed():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FIGURES))
 def test_tutorial_runs_at_smoke_size(name, tmp_path):
-    env = dict(os.environ, PBDE_SMOKE="1", MPLBACKEND="Agg", PBDE_FIGURES_DIR=str(tmp_path))
+    # one torch thread: the smoke models are tiny, and a GRU step with two threads on a busy
+    # 2-core machine was seen to take 10x longer (the length-bias tutorial: 11 s vs > 120 s)
+    env = dict(
+        os.environ,
+        PBDE_SMOKE="1",
+        MPLBACKEND="Agg",
+        PBDE_FIGURES_DIR=str(tmp_path),
+        OMP_NUM_THREADS="1",
+    )
     completed = subprocess.run(
         [sys.executable, str(TUTORIALS / name)],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a hang guard; each takes 5-30 s
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
     for figure in EXPECTED_FIGURES[name]:
