@@ -57,7 +57,7 @@ from torch import nn
 from pbde._validation import check_positive_number, is_validation_enabled, mixture_log_weights
 from pbde.annotators import Annotator, MixtureAnnotator, PreferenceProcess
 from pbde.data import Preferences
-from pbde.densities.base import Density, device_of
+from pbde.densities.base import Density, device_of, floating_dtype_of
 from pbde.fit import FitResult, distinct_items, optimize
 
 __all__ = [
@@ -102,11 +102,18 @@ class LatentMixture(nn.Module):
             weights do not exist for α < 1: the prior density is unbounded at the simplex's
             edges). α = 1 (default) is a flat prior: maximum-likelihood weights.
         weights: initial weights, K values > 0 (normalized here); default uniform.
+        learn_weights: fit the weights (default). With ``False`` they stay at ``weights``
+            (``weight_logits.requires_grad`` is ``False``; set it to ``True`` to fit them
+            later). The maximum-likelihood weights of near-identical components lie at a
+            corner of the simplex (the copy that fits slightly better takes all the weight, and
+            a component of weight 0 gets no gradient), so holding them while the components
+            separate can be what lets a mixture form (see :mod:`pbde.experiments.lm_latent`).
 
     Raises:
         ValueError: K < 1, an unknown ``latent``, ``concentration`` < 1, or weights that are not
             K finite values > 0.
-        TypeError: a component that is not a pbde annotator.
+        TypeError: a component that is not a pbde annotator, or a ``learn_weights`` that is not
+            a bool.
     """
 
     def __init__(
@@ -116,6 +123,7 @@ class LatentMixture(nn.Module):
         latent: str = "comparison",
         concentration: float = 1.0,
         weights=None,
+        learn_weights: bool = True,
     ):
         super().__init__()
         if isinstance(components, PreferenceProcess):
@@ -143,7 +151,11 @@ class LatentMixture(nn.Module):
         self.components = nn.ModuleList(components)
         self.latent = latent
         self.concentration = concentration
-        self.weight_logits = nn.Parameter(mixture_log_weights(weights, len(components)))
+        if not isinstance(learn_weights, bool):
+            raise TypeError(f"'learn_weights' must be a bool. Got {type(learn_weights).__name__}.")
+        # the weights live in the components' dtype (float64 components, float64 weights)
+        log_weights = mixture_log_weights(weights, len(components)).to(floating_dtype_of(self))
+        self.weight_logits = nn.Parameter(log_weights, requires_grad=learn_weights)
 
     @classmethod
     def copies(
@@ -153,6 +165,7 @@ class LatentMixture(nn.Module):
         *,
         latent: str = "comparison",
         concentration: float = 1.0,
+        learn_weights: bool = True,
     ) -> LatentMixture:
         """K deep copies of one annotator (e.g. a model initialised at π_pre), uniform weights.
 
@@ -173,6 +186,7 @@ class LatentMixture(nn.Module):
             [copy.deepcopy(annotator) for _ in range(k)],
             latent=latent,
             concentration=concentration,
+            learn_weights=learn_weights,
         )
 
     def __repr__(self) -> str:
@@ -674,8 +688,9 @@ class Misspecification:
             ``"several"`` (a mixture of annotator types predicts held-out labels better).
         k: the K chosen by :func:`select_k`.
         held_out_log_likelihood: K → held-out log-likelihood per held-out comparison (nats).
-        gap: best held-out log-likelihood minus the single annotator's, per comparison (nats).
-        gap_standard_error: standard error of ``gap``.
+        gap: the best mixture's (K >= 2) held-out log-likelihood minus the single
+            annotator's, per comparison (nats); negative when K = 1 predicts best.
+        gap_standard_error: standard error of ``gap`` (of the paired per-unit difference).
         held_out_comparisons: how many held-out comparisons.
         selection: the full :class:`KSelection` (with the fitted models).
     """
@@ -703,12 +718,16 @@ class Misspecification:
             raise ValueError(
                 f"'selection' must compare K = 1 with K >= 2. Got K in {sorted(scores)}."
             )
+        # the best mixture (K >= 2) against K = 1; standard_error holds paired differences
+        # with the best K, which is one of the two
+        mixture_k = max((k for k in scores if k >= 2), key=scores.get)
+        paired = 1 if selection.best_k == mixture_k else mixture_k
         return cls(
             verdict="one" if selection.k == 1 else "several",
             k=selection.k,
             held_out_log_likelihood=scores,
-            gap=scores[selection.best_k] - scores[1],
-            gap_standard_error=selection.standard_error[1],
+            gap=scores[mixture_k] - scores[1],
+            gap_standard_error=selection.standard_error[paired],
             held_out_comparisons=selection.held_out_comparisons,
             selection=selection,
         )
@@ -726,8 +745,8 @@ class Misspecification:
             lead = (
                 "The data look like one annotator: no mixture predicts the "
                 f"{self.held_out_comparisons} held-out comparisons significantly better than "
-                f"a single annotator (best gain {self.gap:.4f} ± {self.gap_standard_error:.4f} "
-                "nats per comparison)"
+                f"a single annotator (best mixture's gain {self.gap:+.4f} ± "
+                f"{self.gap_standard_error:.4f} nats per comparison)"
             )
         return f"{lead}; held-out log-likelihood per comparison: {scores}."
 

@@ -20,6 +20,7 @@ import torch
 import pbde
 from pbde.densities import Categorical, Mixture
 from pbde.mixture import (
+    KSelection,
     LatentMixture,
     Misspecification,
     diagnose_misspecification,
@@ -103,6 +104,27 @@ def test_per_comparison_objective_is_eq30_marginal_likelihood(float64, alpha):
         w[i] * luce_table(table_of(c.density))[xa, xb] for i, c in enumerate(components)
     )
     np.testing.assert_allclose(model.prob(xa, xb).detach().numpy(), predictive, rtol=1e-10)
+
+
+@pytest.mark.parametrize("latent", ["comparison", "annotator"])
+def test_float64_components_under_a_float32_default_dtype(latent):
+    """The weights take the components' dtype: float64 components work (objective, fit,
+    responsibilities) with torch's default dtype left at float32, and match eq. 30 in float64."""
+    assert torch.get_default_dtype() == torch.float32
+    components, weights, xa, xb, y = tiny_problem(k=2)
+    ids = torch.arange(len(y)) % 3 if latent == "annotator" else None
+    prefs = pbde.Preferences(xa, xb, y, annotator_id=ids)
+    model = LatentMixture(components, latent=latent, weights=weights.float())
+    assert model.weight_logits.dtype == torch.float64
+    if latent == "comparison":
+        w = model.weights.detach().numpy()
+        per_type = np.stack(
+            [label_likelihood(table_of(c.density), xa, xb, y) for c in components], 1
+        )
+        expected = -np.log(per_type @ w).sum() / len(prefs)  # eq. 30, flat prior
+        assert float(model.objective(prefs).detach()) == pytest.approx(expected, rel=1e-12)
+    model.fit(prefs, steps=3, lr=0.1, progress=False)
+    assert model.responsibilities(prefs).dtype == torch.float64
 
 
 def test_per_annotator_objective_equals_brute_force_sum_over_joint_assignments(float64):
@@ -267,6 +289,31 @@ def test_select_k_picks_one_and_the_diagnosis_says_one_on_eq24_data():
     assert verdict.verdict == "one" and verdict.k == 1
     text = str(verdict)
     assert text.startswith("The data look like one annotator") and text.endswith(".")
+
+
+@pytest.mark.parametrize(
+    ("scores", "errors", "k", "gap", "error"),
+    [
+        # K = 1 predicts best: the gap is the best mixture's (K = 3) loss, with its paired s.e.
+        ({1: -0.600, 2: -0.620, 3: -0.610}, {1: 0.0, 2: 0.006, 3: 0.004}, 1, -0.010, 0.004),
+        # K = 2 best but not significantly: the gap and the s.e. of K = 1's paired difference
+        ({1: -0.600, 2: -0.598, 3: -0.601}, {1: 0.003, 2: 0.0, 3: 0.002}, 1, 0.002, 0.003),
+        # K = 3 best, K = 2 chosen (within the threshold): the gap is still the best mixture's
+        ({1: -0.700, 2: -0.640, 3: -0.638}, {1: 0.01, 2: 0.002, 3: 0.0}, 2, 0.062, 0.01),
+    ],
+)
+def test_misspecification_reports_the_best_mixture_against_one_annotator(
+    scores, errors, k, gap, error
+):
+    selection = KSelection(k, scores, errors, {}, 100, 100)
+    verdict = Misspecification.from_selection(selection)
+    assert verdict.verdict == ("one" if k == 1 else "several") and verdict.k == k
+    assert verdict.gap == pytest.approx(gap)
+    assert verdict.gap_standard_error == pytest.approx(error)
+    if k == 1:
+        assert f"best mixture's gain {gap:+.4f} ± {error:.4f} nats" in str(verdict)
+    else:
+        assert f"by {gap:.4f} nats per comparison (± {error:.4f})" in str(verdict)
 
 
 def test_select_k_with_ids_holds_out_whole_annotators():

@@ -124,6 +124,14 @@ def device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def floating_dtype_of(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's first floating parameter or buffer (the default dtype if none)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
 def check_density(name: str, value: object) -> Density:
     """Raise ``TypeError`` unless ``value`` is a pbde :class:`Density`."""
     if not isinstance(value, Density):
