@@ -522,12 +522,14 @@ def test_energy_model_pretrain_to_truncated_normal():
 
 def _count_grid_evaluations(model: EnergyModel) -> list[int]:
     calls: list[int] = []
+    energy = model.energy
 
-    def hook(_module, inputs, _output):
-        if inputs[0].shape[0] == model.grid.size:
+    def counting(x):
+        if x.shape[0] == model.grid.size:
             calls.append(1)
+        return energy(x)
 
-    model.energy_net.register_forward_hook(hook)
+    model.energy = counting  # the instance's energy, which the normalizer calls
     return calls
 
 

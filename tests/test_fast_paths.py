@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import pbde
 from pbde.densities import Categorical, EnergyModel, TruncatedNormalMixture
@@ -281,3 +282,41 @@ def test_ensemble_arguments_are_checked():
         pbde.fit_ensemble(models, prefs, loss_kwargs=[{}, {}, {}])
     with pytest.raises(TypeError, match="'models'"):
         pbde.fit_ensemble([], prefs)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "silu", "gelu"])
+def test_energy_equals_its_network_module(activation):
+    """EnergyModel.energy evaluates its Linear layers by a faster function (an outer product
+    for the one-feature first layer, tanh as 2σ(2z) − 1, a broadcast read-out gradient): in
+    float64 the values and gradients equal nn.Sequential's, for any chunking."""
+    torch.manual_seed(5)
+    model = EnergyModel(-10.0, 10.0, hidden=(16, 8, 12), activation=activation).double()
+    x = torch.linspace(-10, 10, 301, dtype=torch.float64)
+    scaled = (x / 10.0 * model.input_range)[:, None]  # [−10, 10] onto [−input_range, ...]
+    reference = model.energy_net(scaled).squeeze(-1)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    g_ref = torch.autograd.grad(reference.sin().sum(), trained)
+    for chunk in (8192, 64):
+        model.chunk_size = chunk
+        energy = model.energy(x)
+        torch.testing.assert_close(energy, reference, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(energy.sin().sum(), trained), g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_tanh_of_half_is_tanh_with_its_first_and_second_derivatives():
+    from pbde.densities.energy import _TanhOfHalf
+
+    u = torch.linspace(-30.0, 30.0, 97, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_TanhOfHalf.apply(u), torch.tanh(u / 2), rtol=0, atol=1e-15)
+    assert torch.autograd.gradcheck(_TanhOfHalf.apply, (u,))
+    assert torch.autograd.gradgradcheck(_TanhOfHalf.apply, (u,))
+
+
+def test_a_replaced_energy_network_is_called_as_it_is():
+    torch.manual_seed(6)
+    model = EnergyModel(-1.0, 1.0, hidden=(8,))
+    model.energy_net = nn.Sequential(nn.Linear(1, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 1))
+    x = torch.linspace(-1, 1, 11)
+    expected = model.energy_net((x * model.input_range)[:, None]).squeeze(-1)
+    torch.testing.assert_close(model.energy(x), expected)

@@ -84,10 +84,18 @@ class EnergyModel(Density):
         """E(x), shape ``(batch,)`` (unnormalized: log p(x) = −E(x) − log Z).
 
         Large batches go through the network in chunks of :attr:`chunk_size` points, so that a
-        chunk's activations stay in the CPU's cache (same values, same gradients).
+        chunk's activations stay in the CPU's cache (same values, same gradients). The network
+        as built here (``Linear``, activation, …, ``Linear``) is evaluated from its layers'
+        weights by a faster function with the same values (:func:`_mlp`; with tanh, through
+        tanh(z) = 2σ(2z) − 1), so module hooks on :attr:`energy_net` do not fire; a replaced
+        ``energy_net`` of another form is called as it is.
         """
         scaled = _to_input(x, self.low, self.high, self.input_range).to(self._dtype())
-        return _chunked(self.energy_net, scaled[:, None], self.chunk_size, dim=0).squeeze(-1)
+        net = self.energy_net
+        if _is_plain_mlp(net):
+            layers = net[::2]
+            net = _mlp([x.weight.T for x in layers], [x.bias for x in layers], net[1])
+        return _chunked(net, scaled[:, None], self.chunk_size, dim=0).squeeze(-1)
 
     def log_normalizer(self) -> torch.Tensor:
         """log Z = log ∫ exp(−E(x)) dx by the trapezoid rule on the grid (a scalar)."""
@@ -182,12 +190,93 @@ def _to_input(x: torch.Tensor, low: float, high: float, half_width: float) -> to
 
 
 def _chunked(forward, points: torch.Tensor, chunk_size: int, *, dim: int) -> torch.Tensor:
-    """``forward(points)``, on the CPU in chunks of ``chunk_size`` points (along the first axis of
-    ``points``) concatenated along ``dim`` of the outputs, so that a chunk's activations stay in
-    the cache; the same values and gradients as one call."""
-    if points.shape[0] <= chunk_size or points.device.type != "cpu":
+    """``forward(points)``, on the CPU in chunks of ``chunk_size`` points (along axis ``dim`` of
+    ``points`` and of the outputs), so that a chunk's activations stay in the cache; the same
+    values and gradients as one call."""
+    if points.shape[dim] <= chunk_size or points.device.type != "cpu":
         return forward(points)
-    return torch.cat([forward(part) for part in points.split(chunk_size)], dim=dim)
+    return torch.cat([forward(part) for part in points.split(chunk_size, dim=dim)], dim=dim)
+
+
+def _is_plain_mlp(net: nn.Module) -> bool:
+    """Whether ``net`` is an ``nn.Sequential`` of ``Linear``, activation, …, ``Linear`` with
+    one activation class of :data:`_ACTIVATIONS` and a one-unit output (what
+    :class:`EnergyModel` builds)."""
+    if not isinstance(net, nn.Sequential) or len(net) % 2 == 0:
+        return False
+    layers, activations = list(net[::2]), list(net[1::2])
+    kinds = {type(a) for a in activations}
+    return (
+        all(type(x) is nn.Linear for x in layers)
+        and len(kinds) == 1
+        and kinds <= set(_ACTIVATIONS.values())
+        and layers[0].in_features == 1
+        and layers[-1].out_features == 1
+    )
+
+
+def _mlp(weights: list[torch.Tensor], biases: list[torch.Tensor], activation: nn.Module):
+    """The energy network as a function of its input, ``(n, 1)`` (one network) or ``(1, n, 1)``
+    (a stack of K), from layers ``h @ W + b``: ``weights`` of shape ``(in, out)`` or
+    ``(K, in, out)``, biases broadcastable to ``(out,)`` or ``(K, 1, out)``; returns
+    ``(n, 1)`` or ``(K, n, 1)``.
+
+    The same function as ``nn.Sequential``, faster on the CPU:
+
+    * the first layer has one input feature: an outer product (``addcmul``), not a matmul
+      with an inner dimension of 1; the read-out's input gradient likewise (:class:`_Readout`);
+    * tanh(z) is computed as 2σ(2z) − 1 (:class:`_TanhOfHalf`), the 2z by doubling the layer's
+      weights and bias (exact in floating point): ``torch.tanh`` (which also copies its
+      output) costs about five times an in-place σ on this torch's CPU build. Measured on a
+      4×64 float32 network on [−10, 10]: max |ΔE| 1.3e-7 and gradients within 1.3e-6
+      (relative) of a float64 reference, against 6.7e-8 and 1.7e-6 for ``nn.Sequential``.
+    """
+    if isinstance(activation, nn.Tanh):
+        scale, act = 2.0, _TanhOfHalf.apply
+    else:
+        scale, act = 1.0, activation
+    first = (scale * weights[0], scale * biases[0])
+    middle = [(scale * w, scale * b) for w, b in zip(weights[1:-1], biases[1:-1], strict=True)]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        h = act(torch.addcmul(first[1], x, first[0]))
+        for w, b in middle:
+            h = act(torch.baddbmm(b, h, w) if w.dim() == 3 else torch.addmm(b, h, w))
+        return _Readout.apply(h, weights[-1]) + biases[-1]
+
+    return forward
+
+
+class _TanhOfHalf(torch.autograd.Function):
+    """y = tanh(u / 2) = 2σ(u) − 1, computed in place; dy/du = (1 − y²) / 2."""
+
+    @staticmethod
+    def forward(ctx, u):
+        y = torch.sigmoid(u).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y).mul_(0.5)
+
+
+class _Readout(torch.autograd.Function):
+    """h @ w for a one-unit output layer (w of shape ``(..., in, 1)``), whose input gradient is
+    a broadcast product rather than a matmul with an inner dimension of 1."""
+
+    @staticmethod
+    def forward(ctx, h, w):
+        ctx.save_for_backward(h, w)
+        return h @ w
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, w = ctx.saved_tensors
+        grad_h = grad * w.transpose(-1, -2) if ctx.needs_input_grad[0] else None
+        grad_w = h.transpose(-1, -2) @ grad if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w
 
 
 class EnergyStack(nn.Module):
@@ -229,14 +318,8 @@ class EnergyStack(nn.Module):
     def energies(self, x: torch.Tensor) -> torch.Tensor:
         """E_k(x) for every member, shape ``(K, batch)``."""
         scaled = _to_input(x, self.low, self.high, self.input_range).to(self.weights[0].dtype)
-        return _chunked(self._forward, scaled, self.chunk_size, dim=1)
-
-    def _forward(self, scaled: torch.Tensor) -> torch.Tensor:
-        # first layer: one input feature, so an outer product instead of a matmul
-        h = self.activation(torch.addcmul(self.biases[0], scaled[None, :, None], self.weights[0]))
-        for w, b in zip(self.weights[1:-1], self.biases[1:-1], strict=True):
-            h = self.activation(torch.baddbmm(b, h, w))
-        return torch.baddbmm(self.biases[-1], h, self.weights[-1]).squeeze(-1)
+        mlp = _mlp(list(self.weights), list(self.biases), self.activation)
+        return _chunked(mlp, scaled[None, :, None], self.chunk_size, dim=1).squeeze(-1)
 
     def new_step(self) -> None:
         """Forget the energies of the previous step (the parameters have changed)."""
