@@ -119,6 +119,21 @@ def _reward_of(reward: Reward, x: torch.Tensor) -> torch.Tensor:
     return value.to(torch.float64)
 
 
+def _reward_levels(mu: torch.Tensor, reward: torch.Tensor):
+    """The distinct reward levels of a support with masses ``mu``: each item's level index,
+    each level's mass, and the cumulative masses F_l = P(level <= l), F_{-1} = 0 first."""
+    _, level = torch.unique(reward, return_inverse=True)
+    level_mass = torch.zeros(int(level.max()) + 1, dtype=torch.float64).index_add(0, level, mu)
+    below = torch.cat([level_mass.new_zeros(1), level_mass.cumsum(0)])
+    return level, level_mass, below
+
+
+def _within_level(mu: torch.Tensor, level: torch.Tensor, level_mass: torch.Tensor):
+    """P(item | its level) = μ(a) / μ(level of a): among tied candidates the samplers keep the
+    first drawn, whose item is a draw from μ restricted to the level."""
+    return torch.where(level_mass[level] > 0, mu / level_mass[level].clamp_min(1e-300), 0.0)
+
+
 def _support_of(density: Density) -> Support:
     """The finite support or grid a density is normalized on (Categorical, Tabulated,
     EnergyModel), for samplers that need to enumerate it."""
@@ -246,6 +261,15 @@ class BestOfN:
         scores = _reward_of(self.reward, candidates).reshape(n, self.n)
         grouped = candidates.reshape(n, self.n, *candidates.shape[1:])
         return grouped[torch.arange(n), scores.argmax(1).to(grouped.device)]
+
+    def masses(self, model, support: Support) -> torch.Tensor:
+        """Probability of each support point being the best of n draws from π_θ, exactly:
+        with F the distribution function of the reward under π_θ, the best lies on level r
+        with probability F(r)^n − F(r⁻)^n, and among tied items in proportion to π_θ."""
+        mu = _tempered_masses(_model_density(model), 1.0, support)
+        level, level_mass, below = _reward_levels(mu, _reward_of(self.reward, support.points).cpu())
+        best_level = below[1:] ** self.n - below[:-1] ** self.n
+        return best_level[level] * _within_level(mu, level, level_mass)
 
     def __repr__(self) -> str:
         return f"BestOfN(n={self.n})"
@@ -388,6 +412,25 @@ class BestVsWorst:
         best = grouped[rows, scores.argmax(1).to(grouped.device)]
         worst = grouped[rows, scores.argmin(1).to(grouped.device)]
         return best, worst
+
+    def pair_masses(self, model, support: Support) -> torch.Tensor:
+        """Q[a, b] = P(x_A = a, x_B = b), exactly. With levels i <= j of the reward and
+        H(i, j) = (F_j − F_{i−1})^n the probability that all n draws lie in levels i … j, the
+        worst lies on level i and the best on level j < … with probability
+        H(i, j) − H(i+1, j) − H(i, j−1) + H(i+1, j−1) for i < j, and both are the first draw
+        (a pair (a, a)) with probability H(i, i) when every draw ties."""
+        mu = _tempered_masses(_model_density(model), 1.0, support)
+        level, level_mass, below = _reward_levels(mu, _reward_of(self.reward, support.points).cpu())
+        # H[i, j] = P(all draws in levels i..j) = (F_j − F_{i−1})^n, 0 for i > j
+        spans = (below[None, 1:] - below[:-1, None]).clamp_min(0.0)
+        h = torch.where(
+            torch.ones_like(spans, dtype=torch.bool).triu(), spans**self.n, spans.new_zeros(())
+        )
+        padded = torch.nn.functional.pad(h, (1, 0, 0, 1))  # H[i+1, ·] and H[·, j−1] as zeros
+        exact = h - padded[1:, 1:] - padded[:-1, :-1] + padded[1:, :-1]  # [worst i, best j]
+        within = _within_level(mu, level, level_mass)
+        q = exact.triu(1)[level][:, level].T * within[:, None] * within[None, :]
+        return q + torch.diag(exact.diagonal()[level] * within)
 
     def __repr__(self) -> str:
         return f"BestVsWorst(n={self.n})"
@@ -792,7 +835,8 @@ def run(
         if not callable(getattr(proposal, "pair_masses", None)):
             raise ValueError(
                 f"target='pooled' needs a proposal that gives its pair masses (Static, OnPolicy, "
-                f"MainEnhancer of Tempered / RejectionSampled / Density). Got {proposal!r}."
+                f"BestVsWorst, MainEnhancer of Tempered / BestOfN / RejectionSampled / Density). "
+                f"Got {proposal!r}."
             )
         pooled_weights = torch.zeros(len(support), len(support), dtype=torch.float64)
     elif target is None:

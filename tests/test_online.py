@@ -16,6 +16,7 @@ References, all computed here from the papers' formulas in numpy/scipy, never fr
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -316,6 +317,61 @@ def test_main_enhancer_with_tempered_and_rejection_sampled_enhancers():
     np.testing.assert_allclose(enhancer.masses(model, support).numpy(), tilted)
     pair = online.MainEnhancer(enhancer).pair_masses(model, support).numpy()
     np.testing.assert_allclose(pair, np.outer(probs, tilted))
+
+
+def enumerate_best_and_worst(probs, rewards, n):
+    """P(best = a) and P(best = a, worst = b) of n i.i.d. draws, by summing over all
+    len(probs)^n ordered draws and keeping, as the samplers do, the first draw of the highest
+    (and of the lowest) reward."""
+    m = len(probs)
+    best, pair = np.zeros(m), np.zeros((m, m))
+    for draw in itertools.product(range(m), repeat=n):
+        p = np.prod([probs[i] for i in draw])
+        scores = [rewards[i] for i in draw]
+        a, b = draw[int(np.argmax(scores))], draw[int(np.argmin(scores))]
+        best[a] += p
+        pair[a, b] += p
+    return best, pair
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize(
+    "rewards",
+    [[2.0, 1.0, 0.0, 0.5, -1.0], [1.0, 1.0, 0.0, 1.0, 0.0], [3.0, 3.0, 3.0, 3.0, 3.0]],
+    ids=["distinct", "ties", "all-equal"],
+)
+def test_best_of_n_and_best_vs_worst_masses_by_enumeration(n, rewards):
+    """The laws that target='pooled' uses for BestOfN (as an enhancer) and BestVsWorst, against
+    exact enumeration of every sequence of n draws, ties included."""
+    probs = np.array([0.1, 0.25, 0.3, 0.15, 0.2])
+    model = pbde.Annotator(Categorical(probs=torch.tensor(probs)))
+    support = pbde.Support(torch.arange(5))
+    best, pair = enumerate_best_and_worst(probs, rewards, n)
+    reward = torch.tensor(rewards)
+    np.testing.assert_allclose(online.BestOfN(n, reward).masses(model, support), best, atol=1e-15)
+    np.testing.assert_allclose(
+        online.MainEnhancer(online.BestOfN(n, reward)).pair_masses(model, support),
+        np.outer(probs, best),
+        atol=1e-15,
+    )
+    if n >= 2:
+        got = online.BestVsWorst(n, reward).pair_masses(model, support).numpy()
+        np.testing.assert_allclose(got, pair, atol=1e-15)
+        assert got.sum() == pytest.approx(1.0)
+
+
+def test_best_vs_worst_pair_masses_match_its_sampler():
+    probs = np.array([0.1, 0.25, 0.3, 0.15, 0.2])
+    rewards = torch.tensor([1.0, 1.0, 0.0, 2.0, 0.0])
+    model = pbde.Annotator(Categorical(probs=torch.tensor(probs)))
+    proposal = online.BestVsWorst(3, rewards)
+    q = proposal.pair_masses(model, pbde.Support(torch.arange(5))).numpy().reshape(-1)
+    draws = 40000
+    xa, xb = proposal(model, draws, torch.Generator().manual_seed(3))
+    counts = np.bincount((xa * 5 + xb).numpy(), minlength=25)
+    seen = q > 0
+    assert counts[~seen].sum() == 0
+    assert scipy.stats.chisquare(counts[seen], draws * q[seen]).pvalue > ALPHA
 
 
 # -- rejection sampling ------------------------------------------------------------------------
