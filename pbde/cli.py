@@ -472,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="smoke size (seconds)")
     size.add_argument("--fast", action="store_true", help="the faster recipe (documented)")
     reproduce.add_argument("--out", type=Path, default=Path("reproduce"), help="output folder")
-    reproduce.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    reproduce.add_argument(
+        "--seed", type=int, default=None, help="seed (default: the experiment's own, usually 0)"
+    )
     reproduce.add_argument("--steps", type=_positive_int, default=None, help="training steps")
     reproduce.add_argument("--device", default=None, help="where to fit, e.g. cuda")
     reproduce.add_argument("--json", action="store_true", help="print the reports as JSON")

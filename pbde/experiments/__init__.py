@@ -37,6 +37,12 @@ _REGISTRY = {
         False,
         "Fig. 6: LM adapted on annotator-mixture (eq. 27) vs density-mixture (eq. 28) data",
     ),
+    "lm-mixture-latent": (
+        "lm_latent",
+        False,
+        "#5's open problem: a latent-annotator mixture (Pyro) on eq. 27 sequence data, "
+        "without and with annotator IDs",
+    ),
     "online": (
         "online",
         False,

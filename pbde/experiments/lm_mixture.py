@@ -39,8 +39,8 @@ normalized preferences:
   (mean length 3.1), none of which the proposal produces. The models therefore have
   ``min_length`` set to the corpus's shortest sentence (3 tokens with EOS).
 
-Not here: fitting the eq. 27 data with a latent-annotator mixture (the paper's open problem),
-which needs the Pyro mixture models of ``pbde.mixture``.
+The paper's open problem — fitting the eq. 27 data with a latent-annotator mixture, without and
+with annotator IDs — is :mod:`pbde.experiments.lm_latent` (``pbde reproduce lm-mixture-latent``).
 """
 
 from __future__ import annotations
@@ -128,6 +128,11 @@ def label_in_chunks(
     return pbde.Preferences(xa, xb, torch.cat([p.y for p in parts]), annotator_id=ids)
 
 
+def eq26(density) -> pbde.PBDE:
+    """The length-normalized Luce rule (eq. 26) for ``density``'s sequences."""
+    return pbde.length_normalized(density.length)
+
+
 def run(settings: Settings | None = None, *, progress: bool | None = None) -> Result:
     """Pretrain (or reuse) the three models, label pairs by eq. 27 and eq. 28, adapt *whole* on
     each, and compare the sampled lengths (default settings: the module's :class:`Settings`).
@@ -148,9 +153,6 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
     whole, short, long = (lms.models[name] for name in MODELS)
     generator = torch.Generator().manual_seed(settings.seed)
     xa, xb = pbde.sample_pairs(whole, settings.pairs, generator=generator)
-
-    def eq26(density):
-        return pbde.length_normalized(density.length)
 
     annotators = {
         # eq. 27: two annotators, one drawn per comparison
