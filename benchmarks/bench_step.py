@@ -10,8 +10,11 @@ Contenders, run in turn in one process (A B C … A B C …), each for ``--steps
   not computed; π_ref's term is precomputed once), ``loss.backward()``, Adam.
 - ``naive+chunks``: the same, the MLP applied to chunks of 8192 points (cache-sized activations).
 - ``naive+dedup``: the same, the MLP applied once to each distinct item, gathered into pairs.
+- ``naive+σ-tanh``: the naive step with tanh written as 2σ(2z) − 1 (plain autograd): how much
+  of the gap is ``torch.tanh``'s cost on this build.
 - ``pbde.fit``: the library (distinct items, chunks, the frozen π_ref answering from memory,
-  no normalizer when f is constant), measured as the wall time of ``pbde.fit`` / steps.
+  no normalizer when f is constant, the energy network's faster evaluation:
+  ``pbde.densities.energy._mlp``), measured as the wall time of ``pbde.fit`` / steps.
 - sweep β ∈ {1, 4, 16}: ``pbde.fit_ensemble`` (one batched model) against the three
   ``pbde.fit`` calls one after another; reported per step of the whole sweep.
 
@@ -35,11 +38,18 @@ import pbde
 from pbde.experiments import toy
 
 
-def naive_steps(start, x, ref_diff, y, beta, steps, lr, *, chunk=None, dedup=False):
+class SigmoidTanh(nn.Module):
+    """tanh(z) written as 2σ(2z) − 1 in plain autograd (to separate the activation's cost)."""
+
+    def forward(self, z):
+        return 2.0 * torch.sigmoid(2.0 * z) - 1.0
+
+
+def naive_steps(start, x, ref_diff, y, beta, steps, lr, *, chunk=None, dedup=False, tanh=nn.Tanh):
     """``steps`` Adam steps of the naive DPO objective; returns seconds per step."""
     net = nn.Sequential(
-        nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
-        nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1),
+        nn.Linear(1, 64), tanh(), nn.Linear(64, 64), tanh(), nn.Linear(64, 64), tanh(),
+        nn.Linear(64, 64), tanh(), nn.Linear(64, 1),
     )  # fmt: skip
     net.load_state_dict(start.energy_net.state_dict())
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -114,6 +124,9 @@ def main() -> None:
         "naive+dedup": lambda: naive_steps(
             pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr, dedup=True
         ),
+        "naive+σ-tanh": lambda: naive_steps(
+            pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr, tanh=SigmoidTanh
+        ),
         "pbde.fit": run_pbde,
     }
     if not args.no_sweep:
@@ -138,7 +151,9 @@ def main() -> None:
         per_round = [x / y for x, y in zip(times[a], times[b], strict=True)]
         return statistics.median(per_round), min(per_round), max(per_round)
 
-    for a, b in [("naive", "pbde.fit"), ("naive", "naive+chunks"), ("naive", "naive+dedup")]:
+    pairs = [("naive", "pbde.fit"), ("naive", "naive+chunks"), ("naive", "naive+dedup")]
+    pairs += [("naive", "naive+σ-tanh"), ("naive+dedup", "pbde.fit")]
+    for a, b in pairs:
         mid, low, high = ratio(a, b)
         print(f"speed-up {b} over {a}: {mid:.2f}x (rounds: {low:.2f}-{high:.2f})")
     if not args.no_sweep:

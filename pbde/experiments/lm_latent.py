@@ -94,8 +94,8 @@ class Settings(lm_mixture.Settings):
     """Settings of the latent-annotator mixture fits: those of
     :class:`pbde.experiments.lm_mixture.Settings` (models, pairs, ``adapt``, and ``steps``,
     ``lr``, ``batch_size`` now of each mixture fit) with the quick models and a larger learning
-    rate by default — the run measured in ``docs/reproduce.md`` (16 minutes on a shared 2-core
-    CPU) — and:
+    rate by default — the run measured in ``docs/reproduce.md`` (18 minutes on a shared 2-core
+    CPU, one thread) — and:
 
     Attributes:
         fits: which K = 2 fits to run, a non-empty subset of :data:`FITS`:
@@ -137,8 +137,8 @@ def quick() -> Settings:
 
 
 def fast() -> Settings:
-    """The measured run with one restart per fit instead of three (about a third of the time;
-    a single restart is less reliable without IDs: see ``docs/reproduce.md``)."""
+    """The measured run with one restart per fit instead of three (the restarts are most of its
+    time); the kept restart is then whichever one ran, not the best of three."""
     return Settings(restarts=1)
 
 
