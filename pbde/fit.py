@@ -203,10 +203,11 @@ def fit_ensemble(
     The result is that of :func:`fit` on each model alone with the same settings: the members
     see the same batches, and Adam, being elementwise, steps each member's parameters as its
     own optimizer would. When every model is an :class:`~pbde.Annotator` whose density is an
-    :class:`~pbde.densities.EnergyModel` of one architecture, the members' networks are
-    evaluated together, as batched matrix products on stacked weights
-    (:class:`~pbde.densities.EnergyStack`), once per step for all of them; otherwise the models
-    are fitted one after another. ``steps``, ``lr``, ``batch_size``, ``replacement``,
+    :class:`~pbde.densities.EnergyModel` of one architecture, the members are one module with
+    stacked weights (:class:`~pbde.densities.EnergyStack`: one optimizer step, one pass over
+    the data and one evaluation of the items per step for all of them; the networks run as
+    batched matrix products on a GPU, one after another on the CPU); otherwise the models are
+    fitted one after another. ``steps``, ``lr``, ``batch_size``, ``replacement``,
     ``schedule``, ``seed``, ``progress`` and ``device`` are those of :func:`fit`; checkpoints
     are not supported here.
 

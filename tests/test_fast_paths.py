@@ -320,3 +320,22 @@ def test_a_replaced_energy_network_is_called_as_it_is():
     x = torch.linspace(-1, 1, 11)
     expected = model.energy_net((x * model.input_range)[:, None]).squeeze(-1)
     torch.testing.assert_close(model.energy(x), expected)
+
+
+def test_batched_stack_network_equals_each_member():
+    """The batched form of the stacked networks (what EnergyStack runs off the CPU, e.g. on a
+    GPU) gives each member's energies and gradients, in float64."""
+    from pbde.densities.energy import _mlp
+
+    torch.manual_seed(7)
+    members = [EnergyModel(-10.0, 10.0, hidden=(16, 8), grid_size=257).double() for _ in range(3)]
+    stack = EnergyStack(members)
+    x = torch.linspace(-10, 10, 301, dtype=torch.float64)
+    batched = _mlp(list(stack.weights), list(stack.biases), stack.activation)
+    energies = batched(x[None, :, None]).squeeze(-1)  # the inputs are x itself on [−10, 10]
+    torch.testing.assert_close(energies, stack.energies(x), rtol=1e-12, atol=1e-12)
+    trained = [p for p in stack.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad(energies.sin().sum(), trained)
+    g2 = torch.autograd.grad(stack.energies(x).sin().sum(), trained)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -280,10 +280,10 @@ class _Readout(torch.autograd.Function):
 
 
 class EnergyStack(nn.Module):
-    """K energy models of one architecture as one module: stacked weights, batched matmuls.
+    """K energy models of one architecture as one module with stacked weights.
 
     Used by :func:`pbde.fit_ensemble` to train a sweep at once. ``member(k)`` is a density
-    that reads member k's energies from one batched evaluation of all K networks per step;
+    that reads member k's energies from one evaluation of all K networks per step;
     :meth:`write_back` copies the trained weights into the original models.
 
     Args:
@@ -316,10 +316,26 @@ class EnergyStack(nn.Module):
         return self.weights[0].shape[0]
 
     def energies(self, x: torch.Tensor) -> torch.Tensor:
-        """E_k(x) for every member, shape ``(K, batch)``."""
+        """E_k(x) for every member, shape ``(K, batch)``.
+
+        On the CPU the members run one after another on each chunk of points, with the
+        matrix products of a single model: batched products over K members touch K times the
+        memory per chunk and were slower than K separate fits (measured at the paper's scale,
+        ``benchmarks/RESULTS.md``). Elsewhere (a GPU) the K networks run as batched products.
+        """
         scaled = _to_input(x, self.low, self.high, self.input_range).to(self.weights[0].dtype)
-        mlp = _mlp(list(self.weights), list(self.biases), self.activation)
-        return _chunked(mlp, scaled[None, :, None], self.chunk_size, dim=1).squeeze(-1)
+        if scaled.device.type != "cpu":
+            mlp = _mlp(list(self.weights), list(self.biases), self.activation)
+            return mlp(scaled[None, :, None]).squeeze(-1)
+        members = [
+            _mlp([w[k] for w in self.weights], [b[k] for b in self.biases], self.activation)
+            for k in range(len(self))
+        ]
+
+        def forward(points: torch.Tensor) -> torch.Tensor:
+            return torch.cat([mlp(points) for mlp in members], dim=1)  # (n, K)
+
+        return _chunked(forward, scaled[:, None], self.chunk_size, dim=0).T
 
     def new_step(self) -> None:
         """Forget the energies of the previous step (the parameters have changed)."""
