@@ -339,3 +339,14 @@ def test_batched_stack_network_equals_each_member():
     g2 = torch.autograd.grad(stack.energies(x).sin().sum(), trained)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_models_with_a_replaced_network_are_not_stacked():
+    from pbde.densities.energy import stackable
+
+    models = [EnergyModel(-1.0, 1.0, hidden=(8,)) for _ in range(2)]
+    assert stackable(models)
+    models[1].energy_net = nn.Sequential(
+        nn.Linear(1, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 1)
+    )
+    assert not stackable(models)

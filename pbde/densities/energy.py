@@ -390,7 +390,9 @@ class EnergyStack(nn.Module):
 
 def stackable(models) -> bool:
     """Whether :class:`EnergyStack` can hold these models (same architecture, dtype, device)."""
-    if not models or not all(isinstance(m, EnergyModel) for m in models):
+    if not models or not all(
+        isinstance(m, EnergyModel) and _is_plain_mlp(m.energy_net) for m in models
+    ):
         return False
 
     def signature(m):
