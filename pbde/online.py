@@ -416,9 +416,10 @@ class BestVsWorst:
     def pair_masses(self, model, support: Support) -> torch.Tensor:
         """Q[a, b] = P(x_A = a, x_B = b), exactly. With levels i <= j of the reward and
         H(i, j) = (F_j − F_{i−1})^n the probability that all n draws lie in levels i … j, the
-        worst lies on level i and the best on level j < … with probability
-        H(i, j) − H(i+1, j) − H(i, j−1) + H(i+1, j−1) for i < j, and both are the first draw
-        (a pair (a, a)) with probability H(i, i) when every draw ties."""
+        worst lies on level i and the best on level j with probability
+        H(i, j) − H(i+1, j) − H(i, j−1) + H(i+1, j−1) for i < j; when every draw ties (all on
+        level i, probability H(i, i)) both are the first draw, a pair (a, a). Within a level
+        the item is drawn in proportion to π_θ."""
         mu = _tempered_masses(_model_density(model), 1.0, support)
         level, level_mass, below = _reward_levels(mu, _reward_of(self.reward, support.points).cpu())
         # H[i, j] = P(all draws in levels i..j) = (F_j − F_{i−1})^n, 0 for i > j
