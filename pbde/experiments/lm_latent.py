@@ -70,7 +70,7 @@ from pbde.experiments.length_bias import (
     quick_language_models,
     trainable_copy,
 )
-from pbde.experiments.lm_mixture import eq26, label_in_chunks
+from pbde.experiments.lm_mixture import check_adapt, eq26, label_in_chunks
 from pbde.mixture import LatentMixture
 
 #: The latent-annotator mixture fits of the eq. 27 data (see the module docstring).
@@ -274,8 +274,7 @@ def _check_settings(settings: Settings) -> None:
         )
     if not settings.spread >= 0:
         raise ValueError(f"'spread' must be >= 0. Got {settings.spread!r}.")
-    if settings.adapt not in ("length", "all"):
-        raise ValueError(f"'adapt' must be 'length' or 'all'. Got {settings.adapt!r}.")
+    check_adapt(settings.adapt)
 
 
 def _latent_fits(settings: Settings, whole, short, long, xa, xb, progress) -> tuple[dict, dict]:

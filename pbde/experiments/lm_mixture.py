@@ -128,6 +128,12 @@ def label_in_chunks(
     return pbde.Preferences(xa, xb, torch.cat([p.y for p in parts]), annotator_id=ids)
 
 
+def check_adapt(adapt: str) -> None:
+    """Raise ``ValueError`` unless ``adapt`` names what an adaptation trains."""
+    if adapt not in ("length", "all"):
+        raise ValueError(f"'adapt' must be 'length' or 'all'. Got {adapt!r}.")
+
+
 def eq26(density) -> pbde.PBDE:
     """The length-normalized Luce rule (eq. 26) for ``density``'s sequences."""
     return pbde.length_normalized(density.length)
@@ -146,8 +152,7 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
         ``length_histogram[model]`` (counts of each length 1 … max_length).
     """
     settings = settings if settings is not None else Settings()
-    if settings.adapt not in ("length", "all"):
-        raise ValueError(f"'adapt' must be 'length' or 'all'. Got {settings.adapt!r}.")
+    check_adapt(settings.adapt)
     began = time.perf_counter()
     lms = pretrained_language_models(settings.models, progress=progress)
     whole, short, long = (lms.models[name] for name in MODELS)
