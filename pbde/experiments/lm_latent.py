@@ -277,9 +277,12 @@ def _check_settings(settings: Settings) -> None:
     check_adapt(settings.adapt)
 
 
-def _latent_fits(settings: Settings, whole, short, long, xa, xb, progress) -> tuple[dict, dict]:
-    """The latent-annotator mixture fits of eq. 27 data (module docstring): their metrics and
-    their mixture densities Σ_k w_k π_k."""
+def _latent_fits(
+    settings: Settings, whole, short, long, xa, xb, progress
+) -> tuple[dict, dict, dict]:
+    """The latent-annotator mixture fits of eq. 27 data (module docstring): their metrics,
+    their mixture densities Σ_k w_k π_k, and ``settings.samples`` draws of each component
+    (keyed ``"<fit>/<k>"``)."""
     generator = torch.Generator().manual_seed(settings.seed + 1)  # labels: a stream of their own
     m = settings.comparisons_per_annotator
     prefs, types = population_labels(
@@ -313,7 +316,7 @@ def _latent_fits(settings: Settings, whole, short, long, xa, xb, progress) -> tu
         "ids": ("annotator", (spread, -spread), False),
         "no_ids": ("comparison", (spread, -spread), False),
     }
-    fits, mixtures = {}, {}
+    fits, mixtures, component_draws = {}, {}, {}
     for name in settings.fits:
         latent, shifts, learn_weights = recipes[name]
         model = LatentMixture(
@@ -336,6 +339,8 @@ def _latent_fits(settings: Settings, whole, short, long, xa, xb, progress) -> tu
             responsibilities = model.responsibilities(data)
         assigned = responsibilities.argmax(-1)
         mixtures[name] = Mixture(model.densities, model.weights.detach())
+        for k, density in enumerate(model.densities):
+            component_draws[f"{name}/{k}"] = density.sample(settings.samples, generator=generator)
         fits[name] = {
             "latent": latent,
             "learn_weights": learn_weights,
@@ -347,12 +352,12 @@ def _latent_fits(settings: Settings, whole, short, long, xa, xb, progress) -> tu
             "truth_objective": identifiability["truth_objective"][latent],
             "who_is_who_accuracy": _who_is_who(assigned, types if with_ids else kind),
             "component_bin_fractions": [
-                bin_fractions(d.sample(settings.samples, generator=generator), settings.models)
-                for d in model.densities
+                bin_fractions(component_draws[f"{name}/{k}"], settings.models)
+                for k in range(len(model.densities))
             ],
             "fit_seconds": result.seconds,
         }
-    return {"fits": fits, "identifiability": identifiability}, mixtures
+    return {"fits": fits, "identifiability": identifiability}, mixtures, component_draws
 
 
 def run(settings: Settings | None = None, *, progress: bool | None = None) -> Result:
@@ -381,18 +386,14 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
     whole, short, long = (lms.models[name] for name in MODELS)
     generator = torch.Generator().manual_seed(settings.seed)
     xa, xb = pbde.sample_pairs(whole, settings.pairs, generator=generator)
-    metrics, mixtures = _latent_fits(settings, whole, short, long, xa, xb, progress)
+    metrics, mixtures, component_draws = _latent_fits(
+        settings, whole, short, long, xa, xb, progress
+    )
     densities = {"whole": whole, "density_mixture_target": Mixture([short, long], [0.5, 0.5])}
     densities.update(mixtures)
-    components = {
-        f"{name}/{k}": density
-        for name, mixture in mixtures.items()
-        for k, density in enumerate(mixture.components)
-    }
-    draws = {
-        name: d.sample(settings.samples, generator=generator)
-        for name, d in {**densities, **components}.items()
-    }
+    # the components' draws are those their bin fractions were computed from
+    draws = {name: d.sample(settings.samples, generator=generator) for name, d in densities.items()}
+    draws.update(component_draws)
     max_length = settings.models.max_length
     metrics["bin_fractions"] = {
         name: bin_fractions(draws[name], settings.models) for name in densities
