@@ -263,9 +263,11 @@ def fit_ensemble(
         m.to(data.prefs.device)
     stack = EnergyStack(densities)
     # a member that needs its normalizer every step (a regularizer on log π, a non-constant f)
-    # has the whole grid evaluated anyway: read the items that lie on it from there
-    stack.grid_first = any(r is not None for r in regularizers) or any(
-        m.behavior.constant_f is None for m in models
+    # has the whole grid evaluated anyway: it reads the items that lie on it from there
+    stack.grid_members = tuple(
+        i
+        for i, (m, r) in enumerate(zip(models, regularizers, strict=True))
+        if r is not None or m.behavior.constant_f is None
     )
     views = [Annotator(stack.member(i), m.behavior) for i, m in enumerate(models)]
     history = torch.full((k, steps), math.nan, dtype=torch.float64)

@@ -252,6 +252,35 @@ def test_ensemble_fit_equals_fitting_each_model_alone(batch_size, on_grid):
             ), i
 
 
+def test_only_the_grid_members_evaluate_the_grid():
+    """Members that need their normalizer every step read grid items from their pass over the
+    grid; the others evaluate only the items asked of them, and only when one of them asks."""
+    torch.manual_seed(5)
+    members = [EnergyModel(-10.0, 10.0, hidden=(8, 8), grid_size=129).double() for _ in range(4)]
+    stack = EnergyStack(members)
+    stack.grid_members = (3, 1)
+    calls = []
+    energies = stack.energies
+
+    def recording(x, members=None):
+        calls.append((x.shape[0], tuple(members)))
+        return energies(x, members)
+
+    stack.energies = recording
+    items = stack.grid.points[torch.tensor([5, 9, 9, 60, 100])]
+    views = [stack.member(k) for k in range(4)]
+    values = [view.unnormalized_log_prob(items) for view in views]
+    samples = stack.grid.points[20:30]
+    views[1].log_prob(samples)
+    views[3].log_prob(samples)
+    assert sorted(calls) == [(5, (0, 2)), (129, (1, 3))]  # none over the samples for 0 and 2
+    for k, member in enumerate(members):
+        torch.testing.assert_close(values[k], -member.energy(items), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            expected = member.log_prob(samples)
+        torch.testing.assert_close(views[k].log_prob(samples), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_grid_index_of():
     grid = pbde.Grid(-1.0, 1.0, 5)
     assert grid.index_of(torch.tensor([-1.0, 0.5, 1.0, 0.0])).tolist() == [0, 3, 4, 2]

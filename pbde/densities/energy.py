@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -309,14 +309,16 @@ class EnergyStack(nn.Module):
             self.weights.append(nn.Parameter(weight, layers[0].weight.requires_grad))
             self.biases.append(nn.Parameter(bias, layers[0].bias.requires_grad))
         self._memo: dict = {}
-        #: evaluate the whole normalizer grid once per step and read grid items from it
-        self.grid_first = False
+        #: the members that need their normalizer every step (a regularizer on log π, a
+        #: non-constant f): they evaluate the whole grid once per step and read items on it from
+        #: there; the others evaluate only the items they are given
+        self.grid_members: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return self.weights[0].shape[0]
 
-    def energies(self, x: torch.Tensor) -> torch.Tensor:
-        """E_k(x) for every member, shape ``(K, batch)``.
+    def energies(self, x: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
+        """E_k(x) for every member, or for the ``members`` given, shape ``(K, batch)``.
 
         On the CPU the members run one after another on each chunk of points, with the
         matrix products of a single model: batched products over K members touch K times the
@@ -324,12 +326,18 @@ class EnergyStack(nn.Module):
         ``benchmarks/RESULTS.md``). Elsewhere (a GPU) the K networks run as batched products.
         """
         scaled = _to_input(x, self.low, self.high, self.input_range).to(self.weights[0].dtype)
+        everyone = members is None or list(members) == list(range(len(self)))
+        members = range(len(self)) if members is None else members
         if scaled.device.type != "cpu":
-            mlp = _mlp(list(self.weights), list(self.biases), self.activation)
+            weights, biases = list(self.weights), list(self.biases)
+            if not everyone:
+                index = torch.tensor(list(members), device=scaled.device)
+                weights, biases = [w[index] for w in weights], [b[index] for b in biases]
+            mlp = _mlp(weights, biases, self.activation)
             return mlp(scaled[None, :, None]).squeeze(-1)
         members = [
             _mlp([w[k] for w in self.weights], [b[k] for b in self.biases], self.activation)
-            for k in range(len(self))
+            for k in members
         ]
 
         def forward(points: torch.Tensor) -> torch.Tensor:
@@ -341,7 +349,7 @@ class EnergyStack(nn.Module):
         """Forget the energies of the previous step (the parameters have changed)."""
         self._memo = {}
 
-    def _cached(self, key: str, x: torch.Tensor, compute) -> torch.Tensor:
+    def _cached(self, key: tuple, x: torch.Tensor, compute) -> torch.Tensor:
         # one entry per tensor (the pairs' items, a regularizer's samples, the grid), each held
         # so that its id is not reused within the step
         hit = self._memo.get((key, id(x)))
@@ -349,30 +357,46 @@ class EnergyStack(nn.Module):
             hit = self._memo[(key, id(x))] = (x, compute())
         return hit[1]
 
-    def unnormalized_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """−E_k(x), shape ``(K, batch)``; computed once per step for a given tensor ``x``.
+    def _groups(self, k: int) -> tuple[tuple[int, ...], bool]:
+        """The members evaluated together with member ``k``, and whether they are the
+        :attr:`grid_members`."""
+        on_grid = tuple(sorted(self.grid_members))
+        if k in on_grid:
+            return on_grid, True
+        return tuple(i for i in range(len(self)) if i not in on_grid), False
 
-        With :attr:`grid_first` set (some member needs its normalizer every step), items that
-        are all points of the normalizer grid are read from the grid's energies instead.
+    def unnormalized_log_prob(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """−E_k(x); computed once per step for a given tensor ``x``, together with the members
+        of ``k``'s group (the :attr:`grid_members`, or the others).
+
+        The grid members read ``x`` from their pass over the normalizer grid if it holds only
+        grid points; the others evaluate ``x`` itself, and only if one of them asks for it.
         """
+        group, on_grid = self._groups(k)
 
         def compute():
-            index = self.grid.index_of(x) if self.grid_first else None
-            if index is not None:
-                return self._grid_log_probs()[:, index.to(x.device)]
-            return -self.energies(x)
+            index = self.grid.index_of(x) if on_grid else None
+            if index is None:
+                return -self.energies(x, group)
+            return self._grid_log_probs(group)[:, index.to(x.device)]
 
-        return self._cached("items", x, compute)
+        return self._cached(("items", group), x, compute)[group.index(k)]
 
-    def _grid_log_probs(self) -> torch.Tensor:
+    def _grid_log_probs(self, members: tuple[int, ...]) -> torch.Tensor:
         points = self.grid.points.to(self.weights[0].device)
-        return self._cached("grid", self.grid.points, lambda: -self.energies(points))
-
-    def log_normalizers(self) -> torch.Tensor:
-        """log Z_k, shape ``(K,)``; computed once per step."""
         return self._cached(
-            "log Z", self.grid.points, lambda: self.grid.log_integral(self._grid_log_probs())
+            ("grid", members), self.grid.points, lambda: -self.energies(points, members)
         )
+
+    def log_normalizer(self, k: int) -> torch.Tensor:
+        """log Z_k; computed once per step, with the other members of ``k``'s group."""
+        group, _ = self._groups(k)
+        log_z = self._cached(
+            ("log Z", group),
+            self.grid.points,
+            lambda: self.grid.log_integral(self._grid_log_probs(group)),
+        )
+        return log_z[group.index(k)]
 
     def member(self, k: int) -> _StackMember:
         """Member ``k`` as a :class:`~pbde.densities.Density` reading from the stack."""
@@ -413,10 +437,10 @@ class _StackMember(Density):
         self.k = k
 
     def _unnormalized_log_prob(self, x):
-        return self.stack.unnormalized_log_probs(x)[self.k]
+        return self.stack.unnormalized_log_prob(x, self.k)
 
     def _log_prob(self, x):
-        return self._unnormalized_log_prob(x) - self.stack.log_normalizers()[self.k]
+        return self._unnormalized_log_prob(x) - self.stack.log_normalizer(self.k)
 
     def _validate_items(self, x):
         super()._validate_items(x)
