@@ -212,9 +212,15 @@ def _sweep_models(start, reference):
     ]
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 @pytest.mark.parametrize("batch_size", [None, 50])
 @pytest.mark.parametrize("on_grid", [False, True])
-def test_ensemble_fit_equals_fitting_each_model_alone(batch_size, on_grid):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_ensemble_fit_equals_fitting_each_model_alone(batch_size, on_grid, device):
+    """On the CPU the stack runs its members one by one; on a GPU as batched products (and the
+    grid members, here the regularized one, as a batch of their own)."""
     torch.manual_seed(2)
     start = EnergyModel(-10.0, 10.0, hidden=(16, 16), grid_size=257)
     reference = start.frozen()
@@ -227,7 +233,7 @@ def test_ensemble_fit_equals_fitting_each_model_alone(batch_size, on_grid):
     else:
         prefs = _pairs(200, 3)
         samples = torch.linspace(-3, 3, 20)
-    settings = dict(steps=12, lr=1e-2, batch_size=batch_size, progress=False)
+    settings = dict(steps=12, lr=1e-2, batch_size=batch_size, progress=False, device=device)
     losses = ["bce", "ipo", "hinge", "bce"]
     kwargs = [{}, {"tau": 0.5}, {"delta": 1.0}, {}]
     regularizers = [None, None, pbde.nll_regularizer(samples, 1.0), None]
@@ -248,7 +254,9 @@ def test_ensemble_fit_equals_fitting_each_model_alone(batch_size, on_grid):
         x = torch.linspace(-10, 10, 101)
         with torch.no_grad():
             assert torch.allclose(
-                together[i].model.density.log_prob(x), alone.model.density.log_prob(x), atol=1e-4
+                together[i].model.density.cpu().log_prob(x),
+                alone.model.density.cpu().log_prob(x),
+                atol=1e-4,
             ), i
 
 
