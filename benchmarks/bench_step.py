@@ -18,8 +18,15 @@ Contenders, run in turn in one process (A B C … A B C …), each for ``--steps
 - sweep β ∈ {1, 4, 16}: ``pbde.fit_ensemble`` (one batched model) against the three
   ``pbde.fit`` calls one after another; reported per step of the whole sweep.
 
+With ``--slic``, only the SLiC-HF sweep of Fig. 9 (δ ∈ {0, .25, .5, 1, 2} × λ ∈ {0, 1}, hinge
+loss, λ weighting −log π_θ on 2^15 samples of π_pre) as one ``fit_ensemble``, against the same
+with every member on the grid (each λ = 0 member given a regularizer that adds 0 times its
+normalized log-likelihood of one sample: the cost before the stack evaluated the grid only for
+the members that need it).
+
 Usage:
     python -m benchmarks.bench_step [--rounds 5] [--steps 20] [--pairs 32768] [--grid 65536]
+    python -m benchmarks.bench_step --slic [--rounds 3] [--steps 6]
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2**15)
     parser.add_argument("--grid", type=int, default=2**16)
     parser.add_argument("--no-sweep", action="store_true", help="skip the β-sweep contenders")
+    parser.add_argument("--slic", action="store_true", help="only the SLiC sweep (see above)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -116,6 +124,9 @@ def main() -> None:
             pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False)
         return (time.perf_counter() - began) / args.steps
 
+    if args.slic:
+        slic(pi_pre, prefs, args)
+        return
     contenders = {
         "naive": lambda: naive_steps(pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr),
         "naive+chunks": lambda: naive_steps(
@@ -159,6 +170,48 @@ def main() -> None:
     if not args.no_sweep:
         mid, low, high = ratio("sweep: fit_ensemble", "sweep: 3 x fit")
         print(f"time fit_ensemble / sequential fits: {mid:.2f} (rounds: {low:.2f}-{high:.2f})")
+
+
+def slic(pi_pre, prefs, args) -> None:
+    """The SLiC-HF sweep as one ensemble: λ = 1 members alone on the grid, or every member."""
+    runs = [(d, lam) for lam in (0.0, 1.0) for d in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    samples = pi_pre.sample(args.pairs, generator=torch.Generator().manual_seed(3))
+
+    def zero(model):  # the normalized log-likelihood, times 0: puts the member on the grid
+        return 0.0 * model.density.log_prob(samples[:1]).sum()
+
+    def run(all_on_grid):
+        models = [pbde.Annotator(copy.deepcopy(pi_pre), pbde.luce()) for _ in runs]
+        regularizers = [
+            pbde.nll_regularizer(samples, lam) if lam > 0 else (zero if all_on_grid else None)
+            for _, lam in runs
+        ]
+        results = pbde.fit_ensemble(
+            models, prefs, loss="hinge", loss_kwargs=[{"delta": d} for d, _ in runs],
+            regularizer=regularizers, steps=args.steps, lr=5e-4, progress=False,
+        )  # fmt: skip
+        return results[0].seconds / args.steps
+
+    contenders = {
+        "λ = 1 members on the grid": lambda: run(False),
+        "all on the grid": lambda: run(True),
+    }
+    for f in contenders.values():
+        f()  # warm-up
+    times = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, f in contenders.items():
+            times[name].append(f())
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}; SLiC sweep, 10 members, {args.steps} steps per "
+          f"round, {args.rounds} rounds")  # fmt: skip
+    for name, values in times.items():
+        print(f"{name:26s} ms/step per round: " + ", ".join(f"{1e3 * v:.0f}" for v in values))
+    a, b = times.values()
+    ratios = sorted(x / y for x, y in zip(a, b, strict=True))
+    print(
+        f"ratio: median {statistics.median(ratios):.2f} (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
 
 
 if __name__ == "__main__":
