@@ -368,14 +368,21 @@ def _reproduce(args: argparse.Namespace) -> int:
             print(f"{name:18s} {experiments.describe(name)}")
         return 0
     names = experiments.names() if args.name == "all" else [args.name]
+    overrides = {"seed": args.seed, "steps": args.steps, "pairs": args.pairs, "device": args.device}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     for name in names:
         experiments.describe(name)  # unknown names fail here, before any work
+        default = experiments.settings_for(name, quick=args.quick, fast=args.fast)
+        missing = [f"--{k}" for k in overrides if not hasattr(default, k)]
+        if missing and args.name != "all":
+            raise UsageError(f"{', '.join(missing)} does not apply to {name!r}: its settings "
+                             f"have no such field")  # fmt: skip
+        if missing:
+            print(f"note: {', '.join(missing)} does not apply to {name!r}; it runs without",
+                  file=sys.stderr)  # fmt: skip
     summaries = {}
     for name in names:
-        settings = experiments.settings_for(
-            name, quick=args.quick, fast=args.fast, seed=args.seed, steps=args.steps,
-            device=args.device,
-        )  # fmt: skip
+        settings = experiments.settings_for(name, quick=args.quick, fast=args.fast, **overrides)
         result = experiments.run(name, settings, progress=not args.no_progress)
         written = result.save(args.out)
         summaries[name] = result.report()
@@ -476,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=None, help="seed (default: the experiment's own, usually 0)"
     )
     reproduce.add_argument("--steps", type=_positive_int, default=None, help="training steps")
+    reproduce.add_argument(
+        "--pairs", type=_positive_int, default=None, help="comparisons (the paper's: 32768)"
+    )
     reproduce.add_argument("--device", default=None, help="where to fit, e.g. cuda")
     reproduce.add_argument("--json", action="store_true", help="print the reports as JSON")
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")

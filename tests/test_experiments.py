@@ -151,6 +151,14 @@ def test_cli_reproduce(tmp_path, capsys):
     assert report["settings"]["steps"] == 300  # the override reached the experiment
     assert (out / "ipo-bandit.png").exists()
     assert "ipo-bandit:" in capsys.readouterr().out
+    # an override the experiment has no field for is an error, not silently dropped
+    assert main(["reproduce", "ipo-bandit", "--quick", "--pairs", "64", "--out", str(out)]) == 2
+    assert "--pairs does not apply to 'ipo-bandit'" in capsys.readouterr().err
+    code = main(["reproduce", "dpo-wellspecified", "--quick", "--pairs", "300", "--steps", "3",
+                 "--out", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "dpo-wellspecified.json").read_text())
+    assert (report["settings"]["pairs"], report["settings"]["steps"]) == (300, 3)
 
 
 def test_fast_recipe_keeps_the_papers_data():
