@@ -361,20 +361,23 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from pbde import experiments
 
-    if args.list or args.name is None:
-        if args.name is None and not args.list:
-            raise UsageError("give an experiment NAME, 'all', or --list")
+    if args.list or not args.name:
+        if not args.name and not args.list:
+            raise UsageError("give an experiment NAME (or several), 'all', or --list")
         for name in experiments.names():
             print(f"{name:18s} {experiments.describe(name)}")
         return 0
-    names = experiments.names() if args.name == "all" else [args.name]
+    every = args.name == ["all"]
+    if "all" in args.name and not every:
+        raise UsageError(f"'all' runs every experiment: give it alone. Got {' '.join(args.name)}")
+    names = experiments.names() if every else list(dict.fromkeys(args.name))
     overrides = {"seed": args.seed, "steps": args.steps, "pairs": args.pairs, "device": args.device}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     for name in names:
         experiments.describe(name)  # unknown names fail here, before any work
         default = experiments.settings_for(name, quick=args.quick, fast=args.fast)
         missing = [f"--{k}" for k in overrides if not hasattr(default, k)]
-        if missing and args.name != "all":
+        if missing and not every:
             raise UsageError(f"{', '.join(missing)} does not apply to {name!r}: its settings "
                              f"have no such field")  # fmt: skip
         if missing:
@@ -473,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         "8192 steps, 2^16-point normalizer; minutes to an hour on a CPU); --fast is the faster "
         "recipe, --quick the test suite's smoke size.",
     )
-    reproduce.add_argument("name", nargs="?", metavar="NAME", help="experiment name, or 'all'")
+    reproduce.add_argument(
+        "name", nargs="*", metavar="NAME", help="experiment names (run in turn), or 'all'"
+    )
     reproduce.add_argument("--list", action="store_true", help="list the experiments")
     size = reproduce.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke size (seconds)")

@@ -159,6 +159,18 @@ def test_cli_reproduce(tmp_path, capsys):
     assert code == 0
     report = json.loads((out / "dpo-wellspecified.json").read_text())
     assert (report["settings"]["pairs"], report["settings"]["steps"]) == (300, 3)
+    capsys.readouterr()
+    # several names run in turn, each name once
+    both = tmp_path / "both"
+    code = main(["reproduce", "ipo-bandit", "dpo-wellspecified", "ipo-bandit", "--quick",
+                 "--steps", "2", "--out", str(both), "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("ipo-bandit:") == 1 and printed.count("dpo-wellspecified:") == 1
+    for name in ("ipo-bandit", "dpo-wellspecified"):
+        assert json.loads((both / f"{name}.json").read_text())["settings"]["steps"] == 2
+    assert main(["reproduce", "all", "dpo"]) == 2
+    assert "give it alone" in capsys.readouterr().err
 
 
 def test_fast_recipe_keeps_the_papers_data():
