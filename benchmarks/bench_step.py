@@ -27,6 +27,7 @@ the members that need it).
 Usage:
     python -m benchmarks.bench_step [--rounds 5] [--steps 20] [--pairs 32768] [--grid 65536]
     python -m benchmarks.bench_step --slic [--rounds 3] [--steps 6]
+    python -m benchmarks.bench_step --device cuda   # every contender on a GPU
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ class SigmoidTanh(nn.Module):
 
 
 def naive_steps(start, x, ref_diff, y, beta, steps, lr, *, chunk=None, dedup=False, tanh=nn.Tanh):
-    """``steps`` Adam steps of the naive DPO objective; returns seconds per step."""
+    """``steps`` Adam steps of the naive DPO objective (on ``x``'s device); returns seconds per
+    step."""
     net = nn.Sequential(
         nn.Linear(1, 64), tanh(), nn.Linear(64, 64), tanh(), nn.Linear(64, 64), tanh(),
         nn.Linear(64, 64), tanh(), nn.Linear(64, 1),
     )  # fmt: skip
     net.load_state_dict(start.energy_net.state_dict())
+    net.to(x.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     n = x.shape[0] // 2
     inputs = x[:, None]  # the domain is [−10, 10]: the MLP sees x itself, as in pbde
@@ -78,7 +81,17 @@ def naive_steps(start, x, ref_diff, y, beta, steps, lr, *, chunk=None, dedup=Fal
         loss = F.binary_cross_entropy_with_logits(logits, y)
         loss.backward()
         optimizer.step()
+    _synchronize(x.device)
     return (time.perf_counter() - began) / steps
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -89,6 +102,7 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=2**16)
     parser.add_argument("--no-sweep", action="store_true", help="skip the β-sweep contenders")
     parser.add_argument("--slic", action="store_true", help="only the SLiC sweep (see above)")
+    parser.add_argument("--device", default="cpu", help="where every contender trains, e.g. cuda")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -97,16 +111,17 @@ def main() -> None:
     prefs = pbde.Annotator(toy.paper_p_star()).label(
         xa, xb, generator=torch.Generator().manual_seed(2)
     )
-    beta, lr = 4.0, 5e-4
+    beta, lr, device = 4.0, 5e-4, torch.device(args.device)
     x = torch.cat([prefs.xa, prefs.xb])
     with torch.no_grad():
         log_ref = pi_pre.log_prob(x)
     ref_diff = beta * (log_ref[: args.pairs] - log_ref[args.pairs :])
+    x, ref_diff, y = x.to(device), ref_diff.to(device), prefs.y.to(device)
     distinct = torch.unique(x).numel()
 
     def run_pbde():
         model = pbde.Annotator(copy.deepcopy(pi_pre), pbde.dpo(beta, pi_pre))
-        result = pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False)
+        result = pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False, device=device)
         return result.seconds / args.steps
 
     def sweep_models():
@@ -115,28 +130,30 @@ def main() -> None:
         ]
 
     def run_ensemble():
-        results = pbde.fit_ensemble(sweep_models(), prefs, steps=args.steps, lr=lr, progress=False)
+        results = pbde.fit_ensemble(
+            sweep_models(), prefs, steps=args.steps, lr=lr, progress=False, device=device
+        )
         return results[0].seconds / args.steps
 
     def run_sequential():
         began = time.perf_counter()
         for model in sweep_models():
-            pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False)
+            pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False, device=device)
         return (time.perf_counter() - began) / args.steps
 
     if args.slic:
         slic(pi_pre, prefs, args)
         return
     contenders = {
-        "naive": lambda: naive_steps(pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr),
+        "naive": lambda: naive_steps(pi_pre, x, ref_diff, y, beta, args.steps, lr),
         "naive+chunks": lambda: naive_steps(
-            pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr, chunk=8192
+            pi_pre, x, ref_diff, y, beta, args.steps, lr, chunk=8192
         ),
         "naive+dedup": lambda: naive_steps(
-            pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr, dedup=True
+            pi_pre, x, ref_diff, y, beta, args.steps, lr, dedup=True
         ),
         "naive+σ-tanh": lambda: naive_steps(
-            pi_pre, x, ref_diff, prefs.y, beta, args.steps, lr, tanh=SigmoidTanh
+            pi_pre, x, ref_diff, y, beta, args.steps, lr, tanh=SigmoidTanh
         ),
         "pbde.fit": run_pbde,
     }
@@ -151,7 +168,7 @@ def main() -> None:
             times[name].append(run())
 
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, torch {torch.__version__}")  # fmt: skip
+          f"threads, torch {torch.__version__}, device {_device_name(device)}")  # fmt: skip
     print(f"setting: {args.pairs} pairs on a {args.grid}-point grid ({distinct} distinct items), "
           f"{args.steps} steps per round, {args.rounds} rounds")  # fmt: skip
     for name, values in times.items():
@@ -189,6 +206,7 @@ def slic(pi_pre, prefs, args) -> None:
         results = pbde.fit_ensemble(
             models, prefs, loss="hinge", loss_kwargs=[{"delta": d} for d, _ in runs],
             regularizer=regularizers, steps=args.steps, lr=5e-4, progress=False,
+            device=torch.device(args.device),
         )  # fmt: skip
         return results[0].seconds / args.steps
 
@@ -203,7 +221,7 @@ def slic(pi_pre, prefs, args) -> None:
         for name, f in contenders.items():
             times[name].append(f())
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, torch {torch.__version__}; SLiC sweep, 10 members, {args.steps} steps per "
+          f"threads, torch {torch.__version__}, device {args.device}; SLiC sweep, 10 members, {args.steps} steps per "
           f"round, {args.rounds} rounds")  # fmt: skip
     for name, values in times.items():
         print(f"{name:26s} ms/step per round: " + ", ".join(f"{1e3 * v:.0f}" for v in values))

@@ -318,7 +318,8 @@ class EnergyStack(nn.Module):
         return self.weights[0].shape[0]
 
     def energies(self, x: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
-        """E_k(x) for every member, or for the ``members`` given, shape ``(K, batch)``.
+        """E_k(x) for every member, or for the ``members`` given: shape ``(K, batch)`` or
+        ``(len(members), batch)``.
 
         On the CPU the members run one after another on each chunk of points, with the
         matrix products of a single model: batched products over K members touch K times the
@@ -335,13 +336,13 @@ class EnergyStack(nn.Module):
                 weights, biases = [w[index] for w in weights], [b[index] for b in biases]
             mlp = _mlp(weights, biases, self.activation)
             return mlp(scaled[None, :, None]).squeeze(-1)
-        members = [
+        networks = [
             _mlp([w[k] for w in self.weights], [b[k] for b in self.biases], self.activation)
             for k in members
         ]
 
         def forward(points: torch.Tensor) -> torch.Tensor:
-            return torch.cat([mlp(points) for mlp in members], dim=1)  # (n, K)
+            return torch.cat([mlp(points) for mlp in networks], dim=1)  # (n, members)
 
         return _chunked(forward, scaled[:, None], self.chunk_size, dim=0).T
 
