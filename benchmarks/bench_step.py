@@ -221,8 +221,8 @@ def slic(pi_pre, prefs, args) -> None:
         for name, f in contenders.items():
             times[name].append(f())
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, torch {torch.__version__}, device {args.device}; SLiC sweep, 10 members, {args.steps} steps per "
-          f"round, {args.rounds} rounds")  # fmt: skip
+          f"threads, torch {torch.__version__}, device {args.device}; SLiC sweep, 10 members, "
+          f"{args.steps} steps per round, {args.rounds} rounds")  # fmt: skip
     for name, values in times.items():
         print(f"{name:26s} ms/step per round: " + ", ".join(f"{1e3 * v:.0f}" for v in values))
     a, b = times.values()
