@@ -58,19 +58,25 @@ import torch.nn.functional as F
 
 import pbde
 from pbde.densities import Mixture
-from pbde.densities.sequence import sequence_lengths
 from pbde.experiments import lm_mixture
 from pbde.experiments.base import Result, pyplot
 from pbde.experiments.length_bias import (
     MODELS,
     LanguageModelSettings,
-    bin_fractions,
     omega_in_chunks,
     pretrained_language_models,
     quick_language_models,
     trainable_copy,
 )
-from pbde.experiments.lm_mixture import check_adapt, eq26, label_in_chunks
+from pbde.experiments.lm_mixture import (
+    check_adapt,
+    eq26,
+    finish_length_axes,
+    label_in_chunks,
+    length_statistics,
+    shares_text,
+    step_lengths,
+)
 from pbde.mixture import LatentMixture
 
 #: The latent-annotator mixture fits of the eq. 27 data (see the module docstring).
@@ -282,7 +288,7 @@ def _latent_fits(
 ) -> tuple[dict, dict, dict]:
     """The latent-annotator mixture fits of eq. 27 data (module docstring): their metrics,
     their mixture densities Σ_k w_k π_k, and ``settings.samples`` draws of each component
-    (keyed ``"<fit>/<k>"``)."""
+    (keyed ``"<fit>/<k>"``; :func:`run` adds their ``component_bin_fractions``)."""
     generator = torch.Generator().manual_seed(settings.seed + 1)  # labels: a stream of their own
     m = settings.comparisons_per_annotator
     prefs, types = population_labels(
@@ -351,10 +357,6 @@ def _latent_fits(
             "restart_objectives": list(result.restart_objectives),
             "truth_objective": identifiability["truth_objective"][latent],
             "who_is_who_accuracy": _who_is_who(assigned, types if with_ids else kind),
-            "component_bin_fractions": [
-                bin_fractions(component_draws[f"{name}/{k}"], settings.models)
-                for k in range(len(model.densities))
-            ],
             "fit_seconds": result.seconds,
         }
     return {"fits": fits, "identifiability": identifiability}, mixtures, component_draws
@@ -394,56 +396,39 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
     # the components' draws are those their bin fractions were computed from
     draws = {name: d.sample(settings.samples, generator=generator) for name, d in densities.items()}
     draws.update(component_draws)
-    max_length = settings.models.max_length
-    metrics["bin_fractions"] = {
-        name: bin_fractions(draws[name], settings.models) for name in densities
-    }
-    metrics["mean_length"] = {
-        name: float(sequence_lengths(draws[name]).double().mean()) for name in densities
-    }
-    histograms = {
-        name: torch.bincount(sequence_lengths(x), minlength=max_length + 1)[1:].tolist()
-        for name, x in draws.items()
-    }
-    metrics["length_histogram"] = {name: histograms[name] for name in densities}
+    stats = length_statistics(draws, settings.models)  # of the mixtures and their components
+    for key, values in stats.items():
+        metrics[key] = {name: values[name] for name in densities}
+    for name, fit in metrics["fits"].items():
+        fit["component_bin_fractions"] = [stats["bin_fractions"][f"{name}/{k}"] for k in range(2)]
 
     def plot(path):
         plt = pyplot()
-        lengths = torch.arange(1, max_length + 1).numpy()
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
-        colors = _COLORS
 
         def curve(ax, name, label, color, linestyle="-"):
-            share = torch.tensor(histograms[name], dtype=torch.float64) / settings.samples
-            ax.step(lengths, share.numpy(), where="mid", color=color, ls=linestyle, label=label)
+            step_lengths(ax, stats["length_histogram"][name], settings.samples,
+                         color=color, ls=linestyle, label=label)  # fmt: skip
 
         for name in ("whole", "density_mixture_target"):
-            shares = metrics["bin_fractions"][name]
             text = "π_pre (whole)" if name == "whole" else "π_mix = ½(short + long)"
-            text += f"; S/M/L {shares['short']:.2f}/{shares['medium']:.2f}/{shares['long']:.2f}"
+            text += "; " + shares_text(metrics["bin_fractions"][name])
             curve(axes[0], name, text, "0.6" if name == "whole" else "black", ":")
         for name in mixtures:
             fit = metrics["fits"][name]
-            shares = metrics["bin_fractions"][name]
             text = (
                 f"{_LABELS[name]}: w={fit['weights'][0]:.2f}/{fit['weights'][1]:.2f}, "
-                f"S/M/L {shares['short']:.2f}/{shares['medium']:.2f}/{shares['long']:.2f}"
+                + shares_text(metrics["bin_fractions"][name])
             )
-            curve(axes[0], name, text, colors[name])
+            curve(axes[0], name, text, _COLORS[name])
             for k in range(2):
-                shares = fit["component_bin_fractions"][k]
-                text = (
-                    f"{name} #{k} (w={fit['weights'][k]:.2f}): S/M/L {shares['short']:.2f}/"
-                    f"{shares['medium']:.2f}/{shares['long']:.2f}"
+                text = f"{name} #{k} (w={fit['weights'][k]:.2f}): " + shares_text(
+                    fit["component_bin_fractions"][k]
                 )
-                curve(axes[1], f"{name}/{k}", text, colors[name], ("-", "--")[k])
+                curve(axes[1], f"{name}/{k}", text, _COLORS[name], ("-", "--")[k])
         titles = ("mixture Σ w_k π_k", "its two components π_k")
         for ax, title in zip(axes, titles, strict=True):
-            for edge in (settings.models.short_max + 0.5, settings.models.long_min - 0.5):
-                ax.axvline(edge, color="0.8", lw=0.8, zorder=0)
-            ax.set_xlabel("sentence length (tokens, EOS included)")
-            ax.set_title(title)
-            ax.legend(fontsize=7)
+            finish_length_axes(ax, settings.models, title, fontsize=7)
         axes[0].set_ylabel(f"fraction of {settings.samples} samples")
         fig.suptitle(
             f"K=2 latent-annotator mixtures fitted to eq. 27 data ({settings.pairs} pairs, "

@@ -139,6 +139,40 @@ def eq26(density) -> pbde.PBDE:
     return pbde.length_normalized(density.length)
 
 
+def length_statistics(draws: dict, models: LanguageModelSettings) -> dict:
+    """``bin_fractions``, ``mean_length`` and ``length_histogram`` (counts of each length
+    1 … ``models.max_length``) of each set of sampled sequences in ``draws``."""
+    lengths = {name: sequence_lengths(x) for name, x in draws.items()}
+    return {
+        "bin_fractions": {name: bin_fractions(x, models) for name, x in draws.items()},
+        "mean_length": {name: float(n.double().mean()) for name, n in lengths.items()},
+        "length_histogram": {
+            name: torch.bincount(n, minlength=models.max_length + 1)[1:].tolist()
+            for name, n in lengths.items()
+        },
+    }
+
+
+def shares_text(shares: dict) -> str:
+    """A legend's "S/M/L a/b/c": the fractions in the short, medium and long bins."""
+    return f"S/M/L {shares['short']:.2f}/{shares['medium']:.2f}/{shares['long']:.2f}"
+
+
+def step_lengths(ax, histogram: list, samples: int, **style) -> None:
+    """Draw a length histogram (counts of lengths 1, 2, …) as fractions of ``samples``."""
+    share = torch.tensor(histogram, dtype=torch.float64) / samples
+    ax.step(torch.arange(1, len(histogram) + 1).numpy(), share.numpy(), where="mid", **style)
+
+
+def finish_length_axes(ax, models: LanguageModelSettings, title: str, *, fontsize: int) -> None:
+    """The short | medium | long bin edges in grey, the x label, the title and the legend."""
+    for edge in (models.short_max + 0.5, models.long_min - 0.5):
+        ax.axvline(edge, color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("sentence length (tokens, EOS included)")
+    ax.set_title(title)
+    ax.legend(fontsize=fontsize)
+
+
 def run(settings: Settings | None = None, *, progress: bool | None = None) -> Result:
     """Pretrain (or reuse) the three models, label pairs by eq. 27 and eq. 28, adapt *whole* on
     each, and compare the sampled lengths (default settings: the module's :class:`Settings`).
@@ -194,26 +228,16 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
         name: density.sample(settings.samples, generator=generator)
         for name, density in densities.items()
     }
-    max_length = settings.models.max_length
-    histograms = {
-        name: torch.bincount(sequence_lengths(x), minlength=max_length + 1)[1:].tolist()
-        for name, x in draws.items()
-    }
     metrics = {
-        "bin_fractions": {name: bin_fractions(x, settings.models) for name, x in draws.items()},
-        "mean_length": {
-            name: float(sequence_lengths(x).double().mean()) for name, x in draws.items()
-        },
+        **length_statistics(draws, settings.models),
         "fit_loss": fit_loss,
         "fit_seconds": fit_seconds,
         "mean_label": mean_label,
         "mle_seconds": lms.seconds,
-        "length_histogram": histograms,
     }
 
     def plot(path):
         plt = pyplot()
-        lengths = torch.arange(1, max_length + 1).numpy()
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
         styles = {
             "whole": ("pretrained whole (π_pre)", "tab:gray", "-"),
@@ -234,17 +258,10 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
         for ax, names, title in panels:
             for name in names:
                 label, color, linestyle = styles[name]
-                shares = metrics["bin_fractions"][name]
-                label += (
-                    f"; S/M/L {shares['short']:.2f}/{shares['medium']:.2f}/{shares['long']:.2f}"
-                )
-                share = torch.tensor(histograms[name], dtype=torch.float64) / settings.samples
-                ax.step(lengths, share.numpy(), where="mid", color=color, ls=linestyle, label=label)
-            for edge in (settings.models.short_max + 0.5, settings.models.long_min - 0.5):
-                ax.axvline(edge, color="0.8", lw=0.8, zorder=0)
-            ax.set_xlabel("sentence length (tokens, EOS included)")
-            ax.set_title(title)
-            ax.legend(fontsize=8)
+                label += "; " + shares_text(metrics["bin_fractions"][name])
+                step_lengths(ax, metrics["length_histogram"][name], settings.samples,
+                             color=color, ls=linestyle, label=label)  # fmt: skip
+            finish_length_axes(ax, settings.models, title, fontsize=8)
         axes[0].set_ylabel(f"fraction of {settings.samples} samples")
         fig.suptitle("Sentence lengths (Dumoulin et al., Fig. 6): bins S | M | L in grey")
         fig.tight_layout()
