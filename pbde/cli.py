@@ -373,10 +373,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     names = experiments.names() if every else list(dict.fromkeys(args.name))
     overrides = {"seed": args.seed, "steps": args.steps, "pairs": args.pairs, "device": args.device}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    settings = {}  # unknown names and overrides fail here, before any work
     for name in names:
-        experiments.describe(name)  # unknown names fail here, before any work
-        default = experiments.settings_for(name, quick=args.quick, fast=args.fast)
-        missing = [f"--{k}" for k in overrides if not hasattr(default, k)]
+        settings[name] = experiments.settings_for(
+            name, quick=args.quick, fast=args.fast, **overrides
+        )  # which ignores the overrides its settings have no field for:
+        missing = [f"--{k}" for k in overrides if not hasattr(settings[name], k)]
         if missing and not every:
             raise UsageError(f"{', '.join(missing)} does not apply to {name!r}: its settings "
                              f"have no such field")  # fmt: skip
@@ -385,8 +387,7 @@ def _reproduce(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
     summaries = {}
     for name in names:
-        settings = experiments.settings_for(name, quick=args.quick, fast=args.fast, **overrides)
-        result = experiments.run(name, settings, progress=not args.no_progress)
+        result = experiments.run(name, settings[name], progress=not args.no_progress)
         written = result.save(args.out)
         summaries[name] = result.report()
         top = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
