@@ -15,7 +15,7 @@ from pbde.annotators import (
     PreferenceProcess,
 )
 from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
-from pbde.data import Preferences, sample_pairs
+from pbde.data import Preferences, TextPreferences, sample_pairs
 from pbde.fit import FitResult, fit, fit_ensemble, nll_regularizer
 from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
 from pbde.serialization import load_model, save_model
@@ -47,6 +47,7 @@ __all__ = [
     "DeterministicAnnotator",
     "PreferenceProcess",
     "Preferences",
+    "TextPreferences",
     "sample_pairs",
     "fit",
     "fit_ensemble",

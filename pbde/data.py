@@ -172,6 +172,163 @@ class Preferences:
         )
 
 
+class TextPreferences:
+    """Comparisons of text completions, before tokenization: ``(prompt, x_A, x_B, y)``.
+
+    The text form of prompt/chosen/rejected data (the TRL / Hugging Face convention: ``x_A`` is
+    the chosen completion, ``x_B`` the rejected one, ``y = 1``). A language-model density turns it
+    into :class:`Preferences` of token items with its own tokenizer
+    (:meth:`pbde.densities.CausalLM.tokenize`); the readers of :mod:`pbde.io` return it for text
+    columns.
+
+    Each prompt and completion is either a string (*standard* format) or a list of chat messages
+    ``{"role": str, "content": str}`` (*conversational* format, rendered with the tokenizer's chat
+    template); all rows use the same format.
+
+    Args:
+        prompt: ``n`` prompts (strings or message lists), or ``None`` when the data have none
+            (conversational completions then carry their prompt as their leading messages).
+        xa: ``n`` completions shown first (the chosen ones), non-empty.
+        xb: ``n`` completions shown second (the rejected ones), non-empty.
+        y: labels in [0, 1], shape ``(n,)``; default all 1 (``x_A`` preferred).
+        annotator_id: optional integer ids ``>= 0``, shape ``(n,)``.
+        weight: optional weights ``>= 0``, shape ``(n,)``.
+
+    The labels, ids and weights are held (and validated) as :attr:`labels`, a
+    :class:`Preferences` whose items are the row numbers ``0 … n−1``.
+
+    Raises:
+        ValueError: on empty data, lists of different lengths, an empty completion, a missing
+            prompt in some rows, mixed formats, or bad labels, ids or weights.
+        TypeError: if a prompt or completion is neither a string nor a list of messages.
+
+    Example:
+        >>> data = TextPreferences(["2+2="], ["4"], ["5"])
+        >>> len(data), data.conversational, data.labels.y
+        (1, False, tensor([1.]))
+    """
+
+    def __init__(self, prompt, xa, xb, y=None, annotator_id=None, weight=None):
+        xa, xb = _text_list("xa", xa), _text_list("xb", xb)
+        n = len(xa)
+        if n == 0:
+            raise ValueError("'xa' must hold at least one completion. Got none.")
+        if len(xb) != n:
+            raise ValueError(f"'xa' and 'xb' must have the same length. Got {n} and {len(xb)}.")
+        if prompt is not None:
+            prompt = _text_list("prompt", prompt, allow_empty=True)
+            if len(prompt) != n:
+                raise ValueError(
+                    f"'prompt' must hold {n} prompts, one per pair. Got {len(prompt)}."
+                )
+        formats = {isinstance(t, str) for t in xa + xb + (prompt or [])}
+        if len(formats) > 1:
+            raise ValueError(
+                "'prompt', 'xa' and 'xb' must all be strings or all be chat message lists. Got both."
+            )
+        y = torch.ones(n) if y is None else y
+        self.labels = Preferences(torch.arange(n), torch.arange(n), y, annotator_id, weight)
+        self.prompt, self.xa, self.xb = prompt, xa, xb
+        self.conversational = formats == {False}
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.labels.y
+
+    @property
+    def annotator_id(self) -> torch.Tensor | None:
+        return self.labels.annotator_id
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        return self.labels.weight
+
+    def __len__(self) -> int:
+        return len(self.xa)
+
+    def __repr__(self) -> str:
+        kind = "conversational" if self.conversational else "standard"
+        prompt = "" if self.prompt is not None else ", no prompts"
+        return f"TextPreferences(n={len(self)}, {kind}{prompt}, mean y={float(self.y.mean()):.3f})"
+
+    def __getitem__(self, index) -> TextPreferences:
+        labels = self.labels[index]
+        rows = labels.xa.tolist()
+        out = TextPreferences.__new__(TextPreferences)
+        out.prompt = None if self.prompt is None else [self.prompt[i] for i in rows]
+        out.xa, out.xb = [self.xa[i] for i in rows], [self.xb[i] for i in rows]
+        out.labels = Preferences._trusted(
+            torch.arange(len(rows)),
+            torch.arange(len(rows)),
+            labels.y,
+            labels.annotator_id,
+            labels.weight,
+        )
+        out.conversational = self.conversational
+        return out
+
+    def split(
+        self, test_fraction: float = 0.2, *, seed: int = 0
+    ) -> tuple[TextPreferences, TextPreferences]:
+        """A random train/test split (the same permutation as :meth:`Preferences.split`)."""
+        train, test = self.labels.split(test_fraction, seed=seed)
+        return self[train.xa], self[test.xa]
+
+    def to_records(self) -> list[dict]:
+        """The rows as dicts with ``prompt`` (if any), ``chosen`` (x_A), ``rejected`` (x_B) and, where
+        not all 1, ``y``; ``annotator_id`` and ``weight`` when present (what the readers read)."""
+        y = self.y.tolist()
+        ids = None if self.annotator_id is None else self.annotator_id.tolist()
+        weight = None if self.weight is None else self.weight.tolist()
+        hard = all(v == 1.0 for v in y)
+        records = []
+        for i in range(len(self)):
+            record = {} if self.prompt is None else {"prompt": self.prompt[i]}
+            record["chosen" if hard else "xa"] = self.xa[i]
+            record["rejected" if hard else "xb"] = self.xb[i]
+            if not hard:
+                record["y"] = y[i]
+            if ids is not None:
+                record["annotator_id"] = ids[i]
+            if weight is not None:
+                record["weight"] = weight[i]
+            records.append(record)
+        return records
+
+
+def _text_list(name: str, values, *, allow_empty: bool = False) -> list:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(
+            f"'{name}' must be a list of strings or of chat message lists. Got "
+            f"{type(values).__name__}."
+        )
+    out = list(values)
+    for i, value in enumerate(out):
+        if isinstance(value, str):
+            if not value and not allow_empty:
+                raise ValueError(f"'{name}' must hold non-empty text. Row {i} is empty.")
+            continue
+        if value is None:
+            raise ValueError(f"'{name}' is missing in row {i} (None).")
+        if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
+            raise TypeError(
+                f"'{name}' must hold strings or non-empty lists of chat messages. Row {i} is "
+                f"{type(value).__name__} {str(value)[:60]!r}."
+            )
+        for message in value:
+            if (
+                not isinstance(message, dict)
+                or not isinstance(message.get("role"), str)
+                or not isinstance(message.get("content"), str)
+            ):
+                raise TypeError(
+                    f"'{name}' row {i}: a chat message must be a dict with string 'role' and "
+                    f"'content'. Got {str(message)[:60]!r}."
+                )
+        out[i] = [dict(message) for message in value]
+    return out
+
+
 def sample_pairs(proposal, n: int, *, generator: torch.Generator | None = None):
     """Draw ``n`` pairs ``(x_A, x_B)`` from a proposal q(x_A, x_B).
 
