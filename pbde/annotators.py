@@ -120,9 +120,16 @@ class Annotator(PreferenceProcess):
         With a constant f the density's normalizer only shifts every score by f·log Z, so it is
         skipped (:meth:`~pbde.densities.Density.unnormalized_log_prob`).
         """
+        return self._item_terms(x)[1]
+
+    def _item_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(x), Ω(x))``, both up to the density's normalizer when f is constant (see
+        :meth:`_scores`); what :func:`pbde.fit` logs as log-probabilities and rewards."""
         if self.behavior.constant_f is not None:
-            return self.behavior.omega(self.density.unnormalized_log_prob(x), x)
-        return self.omega(x)
+            log_p = self.density.unnormalized_log_prob(x)
+        else:
+            log_p = self.density.log_prob(x)
+        return log_p, self.behavior.omega(log_p, x)
 
     def _logits(self, xa, xb):
         # one density evaluation for both items

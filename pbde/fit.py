@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from pbde.annotators import Annotator, PreferenceProcess
 from pbde.data import Preferences
 from pbde.densities.base import device_of
 from pbde.densities.energy import EnergyStack, stackable
+from pbde.io import PAD_TOKEN
 
 
 @dataclass
@@ -38,6 +40,9 @@ class FitResult:
         learning_rates: learning rate used at each step, shape ``(steps,)``.
         seconds: wall time of the run (of this process's part, if it resumed a checkpoint).
         steps: number of optimization steps taken in total.
+        metrics: the records logged every ``log_every`` steps and at each evaluation (dicts
+            with ``"step"`` and the metric names, as written to ``log``); empty when nothing was
+            logged.
     """
 
     model: nn.Module
@@ -45,6 +50,7 @@ class FitResult:
     learning_rates: torch.Tensor
     seconds: float
     steps: int
+    metrics: list[dict] = field(default_factory=list)
 
     @property
     def final_loss(self) -> float:
@@ -91,17 +97,29 @@ def fit(
     prefs: Preferences,
     *,
     loss: str | Callable = "bce",
-    steps: int = 1000,
+    steps: int | None = None,
+    epochs: int | None = None,
     lr: float = 1e-3,
     batch_size: int | None = None,
     replacement: bool = False,
+    gradient_accumulation: int = 1,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
     schedule: str = "cosine",
+    warmup_steps: int = 0,
+    max_grad_norm: float | None = None,
+    precision: str | None = None,
     seed: int = 0,
     progress: bool | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
+    log_every: int | None = None,
+    log: str | os.PathLike | Callable[[dict], None] | None = None,
+    eval_prefs: Preferences | None = None,
+    eval_every: int | None = None,
+    eval_batch_size: int | None = None,
     **loss_kwargs,
 ) -> FitResult:
     """Fit an annotator model to preference data by minimizing a per-pair loss.
@@ -109,7 +127,10 @@ def fit(
     The objective at each step is ``mean(loss(model.logits(xa, xb), y, **loss_kwargs))`` over a
     batch (the ``prefs.weight``-weighted mean when the data are weighted), plus
     ``regularizer(model)`` if given. Adam with cosine decay of the learning rate to 0
-    over ``steps`` is the default (the paper's recipe).
+    over ``steps`` is the default (the paper's recipe). The trainer options of language-model
+    alignment (AdamW with weight decay, warm-up, gradient accumulation and clipping, mixed
+    precision, epochs of shuffled mini-batches, metrics logging, periodic evaluation) are options
+    of this same loop, for every density.
 
     Args:
         model: an :class:`~pbde.Annotator` or :class:`~pbde.MixtureAnnotator` whose parameters
@@ -117,23 +138,50 @@ def fit(
         prefs: the training data.
         loss: ``"bce"`` (the PBDE likelihood), ``"ipo"``, ``"hinge"``, ``"rrhf"`` or a callable
             ``(logits, y, **loss_kwargs) -> per-pair tensor`` (see :mod:`pbde.losses`).
-        steps: number of optimization steps, >= 1.
+        steps: number of optimization steps, >= 1 (default 1000 unless ``epochs`` is given).
+        epochs: instead of ``steps``: passes over the data in epoch-shuffled mini-batches of
+            ``batch_size`` (each epoch a new permutation; the last batch of an epoch may be
+            smaller), ``steps = epochs · ceil(n / batch_size)``. Without it each step draws its
+            batch afresh.
         lr: peak learning rate, > 0.
-        batch_size: pairs per step; ``None`` for full batch.
+        batch_size: pairs per optimization step; ``None`` for full batch.
         replacement: draw each mini-batch with replacement (e.g. Azar et al. §5.4: batches of 9
             from a data set of 3 pairs); by default without, and a ``batch_size`` >= the data
             set's size is the full batch.
-        schedule: ``"cosine"`` (decay to 0) or ``"constant"``.
+        gradient_accumulation: split each step's batch into this many micro-batches, evaluated
+            and back-propagated one after another (less memory, the same step: the gradients of
+            the parts add up to the batch's).
+        optimizer: ``"adam"`` (default) or ``"adamw"`` (decoupled ``weight_decay``).
+        weight_decay: AdamW's weight decay, >= 0 (only with ``optimizer="adamw"``).
+        schedule: ``"cosine"`` (decay to 0), ``"linear"`` (decay to 0) or ``"constant"``.
+        warmup_steps: steps of linear warm-up from 0 to ``lr`` before the schedule, >= 0.
+        max_grad_norm: clip the gradients' global norm to this value (> 0); ``None``: no
+            clipping. The norm before clipping is logged as ``grad_norm``.
+        precision: ``None`` (the parameters' dtype), ``"bf16"`` (autocast to bfloat16, on the CPU
+            or CUDA) or ``"fp16"`` (autocast to float16 with a gradient scaler, CUDA only).
         seed: seed of the mini-batch sampler.
         progress: show a progress bar; default: when standard error is a terminal.
         regularizer: optional callable ``model -> scalar`` added to the objective (e.g.
             :func:`nll_regularizer` for SLiC-HF's λ term).
         device: where to train (e.g. ``"cuda"``); the model and data are moved there. Default:
             the model's device.
-        checkpoint: a file path. Every ``checkpoint_every`` steps the model, optimizer,
-            scheduler, sampler state and loss history are saved there; if the file exists when
-            ``fit`` starts, training resumes from it.
+        checkpoint: a file path. Every ``checkpoint_every`` steps the model (without its frozen
+            reference densities), optimizer, scheduler, sampler state and loss history are saved
+            there; if the file exists when ``fit`` starts, training resumes from it.
         checkpoint_every: steps between checkpoints, >= 1.
+        log_every: every this many steps, record the training metrics averaged since the last
+            record: ``loss``, ``learning_rate``, ``grad_norm`` (with clipping), ``rewards/chosen``,
+            ``rewards/rejected`` (the mean Ω of the preferred and of the other item, label-
+            weighted; for :func:`pbde.dpo` this is TRL's β·log(π/π_ref)), ``rewards/margins``,
+            ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` (log π as the density
+            gives it), ``tokens_per_second`` (token items), ``seconds``. Default: only with
+            ``log``, every 10 steps.
+        log: where the records go: a JSON Lines file path (one record per line, appended) or a
+            callable taking each record; they are also in :attr:`FitResult.metrics`.
+        eval_prefs: held-out data evaluated every ``eval_every`` steps and at the end (records
+            with ``eval/`` names: :func:`evaluate`'s metrics).
+        eval_every: steps between evaluations (default: only at the end).
+        eval_batch_size: pairs per forward pass of the evaluation (default ``batch_size``).
         **loss_kwargs: parameters of the loss (``tau`` for ``"ipo"``, ``delta`` for ``"hinge"``).
 
     Returns:
@@ -141,10 +189,11 @@ def fit(
 
     Raises:
         TypeError: bad types, or loss parameters the loss does not take / lacks.
-        ValueError: bad values (steps, lr, batch_size, schedule), or a checkpoint written by a
+        ValueError: bad values (steps, lr, batch_size, schedule, …), or a checkpoint written by a
             run with a different number of steps.
-        FloatingPointError: if the objective becomes NaN or infinite; names the step. The last
-            checkpoint (if any) is left as it was.
+        FloatingPointError: if the objective becomes NaN or infinite; names the step. The model
+            keeps the parameters of the last good step, and the last checkpoint (if any) is left
+            as it was.
 
     Example:
         >>> import torch, pbde
@@ -160,26 +209,158 @@ def fit(
         )
     loss_fn = _bind_loss(loss, loss_kwargs)
     _check_regularizer(regularizer)
+    accumulation = _check_int("gradient_accumulation", gradient_accumulation, 1)
+    if log_every is not None:
+        _check_int("log_every", log_every, 1)
+    if eval_every is not None:
+        _check_int("eval_every", eval_every, 1)
+        if eval_prefs is None:
+            raise ValueError("'eval_every' needs 'eval_prefs' (the data to evaluate on).")
+    if eval_prefs is not None and not isinstance(eval_prefs, Preferences):
+        raise TypeError(
+            f"'eval_prefs' must be pbde.Preferences or None. Got {type(eval_prefs).__name__}."
+        )
+    if log is not None and not (callable(log) or isinstance(log, (str, os.PathLike))):
+        raise TypeError(f"'log' must be a file path or a callable. Got {log!r}.")
     target = torch.device(device) if device else device_of(model)
-    data = _PairData(prefs, batch_size, target, replacement)
+    data = _PairData(prefs, batch_size, target, replacement, epochs=epochs is not None)
+    steps = _resolve_steps(steps, epochs, data)
+    if log is not None and log_every is None:
+        log_every = 10
+    data.collect_stats = log_every is not None
     model.to(data.prefs.device)
 
-    def objective(generator: torch.Generator) -> torch.Tensor:
-        return data.objective(model, loss_fn, regularizer, data.draw(generator))
+    def objective(generator: torch.Generator):
+        drawn = data.draw(generator)
+        for part in data.micro_batches(drawn, accumulation):
+            yield data.objective(model, loss_fn, regularizer, part)
+
+    def evaluation() -> dict:
+        metrics = evaluate(
+            model, eval_prefs, loss=loss_fn, batch_size=eval_batch_size or batch_size
+        )
+        return {f"eval/{name}": value for name, value in metrics.items()}
 
     return optimize(
         model,
         objective,
         steps=steps,
         lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
         schedule=schedule,
+        warmup_steps=warmup_steps,
+        max_grad_norm=max_grad_norm,
+        precision=precision,
         seed=seed,
         progress=progress,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         description="fit",
         sharded=data.world_size > 1,
+        on_start=lambda step: data.start_at(step, seed),
+        log_every=log_every,
+        log=log,
+        statistics=data.take_stats if log_every is not None else None,
+        evaluate=evaluation if eval_prefs is not None else None,
+        eval_every=eval_every,
     )
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"'{name}' must be an int >= {minimum}. Got {value!r}.")
+    return value
+
+
+def _resolve_steps(steps, epochs, data: _PairData) -> int:
+    if epochs is None:
+        return 1000 if steps is None else steps
+    if steps is not None:
+        raise ValueError(
+            f"Give 'steps' or 'epochs', not both. Got steps={steps!r}, epochs={epochs!r}."
+        )
+    _check_int("epochs", epochs, 1)
+    if data.replacement:
+        raise ValueError("'epochs' passes over the data without replacement: drop 'replacement'.")
+    return epochs * data.batches_per_epoch
+
+
+@torch.no_grad()
+def evaluate(
+    model: PreferenceProcess,
+    prefs: Preferences,
+    *,
+    loss: str | Callable = "bce",
+    batch_size: int | None = None,
+    **loss_kwargs,
+) -> dict:
+    """The model's fit to ``prefs``: mean loss, log-likelihood and accuracy per comparison.
+
+    Accuracy counts a comparison as right when the model's preference logit has the sign of the
+    label: ``y·1[h > 0] + (1 − y)·1[h < 0] + ½·1[h = 0]`` averaged over comparisons (ties and soft
+    labels count fractionally; for hard labels it is the plain accuracy, model ties counting ½).
+    Weighted data give weighted means. For an :class:`~pbde.Annotator` the means of Ω and
+    log π of the preferred and of the other item are reported as ``rewards/…`` and ``logps/…``
+    (as :func:`fit` logs them).
+
+    Args:
+        model: an annotator model.
+        prefs: the comparisons.
+        loss: the loss whose mean is reported as ``loss`` (as in :func:`fit`).
+        batch_size: comparisons per forward pass (default: all at once).
+        **loss_kwargs: the loss's parameters.
+
+    Returns:
+        A dict with ``loss``, ``log_likelihood``, ``accuracy``, ``comparisons`` and, for an
+        ``Annotator``, the ``rewards/…`` and ``logps/…`` means.
+    """
+    if not isinstance(model, PreferenceProcess):
+        raise TypeError(
+            f"'model' must be a pbde.Annotator or MixtureAnnotator. Got {type(model).__name__}."
+        )
+    if not isinstance(prefs, Preferences):
+        raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
+    loss_fn = loss if getattr(loss, "_pbde_bound", False) else _bind_loss(loss, loss_kwargs)
+    if batch_size is not None:
+        _check_int("batch_size", batch_size, 1)
+    was_training = model.training
+    model.eval()
+    device = device_of(model)
+    data = _PairData(prefs, batch_size, device)
+    data.collect_stats = isinstance(model, Annotator)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    step = data.batch_size or data.n
+    try:
+        for start in range(0, data.n, step):
+            batch = data._batch(slice(start, min(start + step, data.n)))
+            logits = data.logits(model, batch)
+            y = batch.y.double()
+            w = torch.ones_like(y) if batch.weight is None else batch.weight.double()
+            h = logits.double()
+            log_likelihood = y * torch.nn.functional.logsigmoid(h) + (1 - y) * (
+                torch.nn.functional.logsigmoid(-h)
+            )
+            right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
+            sums += torch.stack(
+                [
+                    (w * loss_fn(logits, batch.y).double()).sum(),
+                    (w * log_likelihood).sum(),
+                    (w * right).sum(),
+                ]
+            )
+    finally:
+        model.train(was_training)
+    total = data.full_size
+    out = {
+        "loss": float(sums[0]) / total,
+        "log_likelihood": float(sums[1]) / total,
+        "accuracy": float(sums[2]) / total,
+        "comparisons": data.n,
+    }
+    stats = data.take_stats()
+    out.update({k: v for k, v in stats.items() if not k.startswith("tokens")})
+    return out
 
 
 def fit_ensemble(
@@ -275,10 +456,10 @@ def fit_ensemble(
 
     def objective(generator: torch.Generator) -> torch.Tensor:
         stack.new_step()
-        drawn = data.draw(generator)
+        part = next(data.micro_batches(data.draw(generator), 1))
         values = torch.stack(
             [
-                data.objective(view, f, r, drawn)
+                data.objective(view, f, r, part)
                 for view, f, r in zip(views, loss_fns, regularizers, strict=True)
             ]
         )
@@ -334,13 +515,13 @@ class _PairData:
         batch_size: int | None,
         device: torch.device,
         replacement: bool = False,
+        *,
+        epochs: bool = False,
     ):
         if not isinstance(prefs, Preferences):
             raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"'batch_size' must be None or an int >= 1. Got {batch_size!r}.")
+        if batch_size is not None:
+            _check_int("batch_size", batch_size, 1)
         self.prefs = prefs = prefs.to(device)
         self.n = n = len(prefs)
         self.batch_size = batch_size
@@ -348,10 +529,15 @@ class _PairData:
             raise TypeError(f"'replacement' must be True or False. Got {replacement!r}.")
         self.replacement = replacement
         self.full_batch = batch_size is None or (batch_size >= n and not replacement)
+        self.epochs = epochs
+        self.batches_per_epoch = 1 if self.full_batch else -(-n // batch_size)
         self.rank, self.world_size = _distributed.rank_and_world_size()
         # the objective is Σ (w·)loss / size, size = the batch's size or total weight
         self.full_size = n if prefs.weight is None else float(prefs.weight.sum())
         self.items, self.item_a, self.item_b = distinct_items(prefs.xa, prefs.xb)
+        self.tokens = not self.items.is_floating_point() and self.items.ndim >= 2
+        self.collect_stats = False
+        self._stats: torch.Tensor | None = None
         if self.full_batch:  # each process keeps its slice of the data set (all when alone)
             start, stop = _distributed.shard_bounds(n, self.rank, self.world_size)
             self.local = self._batch(slice(start, stop)) if stop > start else None
@@ -366,35 +552,117 @@ class _PairData:
         m = a.shape[0]
         return _Batch(self.items[used], inverse[:m], inverse[m:], prefs.y[which], weight)
 
-    def draw(self, generator: torch.Generator) -> tuple[_Batch | None, float | torch.Tensor]:
-        """This process's part of a step's batch, and the batch's size (or total weight)."""
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor | None, float | torch.Tensor]:
+        """This process's pairs of a step's batch (indices; ``None`` for the whole local data
+        set) and the batch's size (or total weight)."""
         if self.full_batch:
-            return self.local, self.full_size
+            return None, self.full_size
         if self.replacement:  # the same on all ranks
             index = torch.randint(0, self.n, (self.batch_size,), generator=generator)
+        elif self.epochs:
+            index = self._epoch_batch()
         else:
             index = torch.randperm(self.n, generator=generator)[: self.batch_size]
-        start, stop = _distributed.shard_bounds(self.batch_size, self.rank, self.world_size)
+        start, stop = _distributed.shard_bounds(index.shape[0], self.rank, self.world_size)
         mine = index[start:stop].to(self.prefs.device)
-        batch = self._batch(mine) if stop > start else None
-        size = self.batch_size
+        size = index.shape[0]
         if self.prefs.weight is not None:  # a batch of zero weights contributes 0, not 0/0
             size = self.prefs.weight[index.to(self.prefs.device)].sum().clamp_min(1e-30)
-        return batch, size
+        return mine, size
 
-    def objective(self, model, loss_fn, regularizer, drawn) -> torch.Tensor:
+    def start_at(self, step: int, seed: int) -> None:
+        """Where the epochs stand: at ``step`` of a run seeded with ``seed`` (resumable)."""
+        self._step, self._seed, self._epoch = step, seed, None
+
+    def _epoch_batch(self) -> torch.Tensor:
+        """Batch ``step mod batches_per_epoch`` of a permutation drawn for each epoch from the
+        seed and the epoch's number, so a resumed run continues the same epoch."""
+        epoch, position = divmod(self._step, self.batches_per_epoch)
+        if self._epoch != epoch:
+            generator = torch.Generator().manual_seed(self._seed * 1_000_003 + epoch)
+            self._epoch, self._permutation = epoch, torch.randperm(self.n, generator=generator)
+        self._step += 1
+        return self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
+
+    def micro_batches(self, drawn, parts: int):
+        """The step's local pairs split into ``parts`` micro-batches: ``(batch or None when
+        empty, the batch's size, whether it is the step's first part)``."""
+        mine, size = drawn
+        if parts == 1:
+            if mine is None:
+                yield self.local, size, True
+            else:
+                yield (self._batch(mine) if mine.numel() else None), size, True
+            return
+        if mine is None:
+            start, stop = _distributed.shard_bounds(self.n, self.rank, self.world_size)
+            mine = torch.arange(start, stop, device=self.prefs.device)
+        for k, chunk in enumerate(torch.tensor_split(mine, parts)):
+            yield (self._batch(chunk) if chunk.numel() else None), size, k == 0
+
+    def logits(self, model, batch: _Batch) -> torch.Tensor:
+        """The batch's preference logits; records the statistics when ``collect_stats``."""
+        if not (self.collect_stats and isinstance(model, Annotator)):
+            logits = model._indexed_logits(batch.items, batch.a, batch.b)
+            if self.collect_stats:
+                self._record(batch, logits, None, None)
+            return logits
+        log_p, omega = model._item_terms(batch.items)
+        logits = omega[batch.a] - omega[batch.b]
+        self._record(batch, logits, log_p, omega)
+        return logits
+
+    def _record(self, batch: _Batch, logits, log_p, omega) -> None:
+        with torch.no_grad():
+            y = batch.y.to(torch.float64)
+            w = torch.ones_like(y) if batch.weight is None else batch.weight.to(torch.float64)
+            h = logits.detach().to(torch.float64)
+            right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
+            values = [w.sum(), (w * h * (2 * y - 1)).sum(), (w * right).sum()]
+            for per_item in (omega, log_p):
+                if per_item is not None:
+                    v = per_item.detach().to(torch.float64)
+                    a, b = v[batch.a], v[batch.b]
+                    values += [(w * (y * a + (1 - y) * b)).sum(), (w * (y * b + (1 - y) * a)).sum()]
+            if self.tokens:
+                values.append((batch.items != PAD_TOKEN).sum().to(torch.float64))
+            stats = torch.stack(values)
+            self._stats = stats if self._stats is None else self._stats + stats
+
+    def take_stats(self) -> dict:
+        """The statistics recorded since the last call, as means (summed over processes)."""
+        if self._stats is None:
+            return {}
+        stats, self._stats = self._stats, None
+        if self.world_size > 1:
+            stats = stats.clone()
+            _distributed.all_reduce_sum_([stats])
+        values = stats.tolist()
+        total = values[0] if values[0] > 0 else float("nan")
+        out = {"rewards/margins": values[1] / total, "rewards/accuracies": values[2] / total}
+        names = []
+        if len(values) >= 7 or (len(values) == 6 and not self.tokens):
+            names = ["rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"]
+        for name, value in zip(names, values[3:], strict=False):
+            out[name] = value / total
+        if self.tokens:
+            out["tokens"] = values[-1]
+        return out
+
+    def objective(self, model, loss_fn, regularizer, part) -> torch.Tensor:
         """This process's part of the batch mean, Σ_{its slice} loss / (batch size): the parts
-        of all processes sum to the mean exactly, whatever the slice sizes (one part when
-        alone); weighted data: Σ_{its slice} w·loss / Σ_{batch} w."""
-        batch, size = drawn
+        of all processes (and micro-batches) sum to the mean exactly, whatever the slice sizes;
+        weighted data: Σ_{its slice} w·loss / Σ_{batch} w. The regularizer is added once per
+        step (to the first micro-batch of rank 0)."""
+        batch, size, first = part
         if batch is None:
             value = torch.zeros((), device=self.prefs.device)
         else:
-            per_pair = loss_fn(model._indexed_logits(batch.items, batch.a, batch.b), batch.y)
+            per_pair = loss_fn(self.logits(model, batch), batch.y)
             if batch.weight is not None:
                 per_pair = batch.weight * per_pair
             value = per_pair.sum() / size
-        if regularizer is not None and self.rank == 0:  # counted once in the sum over processes
+        if regularizer is not None and self.rank == 0 and first:
             value = value + regularizer(model)
         return value
 
@@ -424,58 +692,85 @@ class _Batch:
 
 def optimize(
     module: nn.Module,
-    objective: Callable[[torch.Generator], torch.Tensor],
+    objective: Callable[[torch.Generator], torch.Tensor | Iterable[torch.Tensor]],
     *,
     steps: int,
     lr: float,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
     schedule: str = "cosine",
+    warmup_steps: int = 0,
+    max_grad_norm: float | None = None,
+    precision: str | None = None,
     seed: int = 0,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
     description: str = "optimize",
     sharded: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    log_every: int | None = None,
+    log: str | os.PathLike | Callable[[dict], None] | None = None,
+    statistics: Callable[[], dict] | None = None,
+    evaluate: Callable[[], dict] | None = None,
+    eval_every: int | None = None,
 ) -> FitResult:
     """The one optimization loop of pbde (used by :func:`fit` and by density pre-training).
 
-    Minimizes ``objective(generator)`` over the trainable parameters of ``module`` with Adam.
-    The first step runs with validation on (if it is globally on), the rest without: the data
-    and the model do not change their kind between steps.
+    Minimizes ``objective(generator)`` over the trainable parameters of ``module`` with Adam
+    (or AdamW). The objective returns the step's value, or yields it in parts (micro-batches
+    of gradient accumulation) that are back-propagated one after another and add up to it. The
+    first step runs with validation on (if it is globally on), the rest without: the data and
+    the model do not change their kind between steps. The options (``optimizer`` …
+    ``eval_every``) are those of :func:`fit`; ``statistics()`` returns the metrics gathered by
+    the objective since its last call (logged every ``log_every`` steps), ``evaluate()`` the
+    held-out metrics, and ``on_start(step)`` learns the step the run starts (or resumes) at.
 
-    In a ``torch.distributed`` run only rank 0 shows progress and writes checkpoints (every
-    process reads the checkpoint when resuming: it must be on a file system they all see). With
-    ``sharded=True`` the objective returns this process's part of the objective, the parts of
-    all processes summing to it (see :mod:`pbde.distributed`): the parameters start from rank
-    0's values, and each step sums the values and gradients over the processes before the
-    identical Adam step everywhere.
+    In a ``torch.distributed`` run only rank 0 shows progress, logs and writes checkpoints
+    (every process reads the checkpoint when resuming: it must be on a file system they all
+    see). With ``sharded=True`` the objective returns this process's part of the objective, the
+    parts of all processes summing to it (see :mod:`pbde.distributed`): the parameters start
+    from rank 0's values, and each step sums the values and gradients over the processes before
+    the identical optimizer step everywhere.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"'steps' must be an int >= 1. Got {steps!r} instead.")
+    _check_int("steps", steps, 1)
     lr = check_positive_number("lr", lr)
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"'schedule' must be 'cosine' or 'constant'. Got {schedule!r}.")
-    if (
-        isinstance(checkpoint_every, bool)
-        or not isinstance(checkpoint_every, int)
-        or checkpoint_every < 1
-    ):
-        raise ValueError(f"'checkpoint_every' must be an int >= 1. Got {checkpoint_every!r}.")
+    if optimizer not in ("adam", "adamw"):
+        raise ValueError(f"'optimizer' must be 'adam' or 'adamw'. Got {optimizer!r}.")
+    weight_decay = check_positive_number("weight_decay", weight_decay, allow_zero=True)
+    if weight_decay and optimizer != "adamw":
+        raise ValueError(
+            f"'weight_decay' needs optimizer='adamw' (decoupled decay). Got weight_decay="
+            f"{weight_decay!r} with optimizer={optimizer!r}."
+        )
+    if schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"'schedule' must be 'cosine', 'linear' or 'constant'. Got {schedule!r}.")
+    _check_int("warmup_steps", warmup_steps, 0)
+    if warmup_steps >= steps:
+        raise ValueError(
+            f"'warmup_steps' must be < steps ({steps}), the warm-up being part of the run. Got "
+            f"{warmup_steps}."
+        )
+    if max_grad_norm is not None:
+        max_grad_norm = check_positive_number("max_grad_norm", max_grad_norm)
+    _check_int("checkpoint_every", checkpoint_every, 1)
     parameters = [p for p in module.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("The model has no trainable parameters to fit.")
-    optimizer = torch.optim.Adam(parameters, lr=lr)
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
+    autocast, scaler = _mixed_precision(precision, parameters[0].device)
+    if optimizer == "adamw":
+        optim = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        optim = torch.optim.Adam(parameters, lr=lr)
+    scheduler = _scheduler(optim, schedule, steps, warmup_steps)
     generator = torch.Generator().manual_seed(seed)
     history = torch.full((steps,), math.nan, dtype=torch.float64)
     learning_rates = torch.full((steps,), math.nan, dtype=torch.float64)
     start = 0
     if checkpoint is not None and os.path.exists(checkpoint):
-        start = _load_checkpoint(
-            checkpoint, module, optimizer, scheduler, generator, history, steps
-        )
+        start = _load_checkpoint(checkpoint, module, optim, scheduler, generator, history, steps)
+    if on_start is not None:
+        on_start(start)
     main_process = _distributed.is_main_process()
     if sharded:
         _distributed.agree_on_start(start, checkpoint)
@@ -483,15 +778,28 @@ def optimize(
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and main_process
+    logger = _MetricsLog(log if main_process else None, log_every, statistics)
     validate_first = is_validation_enabled()
     module.train()
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, desc=description, disable=not progress) as bar:
         for step in range(start, steps):
             with validation(validate_first and step == start):
-                optimizer.zero_grad(set_to_none=True)
-                value = objective(generator)
-                total = value.detach()
+                optim.zero_grad(set_to_none=True)
+                total = None
+                parts = objective(generator)
+                parts = iter([parts] if isinstance(parts, torch.Tensor) else parts)
+                while True:
+                    with autocast():
+                        value = next(parts, None)
+                    if value is None:
+                        break
+                    part = value.detach()
+                    if part.dtype in (torch.float16, torch.bfloat16):
+                        part = part.float()
+                    total = part if total is None else total + part
+                    if value.requires_grad:  # not so for an empty slice of a shard
+                        (value if scaler is None else scaler.scale(value)).backward()
                 if sharded:  # every process sees the same total, so all stop together
                     total = total.clone().reshape(1)
                     _distributed.all_reduce_sum_([total])
@@ -501,27 +809,122 @@ def optimize(
                         f"The objective became {float(total)} at step {step} of {steps}; stopping. "
                         + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
                     )
-                if value.requires_grad or not sharded:  # not so for an empty slice of a shard
-                    value.backward()
                 if sharded:
                     _distributed.all_reduce_gradients_(parameters)
-                learning_rates[step] = optimizer.param_groups[0]["lr"]
-                optimizer.step()
+                if scaler is not None:
+                    scaler.unscale_(optim)
+                grad_norm = None
+                if max_grad_norm is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+                learning_rates[step] = optim.param_groups[0]["lr"]
+                if scaler is None:
+                    optim.step()
+                else:
+                    scaler.step(optim)
+                    scaler.update()
                 scheduler.step()
             history[step] = float(total)
+            logger.step(step, history[step], learning_rates[step], grad_norm)
+            done = step + 1 == steps
+            if evaluate is not None and (done or (eval_every and (step + 1) % eval_every == 0)):
+                logger.record(step + 1, evaluate())
+                module.train()
             if (
                 checkpoint is not None
                 and main_process
-                and ((step + 1) % checkpoint_every == 0 or step + 1 == steps)
+                and ((step + 1) % checkpoint_every == 0 or done)
             ):
-                _save_checkpoint(
-                    checkpoint, module, optimizer, scheduler, generator, history, step + 1
-                )
+                _save_checkpoint(checkpoint, module, optim, scheduler, generator, history, step + 1)
             bar.update(1)
-            if progress and (step % 50 == 0 or step + 1 == steps):
+            if progress and (step % 50 == 0 or done):
                 bar.set_postfix(loss=f"{history[step]:.4f}")
     module.eval()
-    return FitResult(module, history, learning_rates, time.perf_counter() - began, steps)
+    return FitResult(
+        module, history, learning_rates, time.perf_counter() - began, steps, logger.records
+    )
+
+
+def _mixed_precision(precision, device: torch.device):
+    """``(autocast context factory, gradient scaler or None)`` for ``precision``."""
+    import contextlib
+
+    if precision is None:
+        return contextlib.nullcontext, None
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"'precision' must be None, 'bf16' or 'fp16'. Got {precision!r}.")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"'precision'='fp16' needs a CUDA device (float16 autocast with a gradient scaler); "
+            f"the model is on {device}. Use 'bf16' there."
+        )
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return autocast, scaler
+
+
+def _scheduler(optim, schedule: str, steps: int, warmup_steps: int):
+    if schedule == "cosine" and warmup_steps == 0:  # the paper's recipe, as it always ran
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=steps, eta_min=0.0)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / (steps - warmup_steps)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optim, factor)
+
+
+class _MetricsLog:
+    """The records of a run: training metrics averaged over ``every`` steps, evaluations."""
+
+    def __init__(self, destination, every: int | None, statistics):
+        self.destination, self.every, self.statistics = destination, every, statistics
+        self.records: list[dict] = []
+        self._losses: list[float] = []
+        self._norms: list[torch.Tensor] = []
+        self._since = time.perf_counter()
+
+    def step(self, step: int, loss: float, lr: float, grad_norm) -> None:
+        if self.every is None:
+            return
+        self._losses.append(loss)
+        if grad_norm is not None:
+            self._norms.append(grad_norm.detach())
+        if (step + 1) % self.every:
+            return
+        now = time.perf_counter()
+        record = {"loss": sum(self._losses) / len(self._losses), "learning_rate": float(lr)}
+        if self._norms:
+            record["grad_norm"] = float(torch.stack(self._norms).float().mean())
+        if self.statistics is not None:
+            stats = self.statistics()
+            tokens = stats.pop("tokens", None)
+            record.update(stats)
+            if tokens is not None:
+                record["tokens_per_second"] = tokens / max(now - self._since, 1e-9)
+        record["seconds"] = now - self._since
+        self._losses, self._norms, self._since = [], [], now
+        self.record(step + 1, record)
+
+    def record(self, step: int, values: dict) -> None:
+        record = {"step": step, **values}
+        self.records.append(record)
+        if self.destination is None:
+            return
+        if callable(self.destination):
+            self.destination(record)
+        else:
+            with open(self.destination, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
 
 
 def _bind_loss(loss, loss_kwargs):
@@ -537,12 +940,25 @@ def _bind_loss(loss, loss_kwargs):
     def bound(logits, y):
         return loss_fn(logits, y, **loss_kwargs)
 
+    bound._pbde_bound = True
+
     return bound
+
+
+def _trainable_state(module: nn.Module) -> dict:
+    """The module's state without its frozen reference densities (data, not what is trained:
+    a DPO reference model is never written into a checkpoint)."""
+    frozen = [
+        name + "."
+        for name, sub in module.named_modules()
+        if name and sub.__dict__.get("_memo") is not None
+    ]
+    return {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(frozen))}
 
 
 def _save_checkpoint(path, module, optimizer, scheduler, generator, history, step):
     state = {
-        "model": module.state_dict(),
+        "model": _trainable_state(module),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
@@ -562,7 +978,14 @@ def _load_checkpoint(path, module, optimizer, scheduler, generator, history, ste
             f"The checkpoint {os.fspath(path)!r} belongs to a run of {state['steps']} steps; "
             f"this run asks for steps={steps}. Use another checkpoint path."
         )
-    module.load_state_dict(state["model"])
+    expected = _trainable_state(module).keys()
+    if set(state["model"]) != set(expected):
+        raise ValueError(
+            f"The checkpoint {os.fspath(path)!r} holds another model's parameters "
+            f"({len(state['model'])} tensors, this model has {len(expected)}). Use another "
+            "checkpoint path."
+        )
+    module.load_state_dict(state["model"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"].cpu())

@@ -3,7 +3,7 @@
 from pbde.densities.base import Density
 from pbde.densities.continuous import FromDistribution, Mixture, TruncatedNormalMixture
 from pbde.densities.energy import EnergyModel, EnergyStack
-from pbde.densities.finite import Categorical, Tabulated
+from pbde.densities.finite import Categorical, Precomputed, Tabulated
 from pbde.densities.hf import CausalLM
 from pbde.densities.sequence import Autoregressive
 
@@ -11,6 +11,7 @@ __all__ = [
     "Density",
     "Categorical",
     "Tabulated",
+    "Precomputed",
     "TruncatedNormalMixture",
     "FromDistribution",
     "Mixture",

@@ -84,6 +84,11 @@ class Density(nn.Module):
         clone._memo = (None,) * 5
         return clone
 
+    def train(self, mode: bool = True) -> Density:
+        """As ``nn.Module.train``; a :meth:`frozen` copy stays in eval mode (a reference density
+        inside a model that :func:`pbde.fit` puts in training mode)."""
+        return super().train(mode and self.__dict__.get("_memo") is None)
+
     def _parameter_versions(self) -> int:
         return sum(t._version for t in itertools.chain(self.parameters(), self.buffers()))
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from pbde._validation import check_finite, check_tensor
 from pbde.densities.base import Density
+from pbde.io import PAD_TOKEN
 from pbde.support import Grid, Support, as_support
 
 
@@ -168,3 +169,150 @@ class Tabulated(Density):
         masses = self.support.masses(self.values)
         index = torch.multinomial(masses / masses.sum(), n, replacement=True, generator=generator)
         return self.support.points[index]
+
+
+class Precomputed(Density):
+    """A frozen density known on a fixed set of items: its log-probabilities computed once, then
+    looked up.
+
+    What DPO's π_ref is during training: the reference never changes, so evaluating it at every
+    step (a whole language model's forward pass) is wasted work. :meth:`of` evaluates a density
+    once on every distinct item of a data set, in batches and without gradient, and the result
+    answers ``log_prob`` for those items by lookup (a hash of each item, then an exact comparison),
+    so the reference model can be released before training starts.
+
+    Token items (integer ``(…, width)`` tensors padded on the right with ``PAD_TOKEN``) asked for at
+    another width than they were stored with are re-padded (or their all-padding columns trimmed)
+    before the lookup.
+
+    Args:
+        items: the items, shape ``(m, *event_shape)``, finite.
+        log_probs: ``log p(items)``, shape ``(m,)``, no NaN.
+
+    Raises:
+        ValueError: if the shapes do not match or ``log_probs`` holds NaN; from ``log_prob``, if
+            an item is not one of ``items``.
+
+    Example:
+        >>> p = Categorical(probs=torch.tensor([0.2, 0.3, 0.5]))
+        >>> table = Precomputed.of(p, torch.tensor([2, 0, 2]))
+        >>> table.log_prob(torch.tensor([0, 2, 2])).exp()
+        tensor([0.2000, 0.5000, 0.5000])
+    """
+
+    def __init__(self, items: torch.Tensor, log_probs: torch.Tensor):
+        super().__init__()
+        check_tensor("items", items)
+        check_tensor("log_probs", log_probs)
+        if items.ndim == 0 or items.shape[0] == 0:
+            raise ValueError(
+                f"'items' must hold at least one item. Got shape {tuple(items.shape)}."
+            )
+        if log_probs.shape != (items.shape[0],):
+            raise ValueError(
+                f"'log_probs' must have shape ({items.shape[0]},), one value per item. Got "
+                f"{tuple(log_probs.shape)}."
+            )
+        check_finite("items", items)
+        if bool(torch.isnan(log_probs).any()):
+            raise ValueError("'log_probs' must not contain NaN.")
+        self.event_shape = tuple(items.shape[1:])
+        self.register_buffer("items", items.detach().clone())
+        self.register_buffer("values", log_probs.detach().clone())
+        keys = _row_keys(self.items)
+        self.register_buffer("_sorted_keys", keys.sort().values)
+        self.register_buffer("_order", keys.argsort())
+
+    @classmethod
+    @torch.no_grad()
+    def of(
+        cls, density: Density, items: torch.Tensor, *, batch_size: int = 64, progress=None
+    ) -> Precomputed:
+        """Evaluate ``density`` once on the distinct ``items`` (batches of ``batch_size``, no
+        gradient, the density in eval mode and put back in its mode afterwards).
+
+        Args:
+            density: any :class:`Density` (e.g. a :class:`~pbde.densities.CausalLM` reference).
+            items: items, shape ``(m, *event_shape)``; repeated items are evaluated once.
+            batch_size: items per forward pass, >= 1.
+            progress: show a progress bar (default: when standard error is a terminal).
+        """
+        import sys
+
+        from tqdm.auto import tqdm
+
+        from pbde.densities.base import check_density
+
+        check_density("density", density)
+        check_tensor("items", items)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"'batch_size' must be an int >= 1. Got {batch_size!r}.")
+        distinct = torch.unique(items, dim=0) if items.ndim > 0 else items
+        if items.ndim > 1 and not items.is_floating_point():
+            # sorted by length first: batches of similar widths waste less padding
+            order = (distinct != PAD_TOKEN).reshape(distinct.shape[0], -1).sum(1).argsort()
+            distinct = distinct[order]
+        was_training = density.training
+        density.eval()
+        values = []
+        show = sys.stderr.isatty() if progress is None else progress
+        try:
+            for start in tqdm(
+                range(0, distinct.shape[0], batch_size), desc="reference", disable=not show
+            ):
+                values.append(density.log_prob(distinct[start : start + batch_size]).float().cpu())
+        finally:
+            density.train(was_training)
+        return cls(distinct.cpu(), torch.cat(values))
+
+    def __repr__(self) -> str:
+        return f"Precomputed(items={self.items.shape[0]}, event_shape={self.event_shape})"
+
+    def _validate_items(self, x: torch.Tensor) -> None:
+        if x.ndim != len(self.event_shape) + 1 or (
+            tuple(x.shape[1:-1]) != self.event_shape[:-1] if self.event_shape else x.ndim != 1
+        ):
+            super()._validate_items(x)
+        check_finite("x", x)
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._at_stored_width(x)
+        keys = _row_keys(x)
+        position = torch.searchsorted(self._sorted_keys, keys).clamp_(max=len(self._order) - 1)
+        index = self._order[position]
+        flat = x.reshape(x.shape[0], -1)
+        found = (self.items[index].reshape(x.shape[0], -1) == flat.to(self.items.dtype)).all(1)
+        if not bool(found.all()):  # a hash collision between stored items, or an unknown item
+            stored = self.items.reshape(self.items.shape[0], -1)
+            for row in torch.nonzero(~found).reshape(-1).tolist():
+                same = (stored == flat[row].to(stored.dtype)).all(1).nonzero()
+                if same.numel() == 0:
+                    raise ValueError(
+                        "'x' must hold items this Precomputed density was computed on. Row "
+                        f"{row} is not one of its {self.items.shape[0]} items."
+                    )
+                index[row] = same[0, 0]
+        return self.values[index]
+
+    def _at_stored_width(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 2 or x.shape[-1] == self.items.shape[-1] or x.is_floating_point():
+            return x
+        width = self.items.shape[-1]
+        if x.shape[-1] < width:
+            pad = torch.full((*x.shape[:-1], width - x.shape[-1]), PAD_TOKEN, dtype=x.dtype)
+            return torch.cat([x, pad.to(x.device)], dim=-1)
+        if bool((x[..., width:] != PAD_TOKEN).any()):
+            raise ValueError(
+                f"'x' must hold items this Precomputed density was computed on; some are longer "
+                f"than its width {width}."
+            )
+        return x[..., :width]
+
+
+def _row_keys(x: torch.Tensor) -> torch.Tensor:
+    """A 64-bit hash of each item (row along dim 0): equal items, equal keys."""
+    flat = x.reshape(x.shape[0], -1)
+    flat = flat.double().view(torch.int64) if flat.is_floating_point() else flat.long()
+    generator = torch.Generator().manual_seed(20231)
+    weights = torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=generator) * 2 + 1
+    return (flat * weights.to(flat.device)).sum(1)  # wraps modulo 2^64
