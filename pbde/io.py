@@ -13,7 +13,9 @@ A preference file holds one comparison per row. The columns are
                     ``0, 1, 2, …`` in order of first appearance; the names are returned in
                     :attr:`ReadResult.annotator_names` (``annotator_names[k]`` is id ``k``).
 ``weight``          optional weight ``>= 0`` of each comparison (``ReadResult.prefs.weight``, also :attr:`ReadResult.weights`).
-``prompt``          optional, kept as is (a string or a list of token ids) in
+``prompt``          optional. With text items, a string or a list of chat messages, in
+                    ``ReadResult.prefs.prompt`` (every row must have one if any row does).
+                    With other items kept as is (a string or a list of token ids) in
                     :attr:`ReadResult.prompts`; it is *not* prepended to the items.
 ==================  ==========================================================================
 
@@ -28,9 +30,20 @@ Items (``items=``) are
 * ``"tokens"``: non-empty lists of integer token ids ``>= 0`` of varying length →
   ``LongTensor`` of shape ``(n, L)`` padded on the right with :data:`PAD_TOKEN` ``= -1`` to the
   longest sequence ``L`` of ``xa`` and ``xb`` together;
+* ``"text"``: completions before tokenization, each a non-empty string (*standard*) or a
+  non-empty list of chat messages ``{"role": str, "content": str}`` (*conversational*; not in
+  CSV) → :class:`~pbde.TextPreferences` (with ``prompt``, ``y``, ``annotator_id``, ``weight``);
+  all items and prompts of a file share one format. Nothing is tokenized here.
+* ``"name"``: strings naming the items of a finite support (``"Boston"``, ``"Ohio State"``)
+  → ``LongTensor`` ids ``0, 1, 2, …`` in order of first appearance (row by row, ``xa`` before
+  ``xb``); :attr:`ReadResult.item_names` ``[k]`` is the name of id ``k``;
 * ``"auto"`` (default): scalars → ``"id"`` if every item is an integer, else ``"number"``;
-  lists → ``"tokens"`` if every element is an integer, else ``"vector"``. Whether items are
-  scalars or lists is fixed by the first row that has a readable item.
+  lists of numbers → ``"tokens"`` if every element is an integer, else ``"vector"``; strings and
+  message lists → ``"text"``, except that strings are ``"name"`` when there is no ``prompt``
+  column, every item is a string of at most 64 characters without a line break, and some item
+  occurs more than once (pass ``items="text"`` to keep them as text). Whether items are
+  numbers, lists or text is fixed by the first row that has a readable item. In CSV an item
+  column is text when any of its cells is neither empty, a number, nor a ``[...]`` list.
 
 Row numbers in every :class:`Problem` are 0-based data rows: for JSON Lines the 0-based line
 number (line ``row + 1`` of the file; blank lines are skipped but counted); for CSV the 0-based
@@ -62,7 +75,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from pbde.data import Preferences
+from pbde.data import Preferences, TextPreferences
 
 __all__ = [
     "PAD_TOKEN",
@@ -77,7 +90,8 @@ __all__ = [
 PAD_TOKEN = -1
 """Value that pads token sequences on the right to the longest sequence."""
 
-ITEM_KINDS = ("auto", "id", "number", "vector", "tokens")
+ITEM_KINDS = ("auto", "id", "number", "vector", "tokens", "text", "name")
+_NAME_MAX_CHARS = 64
 FORMATS = ("jsonl", "csv", "parquet")
 _SUFFIXES = {
     ".jsonl": "jsonl",
@@ -114,7 +128,8 @@ class ReadResult:
         prefs: the comparisons, ready for :func:`pbde.fit`.
         dropped: number of rows dropped (``on_error="drop"``); 0 otherwise.
         problems: every :class:`Problem` found (empty unless rows were dropped).
-        items: the item kind used (``"id"``, ``"number"``, ``"vector"`` or ``"tokens"``).
+        items: the item kind used (``"id"``, ``"number"``, ``"vector"``, ``"tokens"``,
+            ``"text"`` (then ``prefs`` is a :class:`~pbde.TextPreferences`) or ``"name"``).
         weights: per-comparison weights, shape ``(n,)``, or ``None`` without a ``weight`` column.
         prompts: per-comparison prompts (str or list of token ids), or ``None`` without a
             ``prompt`` column.
@@ -124,9 +139,11 @@ class ReadResult:
         rows_read: number of data rows seen (kept + dropped).
         rows: 0-based row number in the source of each kept comparison, shape ``(n,)``, to join
             the comparisons back to other columns.
+        item_names: with ``items="name"``, ``item_names[k]`` is the name of item id ``k``;
+            ``None`` otherwise.
     """
 
-    prefs: Preferences
+    prefs: Preferences | TextPreferences
     dropped: int = 0
     problems: list[Problem] = field(default_factory=list)
     items: str = "number"
@@ -136,6 +153,7 @@ class ReadResult:
     ignored_columns: list[str] = field(default_factory=list)
     rows_read: int = 0
     rows: torch.Tensor | None = None
+    item_names: list[str] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -290,6 +308,65 @@ def _parse_item(value, kind: str):
     return False, _as_float(value, "item"), False
 
 
+def _looks_textual(value) -> bool:
+    """A string, or a non-empty list whose first element is a mapping (a chat message)."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype == object and value.size > 0 and isinstance(value.flat[0], Mapping)
+    return isinstance(value, (list, tuple)) and len(value) > 0 and isinstance(value[0], Mapping)
+
+
+def _parse_text(value, what: str, allow_empty: bool = False) -> tuple[str, Any]:
+    """Return ``(format, value)`` for a text field: ``"standard"`` (a string) or
+    ``"conversational"`` (a list of ``{"role", "content"}`` dicts); raise ``_Bad`` otherwise."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, str):
+        if not value and not allow_empty:
+            raise _Bad(f"empty {what} (text must be non-empty)")
+        return "standard", value
+    if isinstance(value, (list, tuple)):
+        if not value and not allow_empty:
+            raise _Bad(f"empty {what} (a message list must hold at least one message)")
+        messages = []
+        for message in value:
+            if (
+                not isinstance(message, Mapping)
+                or not isinstance(message.get("role"), str)
+                or not isinstance(message.get("content"), str)
+            ):
+                raise _Bad(
+                    f"{what} must be a string or a list of chat messages (dicts with string "
+                    f"'role' and 'content'); got the element {_short(message)}"
+                )
+            # Arrow structs give every message every key of the column: None means absent
+            messages.append({k: v for k, v in message.items() if v is not None})
+        return "conversational", messages
+    raise _Bad(
+        f"{what} must be a string or a list of chat messages, got {type(value).__name__} "
+        f"{_short(value)}"
+    )
+
+
+def _look_like_names(pairs: list) -> bool:
+    """The ``items="auto"`` rule for strings without a prompt column: names when every item is
+    a string of at most 64 characters on one line and some item occurs more than once."""
+    seen: set[str] = set()
+    repeated = False
+    for pair in pairs:
+        for value in pair:
+            if not isinstance(value, str) or len(value) > _NAME_MAX_CHARS or "\n" in value:
+                return False
+            repeated = repeated or value in seen
+            seen.add(value)
+    return repeated
+
+
+def _describe_format(form: str) -> str:
+    return "a string" if form == "standard" else "a list of chat messages"
+
+
 def _parse_bool(value) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -325,6 +402,12 @@ class _Builder:
         self.weights: list[np.ndarray] = []  # NaN where missing
         self.prompts: list = []
         self.has_prompt = False
+        # text items ("text", "name"): fixed by the first row with a readable item
+        self.text: bool | None = True if items in ("text", "name") else None
+        self.text_row = -1
+        self.text_format: str | None = None  # "standard" or "conversational"
+        self.format_row = -1
+        self.texts: list = []  # per stored row: (xa, xb) for text items, else None
         self.seen_columns: set[str] = set()
 
     # one chunk of rows, each a Mapping from column to value (missing: absent or None)
@@ -362,8 +445,10 @@ class _Builder:
                     flat.extend(item)
                     lengths.append(len(item))
                 stored = (np.array(flat, dtype=dtype), np.array(lengths, np.int64))
-            else:  # scalars, or no readable item yet (then every row here is bad)
-                column = [0 if values is None else values[k] for values in parsed_items]
+            else:  # scalars, text (stored aside), or no readable item yet (all rows bad)
+                column = [
+                    0 if values is None or self.text else values[k] for values in parsed_items
+                ]
                 stored = (np.array(column, dtype=dtype), None)
             getattr(self, name).append(stored)
         self.rows.append(np.asarray(rows, dtype=np.int64))
@@ -372,6 +457,7 @@ class _Builder:
         self.ids.append(ids)
         self.weights.append(weights)
         self.prompts.extend(prompts)
+        self.texts.extend(parsed_items if self.text else [None] * m)
 
     def add_records(self, rows: list[int], records: list, pre: dict[int, list[Problem]]) -> None:
         """Like :meth:`add_rows`, through the vectorized path where the columns allow it."""
@@ -487,6 +573,7 @@ class _Builder:
             self.ids.append(ids[good])
             self.weights.append(weights[good])
             self.prompts.extend([None] * good.size)
+            self.texts.extend([None] * good.size)
         bad = np.flatnonzero(~clean)
         if bad.size:
             import pyarrow as pa
@@ -505,7 +592,12 @@ class _Builder:
         """The batch's columns by pbde name if the vectorized path applies, else ``None``."""
         import pyarrow.types as types
 
-        if self.kind in ("vector", "tokens") or self.is_list or len(set(names)) != len(names):
+        if (
+            self.kind in ("vector", "tokens", "text", "name")
+            or self.is_list
+            or self.text
+            or len(set(names)) != len(names)
+        ):
             return None
         if len(set(batch.schema.names)) != len(batch.schema.names):
             return None
@@ -556,6 +648,35 @@ class _Builder:
             if isinstance(value, _Invalid):
                 bad(column, value.message)
                 continue
+            textual = self.text if self.text is not None else _looks_textual(value)
+            if self.kind == "auto" and self.text is not None and textual != _looks_textual(value):
+                what = "text" if self.text else "numbers"
+                bad(
+                    column,
+                    f"items are {what} (fixed by row {self.text_row}), got {_short(value)}",
+                )
+                continue
+            if textual:
+                try:
+                    if self.kind == "name" and not isinstance(value, str):
+                        raise _Bad(f"items are names (strings), got {_short(value)}")
+                    form, parsed_value = _parse_text(value, f"'{column}'")
+                    if self.text_format is None:
+                        self.text_format, self.format_row = form, row
+                    elif form != self.text_format:
+                        raise _Bad(
+                            f"mixed text formats: items are {self.text_format} (fixed by row "
+                            f"{self.format_row}), got {_describe_format(form)}"
+                        )
+                except _Bad as error:
+                    bad(column, str(error))
+                    continue
+                if self.text is None:
+                    self.text, self.text_row = True, row
+                parsed.append(parsed_value)
+                continue
+            if self.text is None:
+                self.text, self.text_row = False, row
             try:
                 is_list, parsed_value, all_int = _parse_item(value, self.kind)
             except _Bad as error:
@@ -660,6 +781,20 @@ class _Builder:
             prompt = None
         if isinstance(prompt, np.ndarray):
             prompt = prompt.tolist()
+        if prompt is not None and self.text:
+            try:
+                if self.kind == "name":
+                    raise _Bad("items are names: a 'prompt' column makes them text (items='text')")
+                form, prompt = _parse_text(prompt, "'prompt'", allow_empty=True)
+                if self.text_format is None:
+                    self.text_format, self.format_row = form, row
+                elif form != self.text_format:
+                    raise _Bad(
+                        f"mixed text formats: rows are {self.text_format} (fixed by row "
+                        f"{self.format_row}), got {_describe_format(form)}"
+                    )
+            except _Bad as error:
+                bad("prompt", str(error))
         if prompt is not None:
             self.has_prompt = True
         prompts.append(prompt)
@@ -680,7 +815,9 @@ class _Builder:
         y_all = np.concatenate(self.y) if self.y else np.zeros(0)
         self.rows, self.ok, self.ids, self.weights, self.y = [], [], [], [], []
         kind = self.kind
-        if kind == "auto":
+        if self.text and kind == "auto":
+            kind = "text"  # "name" is decided below, once the kept rows are known
+        elif kind == "auto":
             if self.is_list:
                 kind = "vector" if self.any_float else "tokens"
             else:
@@ -725,10 +862,11 @@ class _Builder:
             late.append(
                 Problem(int(rows[j]), "weight", f"weight overflows {torch.get_default_dtype()}")
             )
-        for name, _values, missing in (
-            ("annotator_id", ids, ids < 0),
-            ("weight", weights, np.isnan(weights)),
-        ):
+        checks = [("annotator_id", ids, ids < 0), ("weight", weights, np.isnan(weights))]
+        if self.text and self.has_prompt:
+            no_prompt = np.fromiter((p is None for p in self.prompts), bool, len(self.prompts))
+            checks.append(("prompt", None, no_prompt))
+        for name, _values, missing in checks:
             if bool((~missing & ok).any()):
                 for j in np.flatnonzero(missing & ok):
                     late.append(
@@ -748,8 +886,9 @@ class _Builder:
         keep = order[ok[order]]  # storage positions of the kept rows, in file order
         y = torch.as_tensor(y_all[keep]).to(torch.get_default_dtype())
         tensors = []
-        for values, lengths in ((xa, la), (xb, lb)):
-            tensors.append(self._items(values, lengths, keep, kind, la, lb))
+        if kind not in ("text", "name"):
+            for values, lengths in ((xa, la), (xb, lb)):
+                tensors.append(self._items(values, lengths, keep, kind, la, lb))
         annotator = torch.as_tensor(ids[keep]) if (ids[keep] >= 0).any() else None
         w = weights[keep]
         weight_tensor = None
@@ -768,7 +907,28 @@ class _Builder:
         if self.id_type is str and annotator is not None:
             names = list(self.names)
         ignored = sorted(self.seen_columns - set(_KNOWN))
-        prefs = Preferences(tensors[0], tensors[1], y, annotator, weight_tensor)
+        item_names = None
+        if kind in ("text", "name"):
+            pairs = [self.texts[j] for j in keep]
+            if self.kind == "auto" and not self.has_prompt and _look_like_names(pairs):
+                kind = "name"
+            if kind == "name":
+                index: dict[str, int] = {}
+                ids_a = [index.setdefault(a, len(index)) for a, _ in pairs]
+                ids_b = [index.setdefault(b, len(index)) for _, b in pairs]
+                tensors = [torch.tensor(ids_a, dtype=torch.long), torch.tensor(ids_b)]
+                item_names = list(index)
+        if kind == "text":
+            prefs = TextPreferences(
+                prompts,
+                [a for a, _ in pairs],
+                [b for _, b in pairs],
+                y,
+                annotator,
+                weight_tensor,
+            )
+        else:
+            prefs = Preferences(tensors[0], tensors[1], y, annotator, weight_tensor)
         return ReadResult(
             prefs=prefs,
             dropped=int(n - keep.size),
@@ -780,6 +940,7 @@ class _Builder:
             ignored_columns=ignored,
             rows_read=int(n),
             rows=torch.as_tensor(rows[keep]),
+            item_names=item_names,
         )
 
     def _concat(self, parts):
@@ -898,7 +1059,13 @@ def _csv_number(text: str):
         return _Invalid(f"not a number: {_short(text)}")
 
 
-def _csv_cell(column: str, text: str):
+_CSV_MESSAGES = (
+    "chat message lists cannot be read from CSV cells; store conversational data as JSON Lines "
+    "or Parquet"
+)
+
+
+def _csv_cell(column: str, text: str, kind: str = "auto"):
     try:
         text.encode("utf-8")  # undecodable bytes were kept as lone surrogates
     except UnicodeEncodeError:
@@ -909,14 +1076,22 @@ def _csv_cell(column: str, text: str):
         stripped = text.strip()
         if stripped.startswith("["):
             try:
-                return json.loads(stripped)
+                value = json.loads(stripped)
             except (ValueError, RecursionError):
-                if column == "prompt":
-                    return text
+                value = None
+            if _looks_textual(value):
+                return _Invalid(_CSV_MESSAGES)
+            if kind in ("text", "name") or (value is None and column == "prompt"):
+                return text
+            if value is None:
                 return _Invalid(f"unparseable list {_short(stripped)}")
-        if column == "prompt":
+            return value
+        if column == "prompt" or kind in ("text", "name"):
             return text
-        return _csv_number(text)
+        number = _csv_number(text)
+        if isinstance(number, _Invalid) and kind == "auto":
+            return text  # a text item (or a name): validated as such
+        return number
     if column in ("y", "label", "weight"):
         return _csv_number(text)
     if column == "tie":
@@ -930,6 +1105,25 @@ def _csv_cell(column: str, text: str):
         parsed = text.strip()
         return int(parsed) if _INT_TEXT.fullmatch(parsed) else parsed
     return text
+
+
+def _csv_has_text_items(path, header: list[str]) -> bool:
+    """Whether some item cell of the CSV file is text: not empty, not a number, not a list."""
+    positions = [k for k, h in enumerate(header) if h in ("xa", "xb", "chosen", "rejected")]
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return False
+            except csv.Error:
+                continue
+            for k in positions:
+                text = cells[k].strip() if k < len(cells) else ""
+                if text and not text.startswith("[") and isinstance(_csv_number(text), _Invalid):
+                    return True
 
 
 def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
@@ -951,6 +1145,9 @@ def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
             )
         if len(set(header)) != len(header):
             raise ValueError(f"{builder.source} has duplicate column names in its header {header}.")
+        kind = builder.kind
+        if kind == "auto" and _csv_has_text_items(path, header):
+            kind = "text"  # one non-numeric item cell makes every item cell text, as in Arrow
 
         def records():
             row = 0
@@ -984,7 +1181,9 @@ def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
                         )
                     ]
                 else:
-                    out.append({h: _csv_cell(h, c) for h, c in zip(header, cells, strict=True)})
+                    out.append(
+                        {h: _csv_cell(h, c, kind) for h, c in zip(header, cells, strict=True)}
+                    )
             builder.add_records(rows, out, pre)
 
 
@@ -1044,8 +1243,8 @@ def read_preferences(
         source: path (str or ``os.PathLike``) of the file.
         format: ``"jsonl"``, ``"csv"`` or ``"parquet"``; inferred from the suffix (``.jsonl``,
             ``.json-lines``, ``.ndjson``, ``.csv``, ``.parquet``, ``.pq``) when ``None``.
-        items: ``"auto"``, ``"id"``, ``"number"``, ``"vector"`` or ``"tokens"`` (see the module
-            docstring).
+        items: ``"auto"``, ``"id"``, ``"number"``, ``"vector"``, ``"tokens"``, ``"text"`` or
+            ``"name"`` (see the module docstring).
         on_error: ``"raise"`` (a ``ValueError`` listing every problem) or ``"drop"`` (drop the
             rows with problems; they are counted and described in the result).
         chunk_rows: rows parsed per chunk (Parquet record batch, JSON Lines/CSV line batch).
@@ -1179,9 +1378,15 @@ def _rows_of(x: torch.Tensor, kind: str) -> list:
     return values.tolist()
 
 
-def write_preferences(prefs: Preferences, path, *, format: str | None = None) -> None:
+def write_preferences(
+    prefs: Preferences | TextPreferences, path, *, format: str | None = None
+) -> None:
     """Write comparisons to a JSON Lines, CSV or Parquet file (columns ``xa``, ``xb``, ``y``, and
     ``annotator_id`` and ``weight`` when the data have them).
+
+    A :class:`~pbde.TextPreferences` is written as the records of its
+    :meth:`~pbde.TextPreferences.to_records` (``prompt``, ``chosen``/``rejected`` or
+    ``xa``/``xb``/``y``, ...); conversational data cannot be written as CSV.
 
     Integer items of shape ``(n,)`` are written as ids, float items as numbers, float ``(n, d)``
     as vectors (lists), integer ``(n, L)`` as token lists with the trailing :data:`PAD_TOKEN`
@@ -1190,12 +1395,20 @@ def write_preferences(prefs: Preferences, path, *, format: str | None = None) ->
     padding in every row comes back narrower).
 
     Raises:
-        TypeError: if ``prefs`` is not a :class:`~pbde.Preferences`.
+        TypeError: if ``prefs`` is neither a :class:`~pbde.Preferences` nor a
+            :class:`~pbde.TextPreferences`.
         ValueError: for items of more than one dimension, negative token ids other than
             trailing padding, or an unknown format.
     """
+    if isinstance(prefs, TextPreferences):
+        path = os.fspath(path)
+        _write_text(prefs, path, _resolve_format(path, format))
+        return
     if not isinstance(prefs, Preferences):
-        raise TypeError(f"'prefs' must be a pbde.Preferences. Got {type(prefs).__name__}.")
+        raise TypeError(
+            f"'prefs' must be a pbde.Preferences or pbde.TextPreferences. Got "
+            f"{type(prefs).__name__}."
+        )
     path = os.fspath(path)
     fmt = _resolve_format(path, format)
     kind, _ = _item_lists(prefs.xa)
@@ -1233,6 +1446,29 @@ def write_preferences(prefs: Preferences, path, *, format: str | None = None) ->
                     if w is not None:
                         cells.append(repr(w[i]))
                     writer.writerow(cells)
+
+
+def _write_text(prefs: TextPreferences, path: str, fmt: str) -> None:
+    """Write text comparisons as the records of :meth:`TextPreferences.to_records`."""
+    records = prefs.to_records()
+    if fmt == "parquet":
+        pa = _require_pyarrow()
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path, row_group_size=65536)
+        return
+    if fmt == "csv" and prefs.conversational:
+        raise ValueError(
+            f"Cannot write {path!r} as CSV: {_CSV_MESSAGES} (the data are conversational)."
+        )
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        if fmt == "jsonl":
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            return
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
 
 
 def _check_tokens(rows, kind):

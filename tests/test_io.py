@@ -435,7 +435,7 @@ def test_whole_file_errors(tmp_path):
     with pytest.raises(TypeError, match="'source' must be a path"):
         io.read_preferences([{"xa": 1}])
     with pytest.raises(ValueError, match="'items' must be one of"):
-        io.from_records([], items="text")
+        io.from_records([], items="words")
     with pytest.raises(ValueError, match="'on_error' must be 'raise' or 'drop'"):
         io.from_records([], on_error="skip")
     with pytest.raises(ValueError, match="'chunk_rows' must be an int >= 1. Got 0"):
@@ -447,7 +447,9 @@ def test_whole_file_errors(tmp_path):
 
 
 def test_writer_errors(tmp_path):
-    with pytest.raises(TypeError, match="'prefs' must be a pbde.Preferences"):
+    with pytest.raises(
+        TypeError, match="'prefs' must be a pbde.Preferences or pbde.TextPreferences"
+    ):
         io.write_preferences({"xa": 1}, tmp_path / "a.jsonl")
     cube = pbde.Preferences(torch.zeros(2, 2, 2), torch.zeros(2, 2, 2), torch.ones(2))
     with pytest.raises(ValueError, match=r"items of shape \(2, 2\)"):
@@ -533,13 +535,20 @@ def oracle_items(record):
 def check_parse(result, records):
     prefs = result.prefs
     n = len(prefs)
-    assert prefs.xa.shape[0] == prefs.xb.shape[0] == n == result.rows.shape[0]
+    assert len(prefs.xa) == len(prefs.xb) == n == result.rows.shape[0]
     assert result.dropped == result.rows_read - n == len({p.row for p in result.problems})
     assert bool(((prefs.y >= 0) & (prefs.y <= 1)).all())
     for position, row in enumerate(result.rows.tolist()):
         record = records[row]
         assert prefs.y[position].item() == pytest.approx(oracle_label(record), abs=1e-6)
         xa, xb = oracle_items(record)
+        if result.items == "text":  # junk strings as items: the text itself
+            assert (prefs.xa[position], prefs.xb[position]) == (xa, xb)
+            continue
+        if result.items == "name":
+            names = result.item_names
+            assert (names[prefs.xa[position]], names[prefs.xb[position]]) == (xa, xb)
+            continue
         assert prefs.xa[position].item() == pytest.approx(float(xa))
         assert prefs.xb[position].item() == pytest.approx(float(xb))
 
@@ -739,3 +748,146 @@ def test_weights_round_trip_into_preferences(tmp_path, fmt):
     read = pbde.io.read_preferences(path)
     assert torch.equal(read.prefs.weight, weight)
     assert torch.equal(read.weights, weight)
+
+
+# -- text items: TextPreferences, before tokenization ----------------------------------------
+
+TEXT_RECORDS = [
+    {"prompt": "2+2=", "xa": "4", "xb": "5", "y": 1.0, "annotator_id": 3, "weight": 0.5},
+    {"prompt": "Capital of France?", "xa": "Lyon", "xb": "Paris, of course.", "y": 0.0,
+     "annotator_id": 0, "weight": 2.0},
+    {"prompt": "", "xa": "a, \"quoted\"\nline", "xb": "é ü 中", "y": 0.5, "annotator_id": 1,
+     "weight": 1.0},
+]  # fmt: skip
+CHAT = [
+    {
+        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go."}],
+    },
+    {
+        "chosen": [{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "22"}],
+    },
+]
+
+
+def assert_same_text(got, expected_records, prompt=True):
+    assert isinstance(got, pbde.TextPreferences)
+    first, second = ("xa", "xb") if "xa" in expected_records[0] else ("chosen", "rejected")
+    assert got.xa == [r[first] for r in expected_records]
+    assert got.xb == [r[second] for r in expected_records]
+    assert got.prompt == ([r["prompt"] for r in expected_records] if prompt else None)
+    assert got.y.tolist() == [r.get("y", 1.0) for r in expected_records]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv"])
+def test_text_round_trip(tmp_path, fmt):
+    records = [dict(r) for r in TEXT_RECORDS]
+    if fmt == "csv":
+        records[2]["prompt"] = "?"  # an empty CSV cell is a missing value, not ""
+    data = pbde.TextPreferences(
+        [r["prompt"] for r in records],
+        [r["xa"] for r in records],
+        [r["xb"] for r in records],
+        torch.tensor([r["y"] for r in records]),
+        torch.tensor([r["annotator_id"] for r in records]),
+        torch.tensor([r["weight"] for r in records]),
+    )
+    path = tmp_path / f"text.{fmt}"
+    io.write_preferences(data, path)
+    result = io.read_preferences(path)
+    assert result.items == "text" and result.dropped == 0
+    assert_same_text(result.prefs, records)
+    assert result.prefs.annotator_id.tolist() == [3, 0, 1]
+    assert result.prefs.weight.tolist() == [0.5, 2.0, 1.0]
+    assert result.prompts == [r["prompt"] for r in records]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_conversational_round_trip(tmp_path, fmt):
+    data = pbde.TextPreferences(None, [r["chosen"] for r in CHAT], [r["rejected"] for r in CHAT])
+    path = tmp_path / f"chat.{fmt}"
+    io.write_preferences(data, path)
+    result = io.read_preferences(path)
+    assert result.items == "text" and result.prefs.conversational
+    assert_same_text(result.prefs, CHAT, prompt=False)
+
+
+def test_conversational_data_and_csv(tmp_path):
+    data = pbde.TextPreferences(None, [r["chosen"] for r in CHAT], [r["rejected"] for r in CHAT])
+    with pytest.raises(ValueError, match="cannot be read from CSV cells.*JSON Lines or Parquet"):
+        io.write_preferences(data, tmp_path / "chat.csv")
+    path = tmp_path / "chat.csv"
+    pd.DataFrame({k: [json.dumps(r[k]) for r in CHAT] for k in ("chosen", "rejected")}).to_csv(
+        path, index=False
+    )
+    with pytest.raises(ValueError, match=r"column 'chosen': chat message lists cannot be read"):
+        io.read_preferences(path)
+
+
+def test_text_from_records_dataframe_and_arrow_agree():
+    expected = [dict(r) for r in TEXT_RECORDS]
+    for result in (
+        io.from_records(TEXT_RECORDS),
+        io.from_dataframe(pd.DataFrame(TEXT_RECORDS)),
+        io.from_records(CHAT),
+    ):
+        assert result.items == "text"
+    assert_same_text(io.from_records(TEXT_RECORDS).prefs, expected)
+    assert_same_text(io.from_dataframe(pd.DataFrame(TEXT_RECORDS)).prefs, expected)
+    assert_same_text(io.from_records(CHAT).prefs, CHAT, prompt=False)
+
+
+def test_text_problems_are_reported_row_by_row(tmp_path):
+    chat = [{"role": "user", "content": "hi"}]
+    lines = [
+        {"prompt": "p0", "chosen": "good", "rejected": "bad"},  # 0 ok, fixes "standard"
+        {"prompt": "p1", "chosen": "", "rejected": "bad"},  # 1 empty completion
+        {"chosen": "good", "rejected": "bad"},  # 2 no prompt (others have one)
+        {"prompt": "p3", "chosen": 7, "rejected": "bad"},  # 3 a number among text
+        {"prompt": "p4", "chosen": chat, "rejected": "bad"},  # 4 mixed formats
+        {"prompt": "p5", "chosen": [{"role": "user"}], "rejected": "x"},  # 5 bad message
+        {"prompt": "p6", "chosen": "fine", "rejected": "also fine"},  # 6 ok
+    ]
+    path = write_lines(tmp_path / "t.jsonl", [json.dumps(r) for r in lines])
+    with pytest.raises(ValueError) as info:
+        io.read_preferences(path)
+    message = str(info.value)
+    assert "5 problem(s)" in message
+    out = io.read_preferences(path, on_error="drop")
+    assert [(p.row, p.column) for p in out.problems] == [
+        (1, "chosen"),
+        (2, "prompt"),
+        (3, "chosen"),
+        (4, "chosen"),
+        (5, "chosen"),
+    ]
+    texts = [p.message for p in out.problems]
+    assert "empty 'chosen'" in texts[0]
+    assert "missing 'prompt' (other rows have one)" in texts[1]
+    assert "items are text (fixed by row 0), got 7" in texts[2]
+    assert "mixed text formats" in texts[3]
+    assert "string 'role' and 'content'" in texts[4]
+    assert out.dropped == 5 and out.rows.tolist() == [0, 6]
+    assert out.prefs.xa == ["good", "fine"] and out.prefs.prompt == ["p0", "p6"]
+
+
+def test_items_text_forces_text_and_names_map_to_ids(tmp_path):
+    records = [
+        {"xa": "Boston", "xb": "Ohio State", "y": 1},
+        {"xa": "Ohio State", "xb": "Yale", "y": 0},
+        {"xa": "Yale", "xb": "Boston", "y": 0.5},
+    ]
+    names = io.from_records(records)
+    assert names.items == "name" and names.item_names == ["Boston", "Ohio State", "Yale"]
+    assert names.prefs.xa.tolist() == [0, 1, 2] and names.prefs.xb.tolist() == [1, 2, 0]
+    assert names.prefs.xa.dtype == torch.int64
+    text = io.from_records(records, items="text")
+    assert text.items == "text" and text.prefs.xa == ["Boston", "Ohio State", "Yale"]
+    path = tmp_path / "names.csv"
+    pd.DataFrame(records).to_csv(path, index=False)
+    from_csv = io.read_preferences(path)
+    assert from_csv.items == "name" and from_csv.item_names == names.item_names
+    assert torch.equal(from_csv.prefs.xb, names.prefs.xb)
+    with pytest.raises(ValueError, match=r"row 0, column 'xa': items are names \(strings\)"):
+        io.from_records([{"xa": 3, "xb": "x", "y": 1}], items="name")
