@@ -521,7 +521,8 @@ class _Builder:
             if array.null_count == 0:
                 return array.to_numpy(zero_copy_only=False), np.zeros(len(array), dtype=bool)
             nulls = array.is_null().to_numpy(zero_copy_only=False)
-            return array.fill_null(0).to_numpy(zero_copy_only=False), nulls
+            filler = False if array.type == "bool" else 0
+            return array.fill_null(filler).to_numpy(zero_copy_only=False), nulls
 
         clean = np.ones(batch.num_rows, dtype=bool)
         chosen_mode = "chosen" in columns
