@@ -157,25 +157,82 @@ def length_normalized(length: FunctionOfX) -> PBDE:
     return behavior
 
 
-def dpo(beta: float, reference) -> PBDE:
+def dpo(beta: float, reference, *, length: FunctionOfX | None = None) -> PBDE:
     """DPO's implicit behavior: f = β, g = −β·log π_ref (Dumoulin et al., eq. 15).
 
     Under a Luce annotator its optimum is π ∝ π_ref · p*^{1/β} (eq. 16). With the squared loss
     :func:`pbde.losses.ipo` and β = 1 it is IPO (Azar et al., eq. 17).
 
+    With ``length``, the log-ratio is divided by the item's length, the convention of TRL's
+    ``"ipo"`` and ``"sigmoid_norm"`` losses (which divide by the number of completion tokens):
+    f(x) = β/|x|, g(x) = −β·log π_ref(x)/|x|, so Ω(x) = β·(log π(x) − log π_ref(x))/|x|. For a
+    :class:`~pbde.densities.CausalLM` ``lm``:
+
+    * TRL ``DPOConfig(loss_type="ipo", beta=τ)`` is ``pbde.dpo(1.0, ref, length=lm.length)``
+      with ``pbde.losses.ipo(tau=τ)``;
+    * TRL ``loss_type="sigmoid_norm"`` is ``pbde.dpo(β, ref, length=lm.length)`` with
+      ``pbde.losses.bce``;
+    * TRL ``loss_type="sigmoid"`` is ``pbde.dpo(β, ref)`` with ``bce``, and ``"hinge"``
+      (``relu(1 − β·Δ)``) is ``pbde.dpo(β, ref)`` with ``pbde.losses.hinge(delta=1)``.
+
     Args:
         beta: inverse temperature, > 0.
         reference: the reference density π_ref; a frozen copy is kept.
+        length: optional callable mapping a batch of items to their lengths, shape
+            ``(batch,)``, all > 0 (e.g. :meth:`pbde.densities.CausalLM.length`, the number of
+            completion tokens). Default ``None``: no division (eq. 15).
+
+    Raises:
+        ValueError: if ``beta`` is not > 0; when evaluated (validation on), if ``length(x)`` is
+            not > 0 at some ``x``.
+        TypeError: if ``length`` is neither ``None`` nor a callable.
+
+    Example:
+        >>> import torch, pbde
+        >>> ref = pbde.densities.Categorical(probs=torch.tensor([0.5, 0.5]))
+        >>> b = pbde.dpo(2.0, ref, length=lambda x: x + 1)
+        >>> b.omega(torch.log(torch.tensor([0.25, 0.125])), torch.tensor([0, 1]))
+        tensor([-1.3863, -1.3863])
     """
     beta = check_positive_number("beta", beta)
+    if length is not None and not callable(length):
+        raise TypeError(f"'length' must be None or a callable of x. Got {length!r} instead.")
     ref = _frozen(reference)
 
-    def minus_beta_log_ref(x: torch.Tensor) -> torch.Tensor:
-        return -beta * ref.log_prob(x)
+    if length is None:
 
-    minus_beta_log_ref.__name__ = f"-{beta:g}·log π_ref"
-    behavior = PBDE(beta, minus_beta_log_ref, name=f"dpo(beta={beta:g})", references=(ref,))
-    behavior._builtin = {"name": "dpo", "beta": beta}
+        def minus_beta_log_ref(x: torch.Tensor) -> torch.Tensor:
+            return -beta * ref.log_prob(x)
+
+        minus_beta_log_ref.__name__ = f"-{beta:g}·log π_ref"
+        behavior = PBDE(beta, minus_beta_log_ref, name=f"dpo(beta={beta:g})", references=(ref,))
+        behavior._builtin = {"name": "dpo", "beta": beta}
+        return behavior
+
+    def checked_length(x: torch.Tensor) -> torch.Tensor:
+        n = torch.as_tensor(length(x))
+        if is_validation_enabled():
+            check_all_positive("length(x)", n)
+        return n.to(torch.get_default_dtype())
+
+    def beta_over_length(x: torch.Tensor) -> torch.Tensor:
+        return beta / checked_length(x)
+
+    def minus_beta_log_ref_over_length(x: torch.Tensor) -> torch.Tensor:
+        log_ref = ref.log_prob(x)
+        return -beta * log_ref / checked_length(x).to(log_ref)
+
+    beta_over_length.__name__ = f"{beta:g}/length"
+    minus_beta_log_ref_over_length.__name__ = f"-{beta:g}·log π_ref/length"
+    behavior = PBDE(
+        beta_over_length,
+        minus_beta_log_ref_over_length,
+        name=f"dpo(beta={beta:g}, per length)",
+        references=(ref,),
+    )
+    # pbde.save_model writes this as data when `length` counts tokens (see pbde.serialization)
+    behavior._builtin = {"name": "dpo", "beta": beta, "length_normalized": True}
+    behavior._length = length
     return behavior
 
 

@@ -45,10 +45,15 @@ Items (``items=``) are
   numbers, lists or text is fixed by the first row that has a readable item. In CSV an item
   column is text when any of its cells is neither empty, a number, nor a ``[...]`` list.
 
-Row numbers in every :class:`Problem` are 0-based data rows: for JSON Lines the 0-based line
-number (line ``row + 1`` of the file; blank lines are skipped but counted); for CSV the 0-based
-record after the header (the header is not counted; blank records are skipped but counted);
-for Parquet, pandas and records the 0-based position.
+Row numbers in every :class:`Problem` (and :attr:`ReadResult.rows`) are, for text files, the
+1-based line numbers an editor shows: for JSON Lines the line of the record (blank lines are
+skipped but counted); for CSV the line where the record starts, the header being line 1. For
+Parquet, Arrow tables, DataFrames and records they are 0-based positions.
+
+Files are parsed by Arrow's engines (``pyarrow.json``, ``pyarrow.csv.open_csv``,
+``pyarrow.parquet``) and validated column by column; where Arrow refuses a part of a file (a
+malformed JSON line, a column whose type changes, a key given twice, a CSV record with the wrong
+number of fields), that part is parsed again line by line so that the report names the lines.
 
 Every problem of every row is collected before anything is raised. With ``on_error="raise"``
 (default) a ``ValueError`` lists the first 20 problems and how many there are in all; with
@@ -109,7 +114,8 @@ _KNOWN = ("xa", "xb", "chosen", "rejected", "y", "label", "tie", "annotator_id",
 
 
 class Problem(NamedTuple):
-    """One thing wrong with one row: 0-based ``row``, the ``column`` (or ``None``), why."""
+    """One thing wrong with one row: its ``row`` (a 1-based line of a text file, else a 0-based
+    position; see the module docstring), the ``column`` (or ``None``), why."""
 
     row: int
     column: str | None
@@ -137,7 +143,7 @@ class ReadResult:
             holds string ids; ``None`` when ids are integers or absent.
         ignored_columns: columns that were present but not used.
         rows_read: number of data rows seen (kept + dropped).
-        rows: 0-based row number in the source of each kept comparison, shape ``(n,)``, to join
+        rows: row number in the source (as in :class:`Problem`) of each kept comparison, shape ``(n,)``, to join
             the comparisons back to other columns.
         item_names: with ``items="name"``, ``item_names[k]`` is the name of item id ``k``;
             ``None`` otherwise.
@@ -408,6 +414,7 @@ class _Builder:
         self.text_format: str | None = None  # "standard" or "conversational"
         self.format_row = -1
         self.texts: list = []  # per stored row: (xa, xb) for text items, else None
+        self.csv_text = False  # a CSV batch had text items: every later item cell is text
         self.seen_columns: set[str] = set()
 
     # one chunk of rows, each a Mapping from column to value (missing: absent or None)
@@ -514,7 +521,8 @@ class _Builder:
             if array.null_count == 0:
                 return array.to_numpy(zero_copy_only=False), np.zeros(len(array), dtype=bool)
             nulls = array.is_null().to_numpy(zero_copy_only=False)
-            return array.fill_null(0).to_numpy(zero_copy_only=False), nulls
+            filler = False if array.type == "bool" else 0
+            return array.fill_null(filler).to_numpy(zero_copy_only=False), nulls
 
         clean = np.ones(batch.num_rows, dtype=bool)
         chosen_mode = "chosen" in columns
@@ -1022,26 +1030,126 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _read_jsonl(path, builder: _Builder, chunk_rows: int, columns) -> None:
+_BLOCK_BYTES = 1 << 24
+
+
+def _line_pieces(path, chunk_rows: int) -> Iterator[tuple[int, bytes, np.ndarray]]:
+    """Whole lines of a file, at most ``chunk_rows`` lines at a time, read in 16 MiB blocks.
+
+    Yields ``(first, piece, ends)``: ``piece`` holds lines ``first, first + 1, …`` (0-based)
+    and ``ends[k]`` is the offset in ``piece`` just after line ``first + k`` (its newline).
+    """
+    first = 0
+    carry = b""
     with open(path, "rb") as handle:
-        numbered = ((row, line) for row, line in enumerate(handle) if line.strip())
-        for chunk in _chunks(numbered, chunk_rows):
-            rows, records, pre = [], [], {}
-            for i, (row, line) in enumerate(chunk):
-                rows.append(row)
-                try:
-                    record = json.loads(line.decode("utf-8-sig" if row == 0 else "utf-8"))
-                    if not isinstance(record, dict):
-                        raise _Bad(f"line is not a JSON object, got {type(record).__name__}")
-                    records.append(_rename(record, columns))
-                except _Bad as error:
-                    records.append(None)
-                    pre[i] = [Problem(row, None, str(error))]
-                except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeError
-                    records.append(None)
-                    reason = str(error) if not isinstance(error, RecursionError) else "too deep"
-                    pre[i] = [Problem(row, None, f"unparseable JSON line: {_short(reason)}")]
-            builder.add_records(rows, records, pre)
+        while True:
+            block = handle.read(_BLOCK_BYTES)
+            data = carry + block if carry else block
+            if not data:
+                return
+            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
+            if block:
+                if ends.size == 0:
+                    carry = data
+                    continue
+                carry = data[ends[-1] :]
+            else:  # the end of the file: the last line may lack its newline
+                carry = b""
+                if ends.size == 0 or ends[-1] != len(data):
+                    ends = np.append(ends, len(data))
+            start = 0
+            for k in range(0, ends.size, chunk_rows):
+                part = ends[k : k + chunk_rows]
+                yield first, data[start : part[-1]], part - start
+                first += part.size
+                start = int(part[-1])
+            if not block:
+                return
+
+
+def _nonblank_lines(piece: bytes, ends: np.ndarray, expected: int) -> np.ndarray | None:
+    """0-based positions (within the piece) of the lines that are not blank, if there are
+    ``expected`` of them; ``None`` otherwise."""
+    starts = np.concatenate(([0], ends[:-1]))
+    lengths = ends - starts
+    if bool((lengths > 2).all()):  # the common case: no line is blank
+        kept = np.arange(ends.size)
+    else:
+        kept = np.array(
+            [k for k in range(ends.size) if piece[starts[k] : ends[k]].strip()], dtype=np.int64
+        )
+    return kept if kept.size == expected else None
+
+
+def _read_jsonl(path, builder: _Builder, chunk_rows: int, columns) -> None:
+    """Parse with ``pyarrow.json`` piece by piece; a piece Arrow refuses (a malformed line, a
+    column whose type changes, a key given twice) is parsed line by line to name the lines."""
+    try:
+        import pyarrow as pa
+        import pyarrow.json as pj
+    except ImportError:  # pragma: no cover - pyarrow is optional for JSON Lines
+        pa = None
+    for first, piece, ends in _line_pieces(path, chunk_rows):
+        if pa is not None:
+            try:
+                table = pj.read_json(pa.BufferReader(piece))
+            except (pa.ArrowException, ValueError):
+                table = None
+            kept = None if table is None else _nonblank_lines(piece, ends, table.num_rows)
+            if kept is not None and _unique_keys(piece, table, kept):
+                names = [columns.get(n, n) if columns else n for n in table.column_names]
+                if len(set(names)) == len(names):
+                    rows = kept + (first + 1)  # 1-based line numbers
+                    for batch in table.to_batches():
+                        builder.add_arrow_batch(batch, names, rows[: batch.num_rows])
+                        rows = rows[batch.num_rows :]
+                    continue
+        _parse_json_lines(first, piece, ends, builder, columns)
+
+
+def _unique_keys(piece: bytes, table, kept: np.ndarray) -> bool:
+    """Arrow refuses most repeated keys; this cheap count also catches what it may let through."""
+    for name in table.column_names:
+        if piece.count(b'"' + name.encode() + b'"') > kept.size:
+            return False
+    return True
+
+
+def _no_repeated_keys(pairs):
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise _Bad(f"key '{key}' appears twice in the object (duplicate column)")
+        record[key] = value
+    return record
+
+
+def _parse_json_lines(first: int, piece: bytes, ends: np.ndarray, builder: _Builder, columns):
+    """The slow path: ``json.loads`` line by line, every problem named by its line number."""
+    rows, records, pre = [], [], {}
+    start = 0
+    for k, end in enumerate(ends.tolist()):
+        line, start = piece[start:end], end
+        if not line.strip():
+            continue
+        row = first + k + 1
+        i = len(rows)
+        rows.append(row)
+        try:
+            text = line.decode("utf-8-sig" if row == 1 else "utf-8")
+            record = json.loads(text, object_pairs_hook=_no_repeated_keys)
+            if not isinstance(record, dict):
+                raise _Bad(f"line is not a JSON object, got {type(record).__name__}")
+            records.append(_rename(record, columns))
+        except _Bad as error:
+            records.append(None)
+            pre[i] = [Problem(row, None, str(error))]
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeError
+            records.append(None)
+            reason = str(error) if not isinstance(error, RecursionError) else "too deep"
+            pre[i] = [Problem(row, None, f"unparseable JSON line: {_short(reason)}")]
+    if rows:
+        builder.add_records(rows, records, pre)
 
 
 _INT_TEXT = re.compile(r"[+-]?\d+")
@@ -1126,6 +1234,143 @@ def _csv_has_text_items(path, header: list[str]) -> bool:
                     return True
 
 
+class _Refused(Exception):
+    """Arrow's engine refused the file: read it again on the row-by-row path."""
+
+
+def _csv_record_lines(path) -> np.ndarray | None:
+    """1-based line of each data record, or ``None`` when record ``i`` is line ``i + 2`` (no
+    quote character and no blank line in the file: records are lines after the header)."""
+    simple, tail = True, b""
+    with open(path, "rb") as handle:
+        while simple:
+            block = handle.read(_BLOCK_BYTES)
+            if not block:
+                break
+            data = tail + block
+            simple = b'"' not in data and b"\n\n" not in data and b"\n\r\n" not in data
+            tail = data[-2:]
+    if simple:
+        return None
+    lines = []
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        previous = reader.line_num
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                raise _Refused from error
+            if cells:
+                lines.append(previous + 1)
+            previous = reader.line_num
+    return np.asarray(lines, dtype=np.int64)
+
+
+def _read_csv_arrow(path, builder: _Builder, chunk_rows: int, columns) -> None:
+    """Parse with ``pyarrow.csv.open_csv`` (streamed); raise :class:`_Refused` when Arrow
+    refuses the file (a record with the wrong number of fields, a type that changes)."""
+    header = _csv_header(path, builder, columns)
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:  # pragma: no cover - pyarrow is optional for CSV
+        raise _Refused from None
+    lines = _csv_record_lines(path)
+    strings = ["prompt"] + (
+        ["xa", "xb", "chosen", "rejected"] if builder.kind in ("text", "name") else []
+    )
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(
+                column_names=header, skip_rows=1, block_size=max(1 << 20, 64 * chunk_rows)
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in strings if n in header},
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
+        count = 0
+        for batch in reader:
+            for start in range(0, batch.num_rows, chunk_rows):
+                part = batch.slice(start, chunk_rows)
+                if lines is None:
+                    rows = np.arange(count + 2, count + 2 + part.num_rows, dtype=np.int64)
+                else:
+                    rows = lines[count : count + part.num_rows]
+                    if rows.size != part.num_rows:
+                        raise _Refused
+                count += part.num_rows
+                _add_csv_batch(builder, part, header, rows)
+        if lines is not None and count != lines.size:
+            raise _Refused
+    except (pa.ArrowException, UnicodeDecodeError) as error:
+        raise _Refused from error
+
+
+def _add_csv_batch(builder: _Builder, batch, header: list[str], rows: np.ndarray) -> None:
+    """A CSV batch: numeric columns straight to the vectorized path; text cells as the
+    row-by-row CSV parser reads them."""
+    import pyarrow.types as types
+
+    texts = [
+        n
+        for n, c in zip(header, batch.columns, strict=True)
+        if n in _KNOWN and types.is_string(c.type)
+    ]
+    if not texts:
+        builder.add_arrow_batch(batch, header, rows)
+        return
+    kind = builder.kind
+    items = [n for n in texts if n in ("xa", "xb", "chosen", "rejected")]
+    if kind == "auto" and not builder.csv_text:
+        for name in items:
+            for value in batch.column(header.index(name)).to_pylist():
+                text = None if value is None else value.strip()
+                if text and not text.startswith("[") and isinstance(_csv_number(text), _Invalid):
+                    builder.csv_text = True
+                    break
+    if builder.csv_text:
+        kind = "text"
+    data = [c.to_pylist() for c in batch.columns]
+    records = []
+    for i in range(batch.num_rows):
+        record = {}
+        for name, column in zip(header, data, strict=True):
+            value = column[i]
+            if isinstance(value, str) and name in _KNOWN:
+                value = _csv_cell(name, value, kind)
+            record[name] = value
+        records.append(record)
+    builder.add_rows(rows.tolist(), records, {})
+
+
+def _csv_header(path, builder: _Builder, columns) -> list[str]:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{builder.source} is empty: a CSV file needs a header row.") from None
+        except csv.Error as error:
+            raise ValueError(f"{builder.source}: unreadable CSV header: {error}") from None
+    header = [columns.get(h, h) if columns else h for h in (h.strip() for h in header)]
+    has_pair = {"xa", "xb"} <= set(header) or {"chosen", "rejected"} <= set(header)
+    if not has_pair:
+        raise ValueError(
+            f"{builder.source} has no item columns: the header must hold 'xa' and 'xb' "
+            f"(or 'chosen' and 'rejected'). Got {header}."
+        )
+    if len(set(header)) != len(header):
+        raise ValueError(f"{builder.source} has duplicate column names in its header {header}.")
+    return header
+
+
 def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
     csv.field_size_limit(2**31 - 1)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
@@ -1150,19 +1395,17 @@ def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
             kind = "text"  # one non-numeric item cell makes every item cell text, as in Arrow
 
         def records():
-            row = 0
             while True:
+                row = reader.line_num + 1  # the 1-based line where the next record starts
                 try:
                     cells = next(reader)
                 except StopIteration:
                     return
                 except csv.Error as error:
                     yield row, None, f"unreadable CSV record: {error}"
-                    row += 1
                     continue
                 if cells:
                     yield row, cells, None
-                row += 1
 
         for chunk in _chunks(records(), chunk_rows):
             rows, out, pre = [], [], {}
@@ -1278,16 +1521,20 @@ def read_preferences(
     if not os.path.exists(path):
         raise FileNotFoundError(f"'source' {path!r} does not exist.")
     numbering = {
-        "jsonl": "rows are 0-based line numbers: row r is line r+1",
-        "csv": "rows are 0-based data records, the header not counted: row r is record r+2",
+        "jsonl": "rows are 1-based line numbers",
+        "csv": "rows are 1-based line numbers, the header being line 1",
         "parquet": "rows are 0-based",
     }[fmt]
     builder = _Builder(
         items, on_error, f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}", numbering
     )
-    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt]
+    reader = {"jsonl": _read_jsonl, "csv": _read_csv_arrow, "parquet": _read_parquet}[fmt]
     try:
-        reader(path, builder, chunk_rows, columns)
+        try:
+            reader(path, builder, chunk_rows, columns)
+        except _Refused:  # start again on the row-by-row path, which names the bad lines
+            builder = _Builder(items, on_error, builder.source, numbering)
+            _read_csv(path, builder, chunk_rows, columns)
     except OSError as error:
         raise ValueError(f"{builder.source} cannot be read: {error}") from None
     return builder.finish()

@@ -11,8 +11,8 @@ whose density is a :class:`~pbde.densities.Categorical`, :class:`~pbde.densities
 :class:`~pbde.densities.TruncatedNormalMixture`, :class:`~pbde.densities.Tabulated`,
 :class:`~pbde.densities.Autoregressive` or a :class:`~pbde.densities.Mixture` of those, and whose
 behavior is :func:`pbde.luce`, :func:`pbde.dpo`, :func:`pbde.geometric` (the reference density
-is saved with it), :func:`pbde.length_normalized` counting tokens
-(``Autoregressive.length`` or :func:`~pbde.densities.sequence.sequence_lengths`) or a
+is saved with it), :func:`pbde.length_normalized` or ``pbde.dpo(..., length=...)`` counting
+tokens (``Autoregressive.length`` or :func:`~pbde.densities.sequence.sequence_lengths`) or a
 :class:`~pbde.PBDE` with constant ``f`` and ``g``. A behavior made of other callables is code,
 not data: it cannot be saved. A Hugging Face :class:`~pbde.densities.CausalLM` is saved the
 Hugging Face way (``model.model.save_pretrained``).
@@ -162,14 +162,18 @@ def _describe_behavior(behavior: PBDE, where: str) -> dict:
             config["reference"] = _describe_density(
                 behavior.references[0], f"{where} reference density"
             )
-        if config["name"] != "length_normalized" or _counts_tokens(behavior._length):
+        divides_by_length = config["name"] == "length_normalized" or config.get(
+            "length_normalized", False
+        )
+        if not divides_by_length or _counts_tokens(behavior._length):
             return config
     if behavior.constant_f is not None and isinstance(behavior._g, float):
         return {"name": "constant", "f": behavior.constant_f, "g": behavior._g}
     raise TypeError(
         f"pbde.save_model cannot save {where} {behavior!r}: it is built from Python callables "
         "(code, not data). Only pbde.luce(), pbde.dpo(beta, reference), "
-        "pbde.geometric(alpha, reference), pbde.length_normalized counting tokens and PBDEs "
+        "pbde.geometric(alpha, reference), pbde.length_normalized and "
+        "pbde.dpo(beta, reference, length=...) with a length counting tokens, and PBDEs "
         "with constant f and g can be saved; save the density (e.g. its state_dict) and "
         "rebuild the behavior in code."
     )
@@ -279,11 +283,12 @@ def _build_behavior(config: dict, density: Density) -> PBDE:
     name = config["name"]
     if name == "luce":
         return luce()
+    tokens = density.length if isinstance(density, Autoregressive) else sequence_lengths
     if name == "length_normalized":
-        tokens = density.length if isinstance(density, Autoregressive) else sequence_lengths
         return length_normalized(tokens)
     if name == "dpo":
-        return dpo(float(config["beta"]), _build_density(config["reference"]))
+        length = tokens if config.get("length_normalized", False) else None
+        return dpo(float(config["beta"]), _build_density(config["reference"]), length=length)
     if name == "geometric":
         return geometric(float(config["alpha"]), _build_density(config["reference"]))
     if name == "constant":

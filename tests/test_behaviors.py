@@ -79,6 +79,13 @@ BEHAVIORS = [
         lambda x: -BETA * np.log(REF[x]),
         lambda x: (P_STAR[x] / REF[x]) ** BETA,
     ),
+    BehaviorExample(  # TRL's ipo/sigmoid_norm: Ω = β (log p − log π_ref) / |x|
+        "dpo_per_length",
+        lambda ref: pbde.dpo(BETA, ref, length=lambda x: x + 1),
+        lambda x: BETA / LENGTH[x],
+        lambda x: -BETA * np.log(REF[x]) / LENGTH[x],
+        lambda x: (P_STAR[x] / REF[x]) ** (BETA / LENGTH[x]),
+    ),
     BehaviorExample(  # eq. 18: f = 1/α, g = (1 − 1/α) log π_ref
         "geometric",
         lambda ref: pbde.geometric(ALPHA, ref),
@@ -129,7 +136,10 @@ def test_omega_and_its_inverse(example):
     with torch.no_grad():
         omega = annotator.omega(x)
         log_p = annotator.density.log_prob(x)
-    np.testing.assert_allclose(omega.double().numpy(), omega_by_hand(example, ITEMS), rtol=1e-6)
+    # atol: float32 rounding where Ω crosses 0 (p* = π_ref at item 2)
+    np.testing.assert_allclose(
+        omega.double().numpy(), omega_by_hand(example, ITEMS), rtol=1e-6, atol=1e-7
+    )
     torch.testing.assert_close(annotator.behavior.invert(omega, x), log_p.to(omega))
 
 
@@ -211,11 +221,43 @@ def test_dpo_with_beta_one_is_the_log_ratio():
         )
 
 
+def test_dpo_per_length_with_beta_one_is_the_mean_log_ratio_per_token():
+    """TRL's ``ipo``/``sigmoid_norm`` score: (log π(x) − log π_ref(x)) / |x|."""
+    annotator = pbde.Annotator(
+        categorical(P_STAR), pbde.dpo(1.0, categorical(REF), length=lambda x: x + 1)
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            annotator.omega(torch.arange(5)).double().numpy(),
+            np.log(P_STAR / REF) / LENGTH,
+            rtol=1e-6,
+            atol=1e-7,
+        )
+
+
+@pytest.mark.parametrize(
+    ("length", "error", "match"),
+    [
+        (3, TypeError, "'length' must be None or a callable of x. Got 3"),
+        (lambda x: x, ValueError, r"length\(x\)"),  # item 0 has length 0
+        (lambda x: x - 1.0, ValueError, r"length\(x\)"),
+    ],
+)
+def test_dpo_rejects_bad_lengths(length, error, match):
+    with pytest.raises(error, match=match):
+        behavior = pbde.dpo(BETA, categorical(REF), length=length)
+        behavior.f(torch.arange(5))
+    if error is ValueError:  # g divides by the same checked length
+        with pytest.raises(error, match=match):
+            behavior.g(torch.arange(5))
+
+
 def test_constant_f_is_reported():
     assert pbde.luce().constant_f == 1.0
     assert pbde.dpo(0.25, categorical(REF)).constant_f == 0.25
     assert pbde.geometric(4.0, categorical(REF)).constant_f == 0.25
     assert pbde.length_normalized(lambda x: x + 1).constant_f is None
+    assert pbde.dpo(0.25, categorical(REF), length=lambda x: x + 1).constant_f is None
 
 
 # -- mixtures of annotators (eq. 25) --------------------------------------------------------

@@ -81,7 +81,8 @@ def test_round_trip(tmp_path, generator, fmt, kind, with_ids):
         assert torch.equal(result.prefs.annotator_id, ids)
     else:
         assert result.prefs.annotator_id is None
-    assert result.rows.tolist() == list(range(n))
+    first = {"jsonl": 1, "csv": 2, "parquet": 0}[fmt]  # line numbers, header = line 1; positions
+    assert result.rows.tolist() == list(range(first, first + n))
     assert result.weights is None and result.prompts is None and result.annotator_names is None
 
 
@@ -118,7 +119,7 @@ def test_auto_kinds_and_explicit_kinds(tmp_path):
     assert auto.items == "number"  # one float makes every scalar a number
     assert auto.prefs.xb.tolist() == [2.5, 4.0]
     assert auto.prefs.xa.dtype == torch.get_default_dtype()
-    with pytest.raises(ValueError, match=r"row 0, column 'xb': id must be an integer"):
+    with pytest.raises(ValueError, match=r"row 1, column 'xb': id must be an integer"):
         io.read_preferences(path, items="id")
     ints = write_lines(tmp_path / "i.jsonl", [json.dumps({"xa": 1, "xb": 2, "y": 1})])
     assert io.read_preferences(ints, items="number").prefs.xa.dtype == torch.float32
@@ -300,10 +301,11 @@ def test_chunked_reading_matches_one_chunk(tmp_path, fmt):
     large = io.read_preferences(path, chunk_rows=1000, on_error="drop")
     bad = [3, 13, 14, 20, 48]
     good = [i for i in range(50) if i not in bad]
+    first = {"jsonl": 1, "csv": 2, "parquet": 0}[fmt]
     for result in (small, large):
         assert result.dropped == 5 and result.rows_read == 50
-        assert [p.row for p in result.problems] == bad
-        assert result.rows.tolist() == good
+        assert [p.row for p in result.problems] == [first + i for i in bad]
+        assert result.rows.tolist() == [first + i for i in good]
         assert result.prefs.xa.tolist() == [i * 0.5 for i in good]
         assert result.prefs.xb.tolist() == [float(-i) for i in good]
         assert result.prefs.y.tolist() == [(i % 5) / 4 for i in good]
@@ -332,23 +334,23 @@ def test_every_problem_is_listed_jsonl(tmp_path):
     with pytest.raises(ValueError) as info:
         io.read_preferences(path, items="id")
     message = str(info.value)
-    expected = [
-        (1, "xb", "missing field 'xb'"),
-        (2, "y", "must lie in [0, 1]"),
-        (3, "y", "must be finite"),
-        (4, "xa", "non-integer 2.5"),
-        (5, "annotator_id", "must be >= 0, got -1"),
-        (6, None, "unparseable JSON line"),
-        (8, None, "not a JSON object"),
-        (10, "xa", "tokenize text first"),
+    expected = [  # rows are the file's 1-based line numbers
+        (2, "xb", "missing field 'xb'"),
+        (3, "y", "must lie in [0, 1]"),
+        (4, "y", "must be finite"),
+        (5, "xa", "non-integer 2.5"),
+        (6, "annotator_id", "must be >= 0, got -1"),
+        (7, None, "unparseable JSON line"),
+        (9, None, "not a JSON object"),
+        (11, "xa", "tokenize text first"),
     ]
-    assert "bad.jsonl" in message and "8 problem(s)" in message and "line r+1" in message
+    assert "bad.jsonl" in message and "8 problem(s)" in message and "1-based line" in message
     for row, column, text in expected:
         where = f"row {row}" + ("" if column is None else f", column '{column}'")
         assert re.search(re.escape(where) + ": .*" + re.escape(text), message), (where, message)
     dropped = io.read_preferences(path, items="id", on_error="drop")
     assert [(p.row, p.column) for p in dropped.problems] == [(r, c) for r, c, _ in expected]
-    assert dropped.dropped == 8 and dropped.rows.tolist() == [0, 9]
+    assert dropped.dropped == 8 and dropped.rows.tolist() == [1, 10]
     assert dropped.prefs.xa.tolist() == [1, 4] and dropped.prefs.y.tolist() == [1.0, 0.5]
     # the annotator id of row 5 was the only one, and row 5 was dropped: no ids remain
     assert dropped.prefs.annotator_id is None
@@ -384,16 +386,19 @@ def test_every_problem_is_listed_for_sequences():
     assert "token ids must be >= 0" in out.problems[1].message
 
 
-def test_csv_rows_do_not_count_the_header(tmp_path):
+def test_csv_rows_are_line_numbers_with_the_header_line_1(tmp_path):
     path = tmp_path / "bad.csv"
-    path.write_text('xa,xb,y\n1,2,1\n1,2,abc\n1,2\n"[1, 2",2,1\n1,2,0.5\n')
+    path.write_text('xa,xb,y\n1,2,1\n1,2,abc\n1,2\n"[1, 2",2,1\n\n1,2,0.5\n"[1,\n2]",3,x\n5,6,1\n')
     with pytest.raises(ValueError) as info:
         io.read_preferences(path)
     message = str(info.value)
-    assert "header not counted" in message and "3 problem(s)" in message
-    assert "row 1, column 'y': not a number: 'abc'" in message
-    assert "row 2: record has 2 field(s), the header has 3" in message
-    assert "row 3, column 'xa': unparseable list" in message
+    assert "header being line 1" in message and "5 problem(s)" in message
+    assert "row 3, column 'y': not a number: 'abc'" in message
+    assert "row 4: record has 2 field(s), the header has 3" in message
+    assert "row 5, column 'xa': unparseable list" in message
+    assert "row 8, column 'xa': items are scalars (fixed by row 2), got [1, 2]" in message
+    assert "row 8, column 'y': not a number: 'x'" in message  # a record over lines 8 and 9
+    assert io.read_preferences(path, on_error="drop").rows.tolist() == [2, 7, 10]
 
 
 def test_message_lists_first_20_and_counts_the_rest():
@@ -532,14 +537,14 @@ def oracle_items(record):
     return record["chosen"], record["rejected"]
 
 
-def check_parse(result, records):
+def check_parse(result, records, first=0):
     prefs = result.prefs
     n = len(prefs)
     assert len(prefs.xa) == len(prefs.xb) == n == result.rows.shape[0]
     assert result.dropped == result.rows_read - n == len({p.row for p in result.problems})
     assert bool(((prefs.y >= 0) & (prefs.y <= 1)).all())
     for position, row in enumerate(result.rows.tolist()):
-        record = records[row]
+        record = records[row - first]
         assert prefs.y[position].item() == pytest.approx(oracle_label(record), abs=1e-6)
         xa, xb = oracle_items(record)
         if result.items == "text":  # junk strings as items: the text itself
@@ -582,7 +587,7 @@ def test_property_jsonl_records(tmp_path, records, chunk_rows):
     except ValueError as error:
         assert_clear(error)
         return
-    check_parse(result, [json.loads(line) for line in lines])
+    check_parse(result, [json.loads(line) for line in lines], first=1)
 
 
 @FAST
@@ -623,7 +628,7 @@ def test_property_csv_cells(tmp_path, rows):
         assert_clear(error)
         return
     for position, row in enumerate(result.rows.tolist()):
-        expected = float(rows[row][1])  # only plain numbers in [0, 1] can survive
+        expected = float(rows[row - 2][1])  # line numbers; only plain numbers in [0, 1] can survive
         assert math.isfinite(expected) and 0 <= expected <= 1
         assert result.prefs.y[position].item() == pytest.approx(expected)
 
@@ -856,19 +861,19 @@ def test_text_problems_are_reported_row_by_row(tmp_path):
     assert "5 problem(s)" in message
     out = io.read_preferences(path, on_error="drop")
     assert [(p.row, p.column) for p in out.problems] == [
-        (1, "chosen"),
-        (2, "prompt"),
-        (3, "chosen"),
+        (2, "chosen"),
+        (3, "prompt"),
         (4, "chosen"),
         (5, "chosen"),
+        (6, "chosen"),
     ]
     texts = [p.message for p in out.problems]
     assert "empty 'chosen'" in texts[0]
     assert "missing 'prompt' (other rows have one)" in texts[1]
-    assert "items are text (fixed by row 0), got 7" in texts[2]
+    assert "items are text (fixed by row 1), got 7" in texts[2]
     assert "mixed text formats" in texts[3]
     assert "string 'role' and 'content'" in texts[4]
-    assert out.dropped == 5 and out.rows.tolist() == [0, 6]
+    assert out.dropped == 5 and out.rows.tolist() == [1, 7]
     assert out.prefs.xa == ["good", "fine"] and out.prefs.prompt == ["p0", "p6"]
 
 

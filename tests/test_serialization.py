@@ -33,6 +33,10 @@ def _lm_annotator() -> pbde.Annotator:
     return pbde.Annotator(lm, pbde.length_normalized(lm.length)).eval()  # no dropout noise
 
 
+def _dpo_per_token(lm: Autoregressive, reference: Autoregressive) -> pbde.Annotator:
+    return pbde.Annotator(lm, pbde.dpo(0.7, reference, length=lm.length))
+
+
 def _energy(seed: int, **options) -> EnergyModel:
     torch.manual_seed(seed)
     return EnergyModel(-2.0, 3.0, grid_size=65, **options)
@@ -74,8 +78,14 @@ MODELS = {
     "sequences_token_count": lambda: pbde.Annotator(
         _sequences(16), pbde.length_normalized(sequence_lengths)
     ),
+    "sequences_dpo_per_token": lambda: _dpo_per_token(_sequences(17), _sequences(18)),
 }
-SEQUENCES = {"sequences_length_normalized", "sequences_dpo", "sequences_token_count"}
+SEQUENCES = {
+    "sequences_length_normalized",
+    "sequences_dpo",
+    "sequences_token_count",
+    "sequences_dpo_per_token",
+}
 FINITE = {"categorical_luce", "categorical_dpo", "categorical_geometric", "constant_pbde",
           "tabulated_finite", "density_mixture", "mixture_annotator"}  # fmt: skip
 
@@ -122,6 +132,17 @@ def test_a_sequence_model_keeps_its_architecture(tmp_path):
     assert torch.allclose(loaded.behavior.f(x), torch.tensor([1 / 2, 1 / 5]))
 
 
+def test_dpo_per_token_keeps_dividing_by_token_counts(tmp_path):
+    model = _dpo_per_token(_sequences(20), _sequences(21))
+    pbde.save_model(model, tmp_path / "m.pt")
+    loaded = pbde.load_model(tmp_path / "m.pt")
+    x = torch.tensor([[3, 0, -1, -1, -1], [1, 2, 3, 4, 0]])
+    with torch.no_grad():
+        log_ratio = model.density.log_prob(x) - model.behavior.references[0].log_prob(x)
+        assert torch.allclose(loaded.omega(x), 0.7 * log_ratio / torch.tensor([2.0, 5.0]))
+    assert torch.allclose(loaded.behavior.f(x), torch.tensor([0.7 / 2, 0.7 / 5]))
+
+
 def test_the_reference_of_dpo_is_saved_and_used(tmp_path):
     """With a reference other than the default, only the saved weights give the same logits."""
     reference = Categorical(probs=torch.tensor([0.7, 0.1, 0.1, 0.05, 0.05]))
@@ -154,6 +175,9 @@ def test_a_loaded_model_trains_further(tmp_path, generator):
         (lambda: pbde.Annotator(Categorical(size=3), pbde.length_normalized(lambda x: x + 1.0)),
          "length_normalized"),
         (lambda: pbde.Annotator(Categorical(size=3), pbde.PBDE(1.0, lambda x: x.float())), "callables"),
+        (lambda: pbde.Annotator(
+            Categorical(size=3), pbde.dpo(1.0, Categorical(size=3), length=lambda x: x + 1.0)
+        ), "per length"),
         (lambda: pbde.Annotator(FromDistribution(torch.distributions.Normal(0.0, 1.0))),
          "FromDistribution"),
         (lambda: pbde.DeterministicAnnotator(torch.tensor([1.0, 2.0])), "DeterministicAnnotator"),
