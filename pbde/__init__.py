@@ -16,7 +16,7 @@ from pbde.annotators import (
 )
 from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
 from pbde.data import Preferences, TextPreferences, sample_pairs
-from pbde.fit import FitResult, fit, fit_ensemble, nll_regularizer
+from pbde.fit import FitResult, evaluate, fit, fit_ensemble, nll_regularizer
 from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
 from pbde.serialization import load_model, save_model
 from pbde.support import Grid, Support
@@ -51,6 +51,7 @@ __all__ = [
     "sample_pairs",
     "fit",
     "fit_ensemble",
+    "evaluate",
     "FitResult",
     "save_model",
     "load_model",

@@ -62,8 +62,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_LM_ONLY = (
+    "max_length", "max_prompt_length", "lora_r", "lora_alpha", "epochs", "warmup_steps",
+    "warmup_ratio", "schedule", "weight_decay", "max_grad_norm", "precision", "log_every",
+    "eval_every",
+)  # fmt: skip
+
+
 def _check_fit_options(args: argparse.Namespace) -> None:
     """Option combinations argparse cannot express; each error names the option."""
+    if args.model is not None:
+        from pbde.cli_language_model import check_options
+
+        check_options(args, UsageError)
+        return
+    if args.density is None:
+        raise UsageError("give --model DIR (a language model) or --density categorical|energy")
+    for option in _LM_ONLY:
+        if getattr(args, option) not in (None, False):
+            raise UsageError(f"--{option.replace('_', '-')} applies only to --model")
+    if args.per_token or args.gradient_checkpointing or args.gradient_accumulation != 1:
+        raise UsageError(
+            "--per-token, --gradient-checkpointing and --gradient-accumulation apply only to --model"
+        )
+    if args.behavior == "length-normalized":
+        raise UsageError("--behavior length-normalized applies to sequences (--model)")
+    args.behavior = args.behavior or "luce"
+    for option in ("steps", "lr"):
+        if getattr(args, option) is None:
+            raise UsageError(f"--density {args.density} needs --{option}")
     if args.density == "categorical":
         if args.items is None:
             raise UsageError("--density categorical needs --items N (the number of items)")
@@ -179,24 +206,12 @@ def _behavior(args: argparse.Namespace, reference):
 
 
 def evaluate_model(model, prefs) -> dict:
-    """Mean log-likelihood per comparison and accuracy of ``model`` on ``prefs``.
+    """Mean log-likelihood per comparison and accuracy of ``model`` on ``prefs`` (see
+    :func:`pbde.evaluate`)."""
+    from pbde.fit import evaluate
 
-    Accuracy counts a comparison as right when the model's preference logit has the sign of the
-    label: ``y·1[h > 0] + (1 − y)·1[h < 0] + ½·1[h = 0]`` averaged over comparisons (ties and soft
-    labels count fractionally; for hard labels it is the plain accuracy, model ties counting ½).
-    Weighted data give weighted means.
-    """
-    with torch.no_grad():
-        h = model.logits(prefs.xa, prefs.xb).double()
-        y = prefs.y.double()
-        w = torch.ones_like(y) if prefs.weight is None else prefs.weight.double().to(y.device)
-        log_likelihood = (w * model.log_likelihood(prefs).double()).sum() / w.sum()
-        right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
-    return {
-        "log_likelihood": float(log_likelihood),
-        "accuracy": float((w * right).sum() / w.sum()),
-        "comparisons": len(prefs),
-    }
+    metrics = evaluate(model, prefs)
+    return {k: metrics[k] for k in ("log_likelihood", "accuracy", "comparisons")}
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -219,6 +234,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _fit_and_report(args: argparse.Namespace) -> int:
     import time
+
+    if args.model is not None:
+        from pbde.cli_language_model import fit_language_model
+
+        return fit_language_model(args, UsageError)
 
     import pbde
     from pbde.distributed import is_main_process, rank_and_world_size
@@ -434,21 +454,49 @@ def main(argv: list[str] | None = None) -> int:
         "Under torchrun the fit is data-parallel (docs/distributed.md).",
     )
     fit.add_argument("data", type=Path, metavar="DATA", help="preference file (see pbde.io)")
-    fit.add_argument("--density", choices=["categorical", "energy"], required=True)
+    fit.add_argument("--model", type=Path, help="a causal LM folder (save_pretrained) to align")
+    fit.add_argument("--density", choices=["categorical", "energy"],
+                     help="the 1-D model to fit (instead of --model)")  # fmt: skip
     fit.add_argument("--items", type=_positive_int, help="number of items (categorical)")
     fit.add_argument("--low", type=float, help="left end of the domain (energy)")
     fit.add_argument("--high", type=float, help="right end of the domain (energy)")
     fit.add_argument("--grid-size", type=_positive_int, help="normalizer grid (energy; 65536)")
-    fit.add_argument("--behavior", choices=["luce", "dpo", "geometric", "ipo"], default="luce")
+    fit.add_argument("--behavior", choices=["luce", "dpo", "geometric", "ipo", "length-normalized"],
+                     help="the annotator model (luce; dpo with --model)")  # fmt: skip
+    fit.add_argument("--per-token", action="store_true",
+                     help="dpo/ipo on per-token log-ratios (TRL's ipo, sigmoid_norm)")  # fmt: skip
     fit.add_argument("--beta", type=_positive_float, help="DPO inverse temperature")
     fit.add_argument("--alpha", type=_positive_float, help="geometric mixing exponent")
-    fit.add_argument("--reference", type=Path, help="model file whose density is pi_ref")
+    fit.add_argument("--reference", type=Path,
+                     help="pi_ref: a model file, or a model folder with --model")  # fmt: skip
     fit.add_argument("--loss", choices=["bce", "ipo", "hinge", "rrhf"], default="bce")
     fit.add_argument("--tau", type=_positive_float, help="IPO regularization (--loss ipo)")
     fit.add_argument("--delta", type=float, help="hinge margin (--loss hinge; default 1)")
-    fit.add_argument("--steps", type=_positive_int, required=True)
-    fit.add_argument("--lr", type=_positive_float, required=True)
-    fit.add_argument("--batch-size", type=_positive_int, help="pairs per step (full batch)")
+    fit.add_argument("--steps", type=_positive_int, help="optimizer steps")
+    fit.add_argument("--epochs", type=_positive_int, help="passes over the data (--model; 1)")
+    fit.add_argument("--lr", type=_positive_float, help="peak learning rate (--model: 1e-6)")
+    fit.add_argument("--batch-size", type=_positive_int,
+                     help="pairs per optimizer step (full batch; --model: 8)")  # fmt: skip
+    fit.add_argument("--gradient-accumulation", type=_positive_int, default=1,
+                     help="micro-batches per step (same step, less memory)")  # fmt: skip
+    fit.add_argument("--max-length", type=_positive_int, help="most tokens of prompt + completion")
+    fit.add_argument("--max-prompt-length", type=_positive_int,
+                     help="most prompt tokens (cut on the left)")  # fmt: skip
+    fit.add_argument("--lora-r", type=_positive_int, help="train LoRA adapters of this rank")
+    fit.add_argument("--lora-alpha", type=_positive_float, help="LoRA scale (2 * rank)")
+    fit.add_argument("--schedule", choices=["linear", "cosine", "constant"],
+                     help="learning-rate schedule after warm-up (--model: linear)")  # fmt: skip
+    fit.add_argument("--warmup-steps", type=int, help="linear warm-up steps (0)")
+    fit.add_argument("--warmup-ratio", type=float, help="warm-up as a fraction of the steps")
+    fit.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (0)")
+    fit.add_argument("--max-grad-norm", type=float, default=None,
+                     help="clip gradients to this norm (--model: 1; 0: no clipping)")  # fmt: skip
+    fit.add_argument("--precision", choices=["bf16", "fp16"], help="mixed precision (autocast)")
+    fit.add_argument("--gradient-checkpointing", action="store_true",
+                     help="recompute activations in the backward pass (less memory)")  # fmt: skip
+    fit.add_argument("--log-every", type=_positive_int, help="steps between metrics records (10)")
+    fit.add_argument("--eval-every", type=_positive_int,
+                     help="steps between held-out evaluations (at the end)")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0, help="split, batches, MLP initialization")
     fit.add_argument("--test-fraction", type=float, help="held-out fraction (0.2; 0: none)")
     fit.add_argument("--checkpoint", type=Path, help="checkpoint file (resumes if it exists)")

@@ -824,7 +824,7 @@ def optimize(
                     scaler.update()
                 scheduler.step()
             history[step] = float(total)
-            logger.step(step, history[step], learning_rates[step], grad_norm)
+            logger.step(step, float(history[step]), float(learning_rates[step]), grad_norm)
             done = step + 1 == steps
             if evaluate is not None and (done or (eval_every and (step + 1) % eval_every == 0)):
                 logger.record(step + 1, evaluate())

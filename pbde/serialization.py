@@ -34,6 +34,7 @@ from pbde.densities.base import Density
 from pbde.densities.continuous import Mixture, TruncatedNormalMixture
 from pbde.densities.energy import _ACTIVATIONS, EnergyModel
 from pbde.densities.finite import Categorical, Tabulated
+from pbde.densities.hf import CausalLM
 from pbde.densities.sequence import Autoregressive, sequence_lengths
 from pbde.support import Grid, Support
 
@@ -64,6 +65,9 @@ def save_model(model: Annotator | MixtureAnnotator, path: str | os.PathLike) -> 
         >>> loaded.density.prob(torch.tensor([1]))
         tensor([0.8000], grad_fn=<ExpBackward0>)
     """
+    if isinstance(model, Annotator) and isinstance(model.density, CausalLM):
+        _save_causal_lm(model, path)
+        return
     config = _describe_process(model, "model")
     config["frozen"] = [name for name, p in model.named_parameters() if not p.requires_grad]
     json.dumps(config)  # plain data only: fails loudly here rather than at load time
@@ -94,6 +98,8 @@ def load_model(
             data.
         OSError: if the file cannot be read.
     """
+    if os.path.isdir(path):
+        return _load_causal_lm(os.fspath(path), map_location)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -154,12 +160,12 @@ def _describe_process(model, where: str) -> dict:
     )
 
 
-def _describe_behavior(behavior: PBDE, where: str) -> dict:
+def _describe_behavior(behavior: PBDE, where: str, describe_reference=None) -> dict:
     builtin = getattr(behavior, "_builtin", None)
     if builtin is not None:
         config = dict(builtin)
         if config["name"] in ("dpo", "geometric"):
-            config["reference"] = _describe_density(
+            config["reference"] = (describe_reference or _describe_density)(
                 behavior.references[0], f"{where} reference density"
             )
         divides_by_length = config["name"] == "length_normalized" or config.get(
@@ -183,7 +189,8 @@ def _counts_tokens(length) -> bool:
     """Whether ``length`` is the token count of padded sequences (rebuilt on loading)."""
     bound_to = getattr(length, "__self__", None)
     return length is sequence_lengths or (
-        isinstance(bound_to, Autoregressive) and length.__func__ is Autoregressive.length
+        isinstance(bound_to, (Autoregressive, CausalLM))
+        and length.__func__ is type(bound_to).length
     )
 
 
@@ -279,18 +286,19 @@ def _build_process(config: dict):
     raise TypeError(f"unknown model kind {config['kind']!r}")
 
 
-def _build_behavior(config: dict, density: Density) -> PBDE:
+def _build_behavior(config: dict, density: Density, build_reference=None) -> PBDE:
     name = config["name"]
     if name == "luce":
         return luce()
-    tokens = density.length if isinstance(density, Autoregressive) else sequence_lengths
+    tokens = density.length if isinstance(density, (Autoregressive, CausalLM)) else sequence_lengths
     if name == "length_normalized":
         return length_normalized(tokens)
+    build_reference = build_reference or _build_density
     if name == "dpo":
         length = tokens if config.get("length_normalized", False) else None
-        return dpo(float(config["beta"]), _build_density(config["reference"]), length=length)
+        return dpo(float(config["beta"]), build_reference(config["reference"]), length=length)
     if name == "geometric":
-        return geometric(float(config["alpha"]), _build_density(config["reference"]))
+        return geometric(float(config["alpha"]), build_reference(config["reference"]))
     if name == "constant":
         return PBDE(float(config["f"]), float(config["g"]))
     raise TypeError(f"unknown behavior {name!r}")
@@ -359,3 +367,114 @@ def _dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"unknown dtype {name!r}")
     return dtype
+
+
+# -- language models: a Hugging Face folder plus pbde.json -----------------------------------
+
+LM_RECORD = "pbde.json"
+LM_FORMAT = "pbde-causal-lm"
+
+
+def _save_causal_lm(model: Annotator, path) -> None:
+    """An annotator on a :class:`CausalLM`: the model the Hugging Face way (``save_pretrained``;
+    the adapters alone for LoRA), its tokenizer, and ``pbde.json`` recording the behavior and
+    where its reference comes from (a model folder, or the base model with the adapters off);
+    the reference's weights are never copied into the run."""
+    density = model.density
+    folder = os.fspath(path)
+
+    def describe_reference(reference, where):
+        origin = getattr(reference, "origin", None)
+        if origin is None:
+            raise TypeError(
+                f"pbde.save_model cannot record {where}: it was not loaded from a folder "
+                "(CausalLM.from_pretrained) nor is it the base of a LoRA model, so nothing "
+                "could rebuild it."
+            )
+        return dict(origin)
+
+    behavior = _describe_behavior(model.behavior, "model.behavior", describe_reference)
+    if density.lora is not None and density.source is None:
+        raise TypeError("pbde.save_model needs the base folder of a LoRA model (from_pretrained).")
+    record = {
+        "format": LM_FORMAT,
+        "version": VERSION,
+        "behavior": behavior,
+        "lora": density.lora,
+        "base": density.source if density.lora is not None else None,
+        "pad_token_id": density.pad_token_id,
+    }
+    json.dumps(record)
+    os.makedirs(folder, exist_ok=True)
+    density.model.save_pretrained(folder)
+    if density.tokenizer is not None:
+        density.tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, LM_RECORD), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+
+
+def _load_causal_lm(folder: str, map_location) -> Annotator:
+    record_path = os.path.join(folder, LM_RECORD)
+    if not os.path.exists(record_path):
+        raise ValueError(
+            f"{folder!r} is a folder without {LM_RECORD}: not a language model saved by pbde "
+            "(for a plain Hugging Face folder use pbde.densities.CausalLM.from_pretrained)."
+        )
+    try:
+        with open(record_path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{record_path!r} is not readable JSON: {error}") from None
+    if not isinstance(record, dict) or record.get("format") != LM_FORMAT:
+        raise ValueError(f"{record_path!r} is not a pbde language-model record.")
+    if record.get("lora"):
+        from peft import PeftModel
+
+        density = CausalLM.from_pretrained(_existing(record.get("base"), "base model"))
+        base = density.model
+        model = PeftModel.from_pretrained(base, folder, is_trainable=True)
+        tokenizer = _tokenizer_of(folder) or density.tokenizer
+        density = CausalLM(model, pad_token_id=record.get("pad_token_id"), tokenizer=tokenizer)
+        density.source, density.lora = record.get("base"), record["lora"]
+    else:
+        density = CausalLM.from_pretrained(folder, tokenizer=False)
+        density.tokenizer = _tokenizer_of(folder)
+    density.to(map_location)
+
+    def build_reference(config):
+        if config.get("kind") == "adapters-off":
+            return density.without_adapters()
+        reference = CausalLM.from_pretrained(
+            _existing(config.get("path"), "reference model"), tokenizer=False
+        )
+        if reference.vocab_size != density.vocab_size:
+            raise ValueError(
+                f"The reference {config.get('path')!r} has a vocabulary of "
+                f"{reference.vocab_size} tokens, the model {density.vocab_size}."
+            )
+        return reference.to(map_location)._freeze()  # loaded for this: no copy
+
+    try:
+        behavior = _build_behavior(record["behavior"], density, build_reference)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{record_path!r} is a damaged pbde record: {error}") from None
+    model = Annotator(density, behavior)
+    model.eval()
+    return model
+
+
+def _existing(path, what: str) -> str:
+    if not isinstance(path, str) or not os.path.isdir(path):
+        raise ValueError(
+            f"The {what} folder {path!r} recorded in {LM_RECORD} does not exist (any more)."
+        )
+    return path
+
+
+def _tokenizer_of(folder: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        return None

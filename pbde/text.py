@@ -28,7 +28,7 @@ import torch
 from pbde._validation import check_tensor
 from pbde.io import PAD_TOKEN
 
-__all__ = ["english_sentences", "WordTokenizer"]
+__all__ = ["english_sentences", "WordTokenizer", "bpe_tokenizer"]
 
 _UNDERLINE = re.compile(r"[*=\-~^+]{3,}")
 _CODE_MARKS = ("::=", ">>>", "+--", "|", "...")
@@ -195,3 +195,60 @@ class WordTokenizer:
             words = [self.words[t] for t in row if t not in (PAD_TOKEN, self.EOS)]
             texts.append(" ".join(words))
         return texts
+
+
+def bpe_tokenizer(sentences: Iterable[str], vocab_size: int = 2000):
+    """A byte-level BPE tokenizer trained on ``sentences``, as a Hugging Face tokenizer.
+
+    For language models built from a config on a machine without network access (tests,
+    tutorials, benchmarks): the same kind of tokenizer GPT-2 uses (byte-level BPE, so merges cross
+    word boundaries with their leading space, and every text can be encoded), with
+    ``<|endoftext|>`` as its EOS, BOS and padding token (id 0) and a ChatML-style chat template.
+    ``save_pretrained`` writes it next to a model.
+
+    Needs the ``hf`` extra (``transformers`` and its ``tokenizers``).
+
+    Args:
+        sentences: the training text.
+        vocab_size: the vocabulary's size, >= 300 (the 256 bytes, the special token, merges).
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast``.
+
+    Example:
+        >>> tok = bpe_tokenizer(english_sentences()[:500], vocab_size=400)
+        >>> tok.eos_token_id, tok.decode(tok("The name")["input_ids"])
+        (0, 'The name')
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
+        raise ValueError(f"'vocab_size' must be an int >= 300. Got {vocab_size!r} instead.")
+    if isinstance(sentences, str):
+        raise TypeError("'sentences' must be an iterable of strings, not one string.")
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError('bpe_tokenizer needs transformers: pip install "pbde[hf]"') from error
+    special = "<|endoftext|>"
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[special],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(list(sentences), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token=special, bos_token=special, pad_token=special
+    )
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
+
+
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)

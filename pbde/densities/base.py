@@ -74,15 +74,20 @@ class Density(nn.Module):
 
     def frozen(self) -> Density:
         """A detached copy with no trainable parameters (e.g. π_ref in DPO)."""
-        clone = copy.deepcopy(self)
-        clone.requires_grad_(False)
-        clone.eval()
+        if self.__dict__.get("_memo") is not None:  # frozen already: nothing can change it
+            return self
+        return copy.deepcopy(self)._freeze()
+
+    def _freeze(self) -> Density:
+        """Freeze this density in place (what :meth:`frozen` does to its copy)."""
+        self.requires_grad_(False)
+        self.eval()
         # The copy remembers its last answer: a training loop asks for π_ref on the same items at
         # every step. Keyed on the tensor object (held, so its id cannot be reused) and the
         # version counters of it and of the parameters (bumped by in-place writes such as
         # load_state_dict); moving the copy (.to, .double) forgets the answer.
-        clone._memo = (None,) * 5
-        return clone
+        self._memo = (None,) * 5
+        return self
 
     def train(self, mode: bool = True) -> Density:
         """As ``nn.Module.train``; a :meth:`frozen` copy stays in eval mode (a reference density

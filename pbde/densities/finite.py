@@ -222,6 +222,8 @@ class Precomputed(Density):
         keys = _row_keys(self.items)
         self.register_buffer("_sorted_keys", keys.sort().values)
         self.register_buffer("_order", keys.argsort())
+        #: what the values were computed from, as data (e.g. a model folder), if known
+        self.origin: dict | None = None
 
     @classmethod
     @torch.no_grad()
@@ -263,7 +265,9 @@ class Precomputed(Density):
                 values.append(density.log_prob(distinct[start : start + batch_size]).float().cpu())
         finally:
             density.train(was_training)
-        return cls(distinct.cpu(), torch.cat(values))
+        table = cls(distinct.cpu(), torch.cat(values))
+        table.origin = getattr(density, "origin", None)
+        return table
 
     def __repr__(self) -> str:
         return f"Precomputed(items={self.items.shape[0]}, event_shape={self.event_shape})"
