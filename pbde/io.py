@@ -1239,17 +1239,27 @@ class _Refused(Exception):
 
 
 def _csv_record_lines(path) -> np.ndarray | None:
-    """1-based line of each data record, or ``None`` when record ``i`` is line ``i + 2`` (no
-    quote character and no blank line in the file: records are lines after the header)."""
+    """1-based line of each data record, or ``None`` when record ``i`` is line ``i + 2`` (no blank
+    line and no quoted field holding a line break: every line holds an even number of quotes)."""
     simple, tail = True, b""
     with open(path, "rb") as handle:
         while simple:
             block = handle.read(_BLOCK_BYTES)
-            if not block:
+            if not block and not tail:
                 break
             data = tail + block
-            simple = b'"' not in data and b"\n\n" not in data and b"\n\r\n" not in data
-            tail = data[-2:]
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and block:
+                tail = data
+                continue
+            whole, tail = (data[:cut], data[cut:]) if block else (data, b"")
+            simple = b"\n\n" not in whole and b"\n\r\n" not in whole
+            if simple and b'"' in whole:
+                codes = np.frombuffer(whole, dtype=np.uint8)
+                line_of_quote = np.searchsorted(
+                    np.flatnonzero(codes == 10), np.flatnonzero(codes == 34)
+                )
+                simple = not bool((np.bincount(line_of_quote) % 2).any())
     if simple:
         return None
     lines = []
