@@ -355,6 +355,14 @@ def _parse_text(value, what: str, allow_empty: bool = False) -> tuple[str, Any]:
     )
 
 
+def _flatten(segments: list) -> list:
+    """Stored per-row values: lists of values, and counts of rows without one (``None``)."""
+    out: list = []
+    for segment in segments:
+        out.extend([None] * segment if isinstance(segment, int) else segment)
+    return out
+
+
 def _look_like_names(pairs: list) -> bool:
     """The ``items="auto"`` rule for strings without a prompt column: names when every item is
     a string of at most 64 characters on one line and some item occurs more than once."""
@@ -463,8 +471,8 @@ class _Builder:
         self.y.append(y)
         self.ids.append(ids)
         self.weights.append(weights)
-        self.prompts.extend(prompts)
-        self.texts.extend(parsed_items if self.text else [None] * m)
+        self.prompts.append(prompts)  # segments: a list of values, or a count of Nones
+        self.texts.append(parsed_items if self.text else m)
 
     def add_records(self, rows: list[int], records: list, pre: dict[int, list[Problem]]) -> None:
         """Like :meth:`add_rows`, through the vectorized path where the columns allow it."""
@@ -580,8 +588,8 @@ class _Builder:
             self.y.append(y[good])
             self.ids.append(ids[good])
             self.weights.append(weights[good])
-            self.prompts.extend([None] * good.size)
-            self.texts.extend([None] * good.size)
+            self.prompts.append(int(good.size))
+            self.texts.append(int(good.size))
         bad = np.flatnonzero(~clean)
         if bad.size:
             import pyarrow as pa
@@ -822,6 +830,8 @@ class _Builder:
         weights = np.concatenate(self.weights) if self.weights else np.zeros(0)
         y_all = np.concatenate(self.y) if self.y else np.zeros(0)
         self.rows, self.ok, self.ids, self.weights, self.y = [], [], [], [], []
+        if self.has_prompt or self.text:  # the per-row values are needed only then
+            self.prompts, self.texts = _flatten(self.prompts), _flatten(self.texts)
         kind = self.kind
         if self.text and kind == "auto":
             kind = "text"  # "name" is decided below, once the kept rows are known
