@@ -1,114 +1,107 @@
-"""Reading and validating preference files: rows/s and peak memory, Parquet vs JSON Lines.
+"""Reading and validating preference files against Arrow's own readers on the same file.
 
-Writes 10^6 comparisons (numeric items, soft labels, integer annotator ids) with
-``pbde.io.write_preferences``, then reads each file with ``pbde.io.read_preferences`` in a fresh
-subprocess (so peak memory is that of the read alone). Peak memory is the process's maximum
-resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) minus the one measured after
-imports and a warm-up read of a 20-row file, just before the timed reads. For scale, the final
-tensors of 10^6 numeric rows (xa, xb, y in float32, annotator ids in int64) take 19 MiB.
+Writes ``--rows`` comparisons (integer items ``xa``, ``xb`` in [0, 1000), labels ``y`` in {0, 1})
+as JSON Lines, CSV and Parquet into a temporary folder (nothing is written into the repository),
+then times, alternating in one process, each ``pbde.io.read_preferences`` against the Arrow reader
+alone (``pyarrow.json.read_json``, ``pyarrow.csv.read_csv``, ``pyarrow.parquet.read_table``).
+Times are the median of ``--repeats`` reads. Peak memory is measured in a separate, untimed read:
+the peak of Python and numpy allocations (``tracemalloc``) plus the peak of Arrow's memory pool
+(``pyarrow.default_memory_pool().max_memory()`` growth, which only grows).
 
 Usage:
-    python benchmarks/bench_io.py [--rows 1000000] [--repeats 3] [--formats parquet jsonl]
+    python benchmarks/bench_io.py [--rows 1000000] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+import tracemalloc
 
 
-def rss_kib() -> int:
-    """Current resident set size of this process in KiB (Linux)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+def write_files(folder: str, n: int) -> dict[str, str]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
-
-def child(path: str, repeats: int) -> None:
-    """Runs in the subprocess: read ``path`` ``repeats`` times, print timings and memory."""
-    import torch
-
-    import pbde
-
-    torch.set_num_threads(1)
-    # import everything the read imports lazily (pyarrow), so the peak is the read's
-    folder = tempfile.mkdtemp()
-    tiny = os.path.join(folder, "tiny" + os.path.splitext(path)[1])
-    pbde.io.write_preferences(
-        pbde.Preferences(torch.zeros(20), torch.ones(20), torch.ones(20), torch.zeros(20).long()),
-        tiny,
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {
+            "xa": rng.integers(0, 1000, n),
+            "xb": rng.integers(0, 1000, n),
+            "y": rng.integers(0, 2, n),
+        }
     )
-    pbde.io.read_preferences(tiny)
-    base = rss_kib()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = pbde.io.read_preferences(path)
-        times.append(time.perf_counter() - start)
-        n = len(result.prefs)
-        del result
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rows": n, "times": times, "base_kib": base, "peak_kib": peak}))
+    paths = {fmt: os.path.join(folder, f"prefs.{fmt}") for fmt in ("jsonl", "csv", "parquet")}
+    with open(paths["jsonl"], "w") as handle:
+        columns = [table.column(k).to_numpy() for k in ("xa", "xb", "y")]
+        for start in range(0, n, 100_000):
+            parts = [c[start : start + 100_000].tolist() for c in columns]
+            handle.writelines(
+                f'{{"xa": {a}, "xb": {b}, "y": {y}}}\n' for a, b, y in zip(*parts, strict=True)
+            )
+    pacsv.write_csv(table, paths["csv"])
+    pq.write_table(table, paths["parquet"])
+    return paths
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--formats", nargs="+", default=["parquet", "jsonl"])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=10**6)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, args.repeats)
-        return
 
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
     import torch
 
-    import pbde
+    import pbde.io
 
-    generator = torch.Generator().manual_seed(0)
-    n = args.rows
-    prefs = pbde.Preferences(
-        torch.randn(n, generator=generator),
-        torch.randn(n, generator=generator),
-        torch.rand(n, generator=generator),
-        torch.randint(0, 100, (n,), generator=generator),
-    )
-    print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print(f"{n} rows: numeric items, soft labels, integer annotator ids")
-    print(
-        "| format | file size | read+validate s (min / median) | rows/s (best) | peak RSS (above pre-read RSS) |"
-    )
-    print("|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as folder:
-        for fmt in args.formats:
-            path = os.path.join(folder, f"prefs.{fmt}")
-            pbde.io.write_preferences(prefs, path)
-            size = os.path.getsize(path) / 2**20
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", path, "--repeats", str(args.repeats)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            report = json.loads(out.stdout.strip().splitlines()[-1])
-            assert report["rows"] == n
-            best, median = min(report["times"]), statistics.median(report["times"])
-            extra = (report["peak_kib"] - report["base_kib"]) / 1024
-            print(
-                f"| {fmt} | {size:.1f} MiB | {best:.2f} / {median:.2f} | {n / best:,.0f} | "
-                f"{report['peak_kib'] / 1024:.0f} MiB ({extra:.0f} MiB) |"
-            )
+    torch.set_num_threads(1)
+    folder = tempfile.mkdtemp()
+    paths = write_files(folder, args.rows)
+    contenders = {
+        "jsonl": (lambda p: pj.read_json(p), "pyarrow.json.read_json"),
+        "csv": (lambda p: pacsv.read_csv(p), "pyarrow.csv.read_csv"),
+        "parquet": (lambda p: pq.read_table(p), "pyarrow.parquet.read_table"),
+    }
+    print(f"{args.rows} rows, median of {args.repeats} alternating reads; pyarrow {pa.__version__}")
+    header = f"{'format':8} {'size MiB':>8} {'arrow s':>8} {'pbde s':>8} {'ratio':>6} "
+    print(header + f"{'pbde peak MiB':>14} {'arrow peak MiB':>15}   (arrow reader)")
+    for fmt, path in paths.items():
+        arrow_read, arrow_name = contenders[fmt]
+        pbde_read = lambda p: pbde.io.read_preferences(p)  # noqa: E731
+        arrow_read(path), pbde_read(path)  # warm the page cache and the imports
+        times = {"arrow": [], "pbde": []}
+        for _ in range(args.repeats):
+            for name, read in (("arrow", arrow_read), ("pbde", pbde_read)):
+                start = time.perf_counter()
+                out = read(path)
+                times[name].append(time.perf_counter() - start)
+                del out
+        assert len(pbde_read(path).prefs) == args.rows
+        peaks = {}
+        for name, read in (("arrow", arrow_read), ("pbde", pbde_read)):
+            pool = pa.default_memory_pool()
+            before = pool.max_memory()
+            tracemalloc.start()
+            out = read(path)
+            python_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            peaks[name] = (python_peak + max(0, pool.max_memory() - before)) / 2**20
+            del out
+        arrow_s, pbde_s = (statistics.median(times[k]) for k in ("arrow", "pbde"))
+        size = os.path.getsize(path) / 2**20
+        print(
+            f"{fmt:8} {size:8.1f} {arrow_s:8.3f} {pbde_s:8.3f} {pbde_s / arrow_s:6.2f} "
+            f"{peaks['pbde']:14.1f} {peaks['arrow']:15.1f}   ({arrow_name})"
+        )
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ __all__ = [
     "write_preferences",
     "from_records",
     "from_dataframe",
+    "from_arrow",
 ]
 
 PAD_TOKEN = -1
@@ -355,6 +356,14 @@ def _parse_text(value, what: str, allow_empty: bool = False) -> tuple[str, Any]:
     )
 
 
+def _flatten(segments: list) -> list:
+    """Stored per-row values: lists of values, and counts of rows without one (``None``)."""
+    out: list = []
+    for segment in segments:
+        out.extend([None] * segment if isinstance(segment, int) else segment)
+    return out
+
+
 def _look_like_names(pairs: list) -> bool:
     """The ``items="auto"`` rule for strings without a prompt column: names when every item is
     a string of at most 64 characters on one line and some item occurs more than once."""
@@ -463,8 +472,8 @@ class _Builder:
         self.y.append(y)
         self.ids.append(ids)
         self.weights.append(weights)
-        self.prompts.extend(prompts)
-        self.texts.extend(parsed_items if self.text else [None] * m)
+        self.prompts.append(prompts)  # segments: a list of values, or a count of Nones
+        self.texts.append(parsed_items if self.text else m)
 
     def add_records(self, rows: list[int], records: list, pre: dict[int, list[Problem]]) -> None:
         """Like :meth:`add_rows`, through the vectorized path where the columns allow it."""
@@ -580,8 +589,8 @@ class _Builder:
             self.y.append(y[good])
             self.ids.append(ids[good])
             self.weights.append(weights[good])
-            self.prompts.extend([None] * good.size)
-            self.texts.extend([None] * good.size)
+            self.prompts.append(int(good.size))
+            self.texts.append(int(good.size))
         bad = np.flatnonzero(~clean)
         if bad.size:
             import pyarrow as pa
@@ -822,6 +831,8 @@ class _Builder:
         weights = np.concatenate(self.weights) if self.weights else np.zeros(0)
         y_all = np.concatenate(self.y) if self.y else np.zeros(0)
         self.rows, self.ok, self.ids, self.weights, self.y = [], [], [], [], []
+        if self.has_prompt or self.text:  # the per-row values are needed only then
+            self.prompts, self.texts = _flatten(self.prompts), _flatten(self.texts)
         kind = self.kind
         if self.text and kind == "auto":
             kind = "text"  # "name" is decided below, once the kept rows are known
@@ -1239,17 +1250,27 @@ class _Refused(Exception):
 
 
 def _csv_record_lines(path) -> np.ndarray | None:
-    """1-based line of each data record, or ``None`` when record ``i`` is line ``i + 2`` (no
-    quote character and no blank line in the file: records are lines after the header)."""
+    """1-based line of each data record, or ``None`` when record ``i`` is line ``i + 2`` (no blank
+    line and no quoted field holding a line break: every line holds an even number of quotes)."""
     simple, tail = True, b""
     with open(path, "rb") as handle:
         while simple:
             block = handle.read(_BLOCK_BYTES)
-            if not block:
+            if not block and not tail:
                 break
             data = tail + block
-            simple = b'"' not in data and b"\n\n" not in data and b"\n\r\n" not in data
-            tail = data[-2:]
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and block:
+                tail = data
+                continue
+            whole, tail = (data[:cut], data[cut:]) if block else (data, b"")
+            simple = b"\n\n" not in whole and b"\n\r\n" not in whole
+            if simple and b'"' in whole:
+                codes = np.frombuffer(whole, dtype=np.uint8)
+                line_of_quote = np.searchsorted(
+                    np.flatnonzero(codes == 10), np.flatnonzero(codes == 34)
+                )
+                simple = not bool((np.bincount(line_of_quote) % 2).any())
     if simple:
         return None
     lines = []
@@ -1574,18 +1595,37 @@ def from_records(
 def from_dataframe(
     df, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
 ) -> ReadResult:
-    """Comparisons from a pandas DataFrame with the columns of the module docstring.
+    """Comparisons from a pandas or polars DataFrame with the columns of the module docstring.
 
-    Row numbers are 0-based positions (not index labels). Missing values (``None``, ``pd.NA``)
-    count as missing fields; a NaN in a float ``annotator_id`` or ``weight`` column is missing,
-    a NaN item or label is a problem.
+    The columns go to Arrow (without copying where their types allow) and are validated as
+    :func:`from_arrow` does; a pandas column that Arrow cannot type (mixed Python objects) is read
+    row by row. Row numbers are 0-based positions (not index labels). Missing values (``None``,
+    ``pd.NA``) count as missing fields; a NaN in a float ``annotator_id`` or ``weight`` column is
+    missing, a NaN item or label is a problem.
+
+    Raises:
+        TypeError: if ``df`` is neither a pandas nor a polars DataFrame.
+        ValueError: as :func:`read_preferences`.
     """
     _check_options(items, on_error, chunk_rows)
+    if type(df).__module__.startswith("polars") and type(df).__name__ == "DataFrame":
+        return _from_table(df.to_arrow(), items, on_error, chunk_rows, "polars DataFrame")
     pd = _require_pandas()
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"'df' must be a pandas DataFrame. Got {type(df).__name__}.")
-    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions")
     names = [str(c) for c in df.columns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"DataFrame has duplicate column names {names}.")
+    pa = _require_pyarrow()
+    try:  # from_pandas=False: a NaN stays a NaN (a problem in an item or a label), not a null
+        table = pa.table(
+            [pa.array(df.iloc[:, k], from_pandas=False) for k in range(df.shape[1])], names=names
+        )
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        table = None
+    if table is not None:
+        return _from_table(table, items, on_error, chunk_rows, "DataFrame")
+    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions")
     for start in range(0, len(df), chunk_rows):
         part = df.iloc[start : start + chunk_rows]
         data = [part.iloc[:, k].tolist() for k in range(part.shape[1])]
@@ -1593,6 +1633,60 @@ def from_dataframe(
             {n: col[i] for n, col in zip(names, data, strict=True)} for i in range(len(part))
         ]
         builder.add_rows(list(range(start, start + len(part))), records, {})
+    return builder.finish()
+
+
+def from_arrow(
+    table, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+) -> ReadResult:
+    """Comparisons from a ``pyarrow.Table`` or ``RecordBatch``, or a Hugging Face
+    ``datasets.Dataset`` (its Arrow table, through ``with_format("arrow")``), with the columns of
+    the module docstring. The columns are validated where they lie, without a copy to Python
+    values for numeric columns; row numbers are 0-based positions.
+
+    Args:
+        table: the data.
+        items: as in :func:`read_preferences`.
+        on_error: as in :func:`read_preferences`.
+        chunk_rows: rows validated per record batch.
+
+    Returns:
+        A :class:`ReadResult`.
+
+    Raises:
+        TypeError: if ``table`` is none of these types.
+        ValueError: as :func:`read_preferences`.
+    """
+    _check_options(items, on_error, chunk_rows)
+    pa = _require_pyarrow()
+    source = "Arrow table"
+    if hasattr(table, "with_format") and hasattr(table, "features"):  # datasets.Dataset
+        table, source = table.with_format("arrow")[:], "Dataset"
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    if not isinstance(table, pa.Table):
+        raise TypeError(
+            f"'table' must be a pyarrow.Table, a pyarrow.RecordBatch or a datasets.Dataset. Got "
+            f"{type(table).__name__}."
+        )
+    return _from_table(table, items, on_error, chunk_rows, source)
+
+
+def _from_table(table, items: str, on_error: str, chunk_rows: int, source: str) -> ReadResult:
+    names = [str(n) for n in table.column_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source} has duplicate column names {names}.")
+    if not ({"xa", "xb"} <= set(names) or {"chosen", "rejected"} <= set(names)):
+        raise ValueError(
+            f"{source} has no item columns: it must hold 'xa' and 'xb' (or 'chosen' and "
+            f"'rejected'). Got {names}."
+        )
+    builder = _Builder(items, on_error, source, "rows are 0-based positions")
+    builder.seen_columns.update(names)
+    row = 0
+    for batch in table.to_batches(max_chunksize=chunk_rows):
+        builder.add_arrow_batch(batch, names, np.arange(row, row + batch.num_rows, dtype=np.int64))
+        row += batch.num_rows
     return builder.finish()
 
 

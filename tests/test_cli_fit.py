@@ -209,8 +209,9 @@ def test_bad_rows_are_all_listed_with_their_row_numbers(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err, err
     lines = err.strip().splitlines()
     assert lines[0].startswith("pbde fit: error: DATA") and "2 problem(s)" in lines[0], err
-    assert any(line.strip().startswith("row 1:") for line in lines), err
-    assert any(line.strip().startswith("row 2, column 'y'") for line in lines), err
+    # rows of a JSON Lines file are its 1-based line numbers
+    assert any(line.strip().startswith("row 2:") for line in lines), err
+    assert any(line.strip().startswith("row 3, column 'y'") for line in lines), err
     assert "--on-error drop" in err, err
 
 

@@ -896,3 +896,91 @@ def test_items_text_forces_text_and_names_map_to_ids(tmp_path):
     assert torch.equal(from_csv.prefs.xb, names.prefs.xb)
     with pytest.raises(ValueError, match=r"row 0, column 'xa': items are names \(strings\)"):
         io.from_records([{"xa": 3, "xb": "x", "y": 1}], items="name")
+
+
+# -- every reader gives the same comparisons for the same data --------------------------------
+
+
+def read_every_way(tmp_path, records, **options):
+    """The same records through every reader; rows are positions, lines, or lines after a header."""
+    table = pa.Table.from_pylist(records)
+    write_lines(tmp_path / "s.jsonl", [json.dumps(r) for r in records])
+    pq.write_table(table, tmp_path / "s.parquet", row_group_size=3)
+    out = {
+        "records": io.from_records(records, **options),
+        "arrow": io.from_arrow(table, **options),
+        "batch": io.from_arrow(table.to_batches()[0], **options),
+        "dataframe": io.from_dataframe(table.to_pandas(), **options),
+        "jsonl": io.read_preferences(tmp_path / "s.jsonl", **options),
+        "parquet": io.read_preferences(tmp_path / "s.parquet", chunk_rows=2, **options),
+    }
+    if not any(isinstance(v, list) and v and isinstance(v[0], dict) for v in records[0].values()):
+        pd.DataFrame(records).to_csv(tmp_path / "s.csv", index=False)
+        out["csv"] = io.read_preferences(tmp_path / "s.csv", **options)
+    return out
+
+
+def assert_same(results):
+    reference = results["records"]
+    for name, result in results.items():
+        assert result.items == reference.items, name
+        got, expected = result.prefs, reference.prefs
+        for field in ("xa", "xb", "prompt"):
+            a, b = getattr(got, field, None), getattr(expected, field, None)
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, (name, field)
+        for field in ("y", "annotator_id", "weight"):
+            a, b = getattr(got, field), getattr(expected, field)
+            assert (a is None and b is None) or torch.equal(a, b), (name, field)
+        assert result.item_names == reference.item_names, name
+
+
+@FAST
+@given(
+    n=st.integers(1, 12),
+    kind=st.sampled_from(["id", "number", "text"]),
+    data=st.data(),
+)
+def test_property_every_reader_agrees(tmp_path, n, kind, data):
+    if kind == "id":
+        item = st.integers(0, 50)
+    elif kind == "number":
+        item = st.floats(-1e6, 1e6, width=32).filter(lambda v: not float(v).is_integer())
+    else:
+        item = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1)
+        item = item.filter(lambda t: t.strip() and not t.lstrip().startswith("[")).map(
+            lambda t: "t " + t  # never a number in CSV
+        )
+    records = [
+        {
+            "xa": data.draw(item),
+            "xb": data.draw(item),
+            "y": data.draw(st.sampled_from([0.0, 0.25, 1.0])),
+            "annotator_id": data.draw(st.integers(0, 3)),
+            "weight": data.draw(st.sampled_from([0.5, 1.0, 2.0])),
+        }
+        for _ in range(n)
+    ]
+    options = {"items": kind}
+    results = read_every_way(tmp_path, records, **options)
+    assert_same(results)
+    expected_y = torch.tensor([r["y"] for r in records])
+    assert torch.equal(results["jsonl"].prefs.y, expected_y)
+    assert results["jsonl"].rows.tolist() == list(range(1, n + 1))
+    assert results["arrow"].rows.tolist() == list(range(n))
+    if kind == "text":
+        assert results["csv"].prefs.xa == [r["xa"] for r in records]
+
+
+def test_from_arrow_and_dataframe_inputs(tmp_path):
+    table = pa.table({"xa": [1, 2, 3], "xb": [0, 0, 1], "y": [1.0, 0.0, 0.5], "note": list("abc")})
+    result = io.from_arrow(table)
+    assert result.prefs.xa.tolist() == [1, 2, 3] and result.ignored_columns == ["note"]
+    assert result.prefs.y.tolist() == [1.0, 0.0, 0.5]
+    with pytest.raises(TypeError, match="'table' must be a pyarrow.Table"):
+        io.from_arrow({"xa": [1]})
+    with pytest.raises(ValueError, match="no item columns"):
+        io.from_arrow(pa.table({"a": [1]}))
+    datasets = pytest.importorskip("datasets")
+    dataset = datasets.Dataset.from_dict({"xa": [1, 2, 3], "xb": [0, 0, 1], "y": [1, 0, 1]})
+    shuffled = dataset.select([2, 0])  # an indices mapping: the view, not the table, is read
+    assert io.from_arrow(shuffled).prefs.xa.tolist() == [3, 1]
