@@ -291,8 +291,16 @@ def main() -> None:
         child(args)
         return
 
+    import inspect
     import tempfile
 
+    import pbde
+
+    if k > 1 and "gradient_accumulation" not in inspect.signature(pbde.fit).parameters:
+        sys.exit(
+            f"--gradient-accumulation {k}: this pbde.fit has no 'gradient_accumulation' "
+            "parameter yet; run with K = 1."
+        )
     results = {name: [] for name in CONTENDERS}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
