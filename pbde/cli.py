@@ -358,6 +358,14 @@ def _item_kind(model) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from pbde.serialization import load_model
 
+    if args.model.is_dir():  # a language-model run (or its model folder)
+        from pbde.cli_language_model import evaluate_language_model
+
+        return evaluate_language_model(args, UsageError)
+    for option in ("batch_size", "max_length"):
+        if getattr(args, option) is not None:
+            raise UsageError(f"--{option.replace('_', '-')} applies to language-model runs")
+
     try:
         model = load_model(args.model)
     except (OSError, ValueError) as error:
@@ -511,8 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate",
         help="mean log-likelihood and accuracy of a saved model on a preference file",
     )
-    evaluate.add_argument("model", type=Path, metavar="MODEL", help="model file (model.pt)")
+    evaluate.add_argument("model", type=Path, metavar="MODEL",
+                          help="model file (model.pt), or a language-model run folder")  # fmt: skip
     evaluate.add_argument("data", type=Path, metavar="DATA", help="preference file")
+    evaluate.add_argument("--batch-size", type=_positive_int,
+                          help="comparisons per forward pass (language models)")  # fmt: skip
+    evaluate.add_argument("--max-length", type=_positive_int,
+                          help="truncate as in training (language models; the run's value)")  # fmt: skip
     evaluate.add_argument("--on-error", choices=["raise", "drop"], default="raise")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)

@@ -113,12 +113,12 @@ def check_options(args: argparse.Namespace, usage_error) -> None:
 
 def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     """The language-model run of ``pbde fit`` (see the module docstring)."""
+    import transformers
+
     import pbde
     from pbde.densities import CausalLM, Precomputed
     from pbde.distributed import is_main_process, rank_and_world_size
     from pbde.io import read_preferences, write_preferences
-
-    import transformers
 
     transformers.logging.set_verbosity_error()  # pbde reports what matters, in one place
     transformers.utils.logging.disable_progress_bar()
@@ -127,7 +127,7 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     progress = False if args.no_progress else None
     try:
         policy = CausalLM.from_pretrained(
-            args.model, lora_r=args.lora_r, lora_alpha=args.lora_alpha
+            args.model, tokenizer=True, lora_r=args.lora_r, lora_alpha=args.lora_alpha
         )
     except ValueError as error:
         raise usage_error(f"--model {error}") from None
@@ -410,3 +410,71 @@ def plot_training(records: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def evaluate_language_model(args: argparse.Namespace, usage_error) -> int:
+    """``pbde evaluate RUN DATA`` for a language-model run (or its ``model/`` folder): the held-out
+    metrics of :func:`pbde.evaluate` on DATA, tokenized as the run was."""
+    import transformers
+
+    import pbde
+    from pbde.densities import CausalLM
+    from pbde.io import read_preferences
+    from pbde.serialization import LM_RECORD, load_model
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    folder = args.model / "model" if (args.model / "model" / LM_RECORD).exists() else args.model
+    settings = {}
+    report_path = folder.parent / "report.json"
+    if report_path.exists():
+        try:
+            settings = json.loads(report_path.read_text()).get("settings", {})
+        except (OSError, ValueError):
+            settings = {}
+    try:
+        model = load_model(folder)
+    except (OSError, ValueError) as error:
+        raise usage_error(f"MODEL {str(error).splitlines()[0]}") from None
+    tokenizer = model.density.tokenizer
+    if tokenizer is None:
+        raise usage_error(f"MODEL {str(folder)!r} holds no tokenizer to read DATA's text with")
+    try:
+        read = read_preferences(args.data, items="text", on_error=args.on_error)
+    except (OSError, ValueError, ImportError) as error:
+        message = str(error).replace("Pass on_error='drop'", "Pass --on-error drop")
+        raise usage_error(f"DATA {message}") from None
+    max_length = args.max_length or settings.get("max_length")
+    max_prompt_length = settings.get("max_prompt_length")
+    try:
+        tokenized = CausalLM.tokenize(
+            read.prefs, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length
+        )
+    except ValueError as error:
+        raise usage_error(f"DATA {error}".replace("max_length=", "--max-length ")) from None
+    positions = model.density.max_positions
+    if positions is not None and tokenized.longest > positions:
+        raise usage_error(
+            f"DATA holds a prompt + completion of {tokenized.longest} tokens, more than the "
+            f"model's {positions} positions: pass --max-length"
+        )
+    loss_kwargs = {k: settings[k] for k in ("tau", "delta") if settings.get(k) is not None}
+    batch_size = args.batch_size or settings.get("batch_size") or DEFAULTS["batch_size"]
+    metrics = pbde.evaluate(
+        model,
+        tokenized.prefs,
+        loss=settings.get("loss", "bce"),
+        batch_size=batch_size,
+        **loss_kwargs,
+    )
+    metrics["dropped_rows"] = read.dropped
+    metrics["rows_truncated"] = tokenized.rows_truncated
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(
+            f"{metrics['comparisons']} comparisons: mean log-likelihood "
+            f"{metrics['log_likelihood']:.6f} per comparison, accuracy {metrics['accuracy']:.6f}, "
+            f"reward margin {metrics.get('rewards/margins', float('nan')):.6f}"
+        )
+    return 0

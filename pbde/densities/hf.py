@@ -181,7 +181,7 @@ class CausalLM(Density):
         cls,
         path: str | os.PathLike,
         *,
-        tokenizer: bool = True,
+        tokenizer: bool | None = None,
         lora_r: int | None = None,
         lora_alpha: float | None = None,
         lora_dropout: float = 0.0,
@@ -194,7 +194,8 @@ class CausalLM(Density):
         Args:
             path: the folder (``config.json`` and the weights; the tokenizer's files too, unless
                 ``tokenizer=False``).
-            tokenizer: load the folder's tokenizer as :attr:`tokenizer` (required then).
+            tokenizer: load the folder's tokenizer as :attr:`tokenizer`: ``True`` requires
+                one, ``None`` (default) loads it if the folder has one, ``False`` does not.
             lora_r: train LoRA adapters of this rank (``peft``) instead of the weights; the
                 reference is then the same model with the adapters off
                 (``CausalLM(model, adapters=False)``), with no copy of the weights.
@@ -206,7 +207,7 @@ class CausalLM(Density):
 
         Raises:
             ValueError: if ``path`` is not a local folder holding a model (a hub name is
-                refused), or has no tokenizer while ``tokenizer`` is true, or the tokenizer's
+                refused), or has no tokenizer while ``tokenizer`` is ``True``, or the tokenizer's
                 vocabulary is larger than the model's.
             ImportError: without ``transformers`` (or ``peft`` for LoRA), with the install command.
         """
@@ -226,7 +227,14 @@ class CausalLM(Density):
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise ValueError(f"'path' {folder!r} holds no model (no config.json).")
         loaded_tokenizer = None
-        if tokenizer:
+        files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+        has_tokenizer = any(os.path.exists(os.path.join(folder, name)) for name in files)
+        if tokenizer or (tokenizer is None and has_tokenizer):
+            if not has_tokenizer:
+                raise ValueError(
+                    f"'path' {folder!r} holds no tokenizer (none of {', '.join(files)}); save "
+                    "the tokenizer with tokenizer.save_pretrained(path) next to the model."
+                )
             try:
                 loaded_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             except (OSError, ValueError, TypeError) as error:
@@ -550,17 +558,19 @@ class CausalLM(Density):
 
 
 def _token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] at each position, shape ``targets.shape``, in float32.
+    """log softmax(logits)[target] at each position, shape ``targets.shape``, in float32 (or the
+    logits' dtype if wider).
 
     The normalizer (logsumexp over the vocabulary) is computed a few rows at a time, so the
     float32 copy of the logits (from bf16/fp16) never exists for the whole batch at once; the
     full log-softmax is never built.
     """
-    selected = logits.gather(-1, targets[..., None]).squeeze(-1).float()
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # float64 models stay float64
+    selected = logits.gather(-1, targets[..., None]).squeeze(-1).to(dtype)
     per_row = logits.shape[1] * logits.shape[2]
     rows = max(1, (1 << 24) // max(per_row, 1))  # ~64 MB of float32 per chunk
     normalizer = torch.cat(
-        [torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(rows, dim=0)]
+        [torch.logsumexp(chunk.to(dtype), dim=-1) for chunk in logits.split(rows, dim=0)]
     )
     return selected - normalizer
 
