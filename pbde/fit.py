@@ -768,7 +768,9 @@ def optimize(
     learning_rates = torch.full((steps,), math.nan, dtype=torch.float64)
     start = 0
     if checkpoint is not None and os.path.exists(checkpoint):
-        start = _load_checkpoint(checkpoint, module, optim, scheduler, generator, history, steps)
+        start = _load_checkpoint(
+            checkpoint, module, optim, scheduler, generator, history, learning_rates, steps
+        )
     if on_start is not None:
         on_start(start)
     main_process = _distributed.is_main_process()
@@ -834,7 +836,16 @@ def optimize(
                 and main_process
                 and ((step + 1) % checkpoint_every == 0 or done)
             ):
-                _save_checkpoint(checkpoint, module, optim, scheduler, generator, history, step + 1)
+                _save_checkpoint(
+                    checkpoint,
+                    module,
+                    optim,
+                    scheduler,
+                    generator,
+                    history,
+                    learning_rates,
+                    step + 1,
+                )
             bar.update(1)
             if progress and (step % 50 == 0 or done):
                 bar.set_postfix(loss=f"{history[step]:.4f}")
@@ -956,13 +967,14 @@ def _trainable_state(module: nn.Module) -> dict:
     return {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(frozen))}
 
 
-def _save_checkpoint(path, module, optimizer, scheduler, generator, history, step):
+def _save_checkpoint(path, module, optimizer, scheduler, generator, history, learning_rates, step):
     state = {
         "model": _trainable_state(module),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
         "history": history,
+        "learning_rates": learning_rates,
         "step": step,
         "steps": history.shape[0],
     }
@@ -971,7 +983,9 @@ def _save_checkpoint(path, module, optimizer, scheduler, generator, history, ste
     os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path, module, optimizer, scheduler, generator, history, steps) -> int:
+def _load_checkpoint(
+    path, module, optimizer, scheduler, generator, history, learning_rates, steps
+) -> int:
     state = torch.load(path, map_location=device_of(module), weights_only=True)
     if state["steps"] != steps:
         raise ValueError(
@@ -990,4 +1004,6 @@ def _load_checkpoint(path, module, optimizer, scheduler, generator, history, ste
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"].cpu())
     history.copy_(state["history"].cpu())
+    if "learning_rates" in state:  # absent from checkpoints of earlier versions
+        learning_rates.copy_(state["learning_rates"].cpu())
     return int(state["step"])
