@@ -547,7 +547,7 @@ class _PairData:
         weight = None if prefs.weight is None else prefs.weight[which]
         a, b = self.item_a[which], self.item_b[which]
         if a.shape[0] == self.n:  # the whole data set: all items, the same tensor every step
-            return _Batch(self.items, a, b, prefs.y, weight)
+            return _Batch(self.items, a, b, prefs.y[which], weight)
         used, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
         m = a.shape[0]
         return _Batch(self.items[used], inverse[:m], inverse[m:], prefs.y[which], weight)
