@@ -130,33 +130,42 @@ class PairRecorder:
 
 
 @pytest.mark.parametrize("parts", [2, 3, 5])
-@pytest.mark.parametrize("batch_size", [None, 7])
+@pytest.mark.parametrize("batches", ["full", "mini", "epochs"])
 @pytest.mark.parametrize("weighted_and_regularized", [False, True])
-def test_gradient_accumulation_takes_the_unsplit_step(parts, batch_size, weighted_and_regularized):
-    """K micro-batches (of unequal sizes: 20 pairs or batches of 7) give the parameters of K = 1
-    after 6 steps; weights normalize by the whole batch's weight, the regularizer counts once."""
+def test_gradient_accumulation_takes_the_unsplit_step(parts, batches, weighted_and_regularized):
+    """K micro-batches (of unequal sizes: 20 pairs, batches of 7, epochs of 7 + 7 + 6) give the
+    parameters, losses and logged metrics of K = 1 after 6 steps; weights normalize by the whole
+    batch's weight, the regularizer counts once per step."""
     prefs = random_prefs(20, soft=True, weighted=weighted_and_regularized)
     regularizer = None
     if weighted_and_regularized:
         regularizer = pbde.nll_regularizer(torch.tensor([0, 0, 3, 5]), weight=0.5)
+    length = dict(full=dict(steps=6), mini=dict(steps=6, batch_size=7))
+    length["epochs"] = dict(epochs=2, batch_size=7)
     results = []
     for k in (1, parts):
         model = dpo_model()
         result = pbde.fit(
             model,
             prefs,
-            steps=6,
             lr=0.1,
-            batch_size=batch_size,
             gradient_accumulation=k,
             regularizer=regularizer,
+            log_every=2,
             progress=False,
+            **length[batches],
         )
-        results.append((model.density.logits.detach().clone(), result.losses))
-    (theta_1, losses_1), (theta_k, losses_k) = results
+        results.append((model.density.logits.detach().clone(), result))
+    (theta_1, result_1), (theta_k, result_k) = results
+    assert result_k.steps == 6
     assert not torch.equal(theta_1, dpo_model().density.logits)  # it did move
     torch.testing.assert_close(theta_k, theta_1, rtol=0, atol=1e-12)
-    torch.testing.assert_close(losses_k, losses_1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(result_k.losses, result_1.losses, rtol=0, atol=1e-12)
+    for record_k, record_1 in zip(result_k.metrics, result_1.metrics, strict=True):
+        assert record_k.keys() == record_1.keys()
+        for name in record_1:
+            if name != "seconds":
+                assert record_k[name] == pytest.approx(record_1[name], rel=1e-10, abs=1e-12)
 
 
 def test_gradient_accumulation_full_batch_equals_a_hand_written_adam_step():
@@ -721,3 +730,53 @@ def test_tokens_per_second_for_token_items():
     tokens = int((items != PAD_TOKEN).sum())
     for record in result.metrics:
         assert record["tokens_per_second"] * record["seconds"] == pytest.approx(tokens, rel=1e-6)
+
+
+def tiny_gpt2(transformers, seed: int):
+    config = transformers.GPT2Config(
+        vocab_size=23,
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_causal_lm_dpo_with_a_precomputed_reference_logs_what_the_live_reference_does():
+    """A tiny GPT-2: DPO with the reference as a table (built at another padding width) takes
+    the steps and logs the rewards and log-probabilities of the live reference; rewards/chosen
+    at the first step is β·(log π − log π_ref) of the chosen items, recomputed by hand."""
+    transformers = pytest.importorskip("transformers")
+    from pbde.densities import CausalLM
+
+    prompts = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]]
+    chosen = [[2, 3, 1], [4, 4, 4, 4, 1], [15, 1], [16, 17, 1]]
+    rejected = [[18, 1], [19, 20, 1], [21, 22, 2, 3, 1], [3, 1]]
+    xa, xb = CausalLM.items(prompts, chosen), CausalLM.items(prompts, rejected)
+    prefs = pbde.Preferences(xa, xb, torch.ones(4))
+    beta = 0.1
+    reference = CausalLM(tiny_gpt2(transformers, 1))
+    wide = torch.cat([torch.cat([xa, xb]), torch.full((8, 2, 3), PAD_TOKEN)], dim=2)
+    table = Precomputed.of(reference, wide, batch_size=3)
+    runs = []
+    for ref in (reference, table):
+        policy = CausalLM(tiny_gpt2(transformers, 0))
+        model = pbde.Annotator(policy, pbde.dpo(beta, ref))
+        with torch.no_grad():
+            first = beta * (policy.log_prob(xa) - reference.log_prob(xa)).mean()
+        result = pbde.fit(model, prefs, steps=3, lr=1e-3, log_every=1, progress=False)
+        runs.append((result, float(first)))
+    (live, first), (cached, _) = runs
+    assert live.metrics[0]["rewards/chosen"] == pytest.approx(first, abs=1e-5)
+    torch.testing.assert_close(cached.losses, live.losses, rtol=0, atol=1e-5)
+    for a, b in zip(cached.metrics, live.metrics, strict=True):
+        for name in ("rewards/chosen", "rewards/margins", "logps/chosen", "logps/rejected"):
+            assert a[name] == pytest.approx(b[name], abs=1e-4), name
+        assert a["tokens_per_second"] > 0
