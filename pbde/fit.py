@@ -915,7 +915,7 @@ class _MetricsLog:
         now = time.perf_counter()
         record = {"loss": sum(self._losses) / len(self._losses), "learning_rate": float(lr)}
         if self._norms:
-            record["grad_norm"] = float(torch.stack(self._norms).float().mean())
+            record["grad_norm"] = float(torch.stack(self._norms).double().mean())
         if self.statistics is not None:
             stats = self.statistics()
             tokens = stats.pop("tokens", None)

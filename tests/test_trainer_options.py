@@ -395,7 +395,12 @@ def test_clipping_equals_clip_grad_norm_by_hand_and_logs_the_norm_before_clippin
     )
     torch.testing.assert_close(model.density.logits.detach(), expected, rtol=0, atol=1e-12)
     logged = [r["grad_norm"] for r in result.metrics]
-    torch.testing.assert_close(torch.tensor(logged), torch.tensor(norms), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(logged, dtype=torch.float64),
+        torch.tensor(norms, dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 # -- logging --------------------------------------------------------------------------------
