@@ -166,8 +166,9 @@ def fit(
         device: where to train (e.g. ``"cuda"``); the model and data are moved there. Default:
             the model's device.
         checkpoint: a file path. Every ``checkpoint_every`` steps the model (without its frozen
-            reference densities), optimizer, scheduler, sampler state, loss and learning-rate history are saved
-            there; if the file exists when ``fit`` starts, training resumes from it.
+            reference densities), optimizer, scheduler, sampler state, loss and learning-rate
+            histories are saved there; if the file exists when ``fit`` starts, training resumes
+            from it.
         checkpoint_every: steps between checkpoints, >= 1.
         log_every: every this many steps, record the training metrics averaged since the last
             record: ``loss``, ``learning_rate``, ``grad_norm`` (with clipping), ``rewards/chosen``,
