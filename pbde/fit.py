@@ -166,8 +166,9 @@ def fit(
         device: where to train (e.g. ``"cuda"``); the model and data are moved there. Default:
             the model's device.
         checkpoint: a file path. Every ``checkpoint_every`` steps the model (without its frozen
-            reference densities), optimizer, scheduler, sampler state and loss history are saved
-            there; if the file exists when ``fit`` starts, training resumes from it.
+            reference densities), optimizer, scheduler, sampler state, loss and learning-rate
+            histories are saved there; if the file exists when ``fit`` starts, training resumes
+            from it.
         checkpoint_every: steps between checkpoints, >= 1.
         log_every: every this many steps, record the training metrics averaged since the last
             record: ``loss``, ``learning_rate``, ``grad_norm`` (with clipping), ``rewards/chosen``,
@@ -547,7 +548,7 @@ class _PairData:
         weight = None if prefs.weight is None else prefs.weight[which]
         a, b = self.item_a[which], self.item_b[which]
         if a.shape[0] == self.n:  # the whole data set: all items, the same tensor every step
-            return _Batch(self.items, a, b, prefs.y, weight)
+            return _Batch(self.items, a, b, prefs.y[which], weight)
         used, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
         m = a.shape[0]
         return _Batch(self.items[used], inverse[:m], inverse[m:], prefs.y[which], weight)
@@ -768,7 +769,9 @@ def optimize(
     learning_rates = torch.full((steps,), math.nan, dtype=torch.float64)
     start = 0
     if checkpoint is not None and os.path.exists(checkpoint):
-        start = _load_checkpoint(checkpoint, module, optim, scheduler, generator, history, steps)
+        start = _load_checkpoint(
+            checkpoint, module, optim, scheduler, generator, history, learning_rates, steps
+        )
     if on_start is not None:
         on_start(start)
     main_process = _distributed.is_main_process()
@@ -834,7 +837,16 @@ def optimize(
                 and main_process
                 and ((step + 1) % checkpoint_every == 0 or done)
             ):
-                _save_checkpoint(checkpoint, module, optim, scheduler, generator, history, step + 1)
+                _save_checkpoint(
+                    checkpoint,
+                    module,
+                    optim,
+                    scheduler,
+                    generator,
+                    history,
+                    learning_rates,
+                    step + 1,
+                )
             bar.update(1)
             if progress and (step % 50 == 0 or done):
                 bar.set_postfix(loss=f"{history[step]:.4f}")
@@ -904,7 +916,7 @@ class _MetricsLog:
         now = time.perf_counter()
         record = {"loss": sum(self._losses) / len(self._losses), "learning_rate": float(lr)}
         if self._norms:
-            record["grad_norm"] = float(torch.stack(self._norms).float().mean())
+            record["grad_norm"] = float(torch.stack(self._norms).double().mean())
         if self.statistics is not None:
             stats = self.statistics()
             tokens = stats.pop("tokens", None)
@@ -956,13 +968,14 @@ def _trainable_state(module: nn.Module) -> dict:
     return {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(frozen))}
 
 
-def _save_checkpoint(path, module, optimizer, scheduler, generator, history, step):
+def _save_checkpoint(path, module, optimizer, scheduler, generator, history, learning_rates, step):
     state = {
         "model": _trainable_state(module),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
         "history": history,
+        "learning_rates": learning_rates,
         "step": step,
         "steps": history.shape[0],
     }
@@ -971,7 +984,9 @@ def _save_checkpoint(path, module, optimizer, scheduler, generator, history, ste
     os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path, module, optimizer, scheduler, generator, history, steps) -> int:
+def _load_checkpoint(
+    path, module, optimizer, scheduler, generator, history, learning_rates, steps
+) -> int:
     state = torch.load(path, map_location=device_of(module), weights_only=True)
     if state["steps"] != steps:
         raise ValueError(
@@ -990,4 +1005,6 @@ def _load_checkpoint(path, module, optimizer, scheduler, generator, history, ste
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"].cpu())
     history.copy_(state["history"].cpu())
+    if "learning_rates" in state:  # absent from checkpoints of earlier versions
+        learning_rates.copy_(state["learning_rates"].cpu())
     return int(state["step"])

@@ -262,7 +262,9 @@ class Precomputed(Density):
             for start in tqdm(
                 range(0, distinct.shape[0], batch_size), desc="reference", disable=not show
             ):
-                values.append(density.log_prob(distinct[start : start + batch_size]).float().cpu())
+                value = density.log_prob(distinct[start : start + batch_size])
+                # at least float32 (a bfloat16 model's values), never less than the density gives
+                values.append(value.to(torch.promote_types(value.dtype, torch.float32)).cpu())
         finally:
             density.train(was_training)
         table = cls(distinct.cpu(), torch.cat(values))
