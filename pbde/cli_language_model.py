@@ -218,6 +218,9 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     if main and not resuming and metrics_path.exists():
         metrics_path.unlink()
     log = _Log(metrics_path, args.out) if main else None
+    before = [] if initial is None else [{"step": 0, **{f"eval/{k}": v for k, v in initial.items()}}]
+    if log is not None and before and not resuming:
+        log(before[0])
     epochs = None if args.steps is not None else (args.epochs or DEFAULTS["epochs"])
     steps = args.steps
     if args.warmup_ratio is not None:
@@ -313,7 +316,7 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
         pbde.save_model(model, args.out / "model")
         if test_text is not None:
             write_preferences(test_text, args.out / "test.jsonl")
-        plot_training(result.metrics, args.out / "training.png")
+        plot_training(before + result.metrics, args.out / "training.png")
         (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         truncated = (
             ""

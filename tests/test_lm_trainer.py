@@ -353,7 +353,10 @@ def bad_folders(tmp_path_factory, tokenizer):
         if "token" in name or "chat_template" in name:
             os.remove(no_tokenizer / name)
     small_vocab = save_tiny_gpt2(root / "small_vocab", tokenizer, vocab=len(tokenizer) + 5)
-    return {"no_tokenizer": no_tokenizer, "other_vocab": small_vocab}
+    no_eos = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer)
+    assert no_eos.eos_token_id is None
+    save_tiny_gpt2(root / "no_eos", no_eos, vocab=len(tokenizer))
+    return {"no_tokenizer": no_tokenizer, "other_vocab": small_vocab, "no_eos": root / "no_eos"}
 
 
 def bad_cases(model, data, folders, tmp):
@@ -376,6 +379,7 @@ def bad_cases(model, data, folders, tmp):
         (["fit", str(data), "--model", "gpt2", "--out", str(tmp / "o")], "--model must be a local folder"),
         ([*base[:3], str(folders["no_tokenizer"]), *base[4:]], "holds no tokenizer"),
         ([*base, "--reference", str(folders["other_vocab"])], "--reference has a vocabulary of"),
+        ([*base[:3], str(folders["no_eos"]), *base[4:]], "its tokenizer has no EOS token"),
         (["fit", str(long_text), *base[2:]], "more than the model's 128 positions: pass --max-length"),
         (["fit", str(empty), *base[2:]], "row 2, column 'chosen'"),
         (["fit", str(no_prompt), *base[2:]], "row 2"),
@@ -391,18 +395,28 @@ def bad_cases(model, data, folders, tmp):
     ]  # fmt: skip
 
 
-def test_bad_input_is_one_line_and_exit_status_2(tmp_path, model_folder, data_file, bad_folders):
-    for argv, expected in bad_cases(model_folder, data_file, bad_folders, tmp_path):
-        done = subprocess.run(
-            [sys.executable, "-m", "pbde.cli", *argv],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, OMP_NUM_THREADS="1"),
-            timeout=120,
-        )
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2, (argv, done.stderr[-2000:])
-        assert "Traceback" not in done.stderr and lines[0].startswith("pbde fit: error: ")
+def test_bad_input_is_one_line_and_exit_status_2(
+    tmp_path, model_folder, data_file, bad_folders, capsys
+):
+    """In process (an exception escaping main would fail the test), and the first case through
+    the console entry point as a user runs it."""
+    cases = bad_cases(model_folder, data_file, bad_folders, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pbde.cli", *cases[0][0]],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert cases[0][1] in done.stderr
+    for argv, expected in cases:
+        capsys.readouterr()
+        code = pbde.cli.main(argv)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2, (argv, err[-2000:])
+        assert "Traceback" not in err and lines[0].startswith("pbde fit: error: ")
         if expected.startswith("row "):  # bad rows: one line each, after the summary
             assert any(line.strip().startswith(expected) for line in lines[1:]), lines
         else:
@@ -434,3 +448,74 @@ def test_language_model_fit_under_torchrun(tmp_path, model_folder, data_file):
     )
     for (name, a), b in zip(two.state_dict().items(), one.state_dict().values(), strict=True):
         assert float((a - b).abs().max()) <= 1e-5, name
+
+
+# -- the PBDE view on language models --------------------------------------------------------------
+
+
+def tokenized_records(model_folder, n=12):
+    policy = CausalLM.from_pretrained(model_folder)
+    text = pbde.io.from_records(records(n)).prefs
+    return policy, CausalLM.tokenize(text, policy.tokenizer).prefs
+
+
+def test_a_custom_behavior_on_a_language_model(model_folder):
+    """DPO plus a length bonus, written as a PBDE(f, g) over a precomputed reference: its logits
+    are β·Δlog π − β·Δlog π_ref + bonus·Δ|x|, computed here from the two models directly."""
+    policy, prefs = tokenized_records(model_folder)
+    reference = Precomputed.of(policy, torch.cat([prefs.xa, prefs.xb]))
+    beta, bonus = 0.1, 0.05
+    behavior = pbde.PBDE(
+        beta,
+        lambda x: -beta * reference.log_prob(x) + bonus * policy.length(x),
+        references=(reference,),
+    )
+    model = pbde.Annotator(policy, behavior)
+    with torch.no_grad():
+        log_pi = [policy.log_prob(x) for x in (prefs.xa, prefs.xb)]
+        lengths = [policy.length(x).to(log_pi[0]) for x in (prefs.xa, prefs.xb)]
+        expected = beta * (log_pi[0] - log_pi[1]) - beta * (log_pi[0] - log_pi[1])
+        expected = expected + bonus * (lengths[0] - lengths[1])  # π = π_ref here
+        torch.testing.assert_close(model.logits(prefs.xa, prefs.xb), expected, atol=1e-5, rtol=0)
+    result = pbde.fit(model, prefs, steps=3, lr=1e-3, progress=False)
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_a_latent_mixture_of_language_model_annotators(model_folder):
+    """Two CausalLM components under DPO: the marginal likelihood of the mixture (eq. 30) is
+    what its objective reports, and fitting lowers it."""
+    policy, prefs = tokenized_records(model_folder)
+    reference = Precomputed.of(policy, torch.cat([prefs.xa, prefs.xb]))
+    components = [
+        pbde.Annotator(CausalLM.from_pretrained(model_folder), pbde.dpo(0.1, reference))
+        for _ in range(2)
+    ]
+    mixture = pbde.LatentMixture(components)
+    with torch.no_grad():
+        h = torch.stack([c.logits(prefs.xa, prefs.xb) for c in components], -1)
+        y = prefs.y[:, None]
+        per_type = y * torch.nn.functional.logsigmoid(h) + (1 - y) * torch.nn.functional.logsigmoid(
+            -h
+        )
+        expected = -torch.logsumexp(per_type + mixture.weights.log(), -1).mean()
+        torch.testing.assert_close(mixture.objective(prefs), expected, atol=1e-5, rtol=0)
+    result = mixture.fit(prefs, steps=4, lr=1e-3, noise=0.01, progress=False)
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_gradient_checkpointing_and_accumulation_change_nothing_but_memory(
+    tmp_path, model_folder, data_file
+):
+    options = ["fit", str(data_file), "--model", str(model_folder), "--lr", "0.01",
+               "--steps", "3", "--batch-size", "6", "--no-progress"]  # fmt: skip
+    variants = {
+        "plain": [],
+        "checkpointing": ["--gradient-checkpointing"],
+        "accumulation": ["--gradient-accumulation", "3"],
+    }
+    losses = {}
+    for name, extra in variants.items():
+        assert pbde.cli.main([*options, *extra, "--out", str(tmp_path / name)]) == 0
+        losses[name] = json.loads((tmp_path / name / "report.json").read_text())["final_loss"]
+    assert losses["checkpointing"] == pytest.approx(losses["plain"], abs=1e-6)
+    assert losses["accumulation"] == pytest.approx(losses["plain"], abs=1e-6)
