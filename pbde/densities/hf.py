@@ -166,7 +166,9 @@ class CausalLM(Density):
             return super().frozen()
         clone = CausalLM.__new__(CausalLM)
         nn.Module.__init__(clone)
-        clone.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_modules"})
+        clone.__dict__.update(
+            {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        )
         object.__setattr__(clone, "_shared", self.model)  # not a submodule: not moved or saved
         clone._modules = {}
         clone._memo = (None,) * 5
@@ -174,7 +176,8 @@ class CausalLM(Density):
 
     @property
     def _module(self) -> nn.Module:
-        return self.__dict__.get("_shared") or self.model
+        shared = self.__dict__.get("_shared")
+        return self.model if shared is None else shared
 
     @classmethod
     def from_pretrained(
