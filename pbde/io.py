@@ -19,8 +19,16 @@ A preference file holds one comparison per row. The columns are
                     :attr:`ReadResult.prompts`; it is *not* prepended to the items.
 ==================  ==========================================================================
 
-Other columns are ignored and listed in :attr:`ReadResult.ignored_columns`. If some rows have
-``annotator_id`` (or ``weight``) and others do not, the rows without it are problems.
+Other columns are ignored and listed in :attr:`ReadResult.ignored_columns`, except that an
+unknown column whose name is close to a known one (``yy``, ``wieght``, ``Annotator ID``) is an
+error naming both (``column 'yy' is not known: did you mean 'y'?``); ``columns={"yy": "y"}``
+renames it, ``columns={"yy": None}`` ignores it. Duplicate columns (also made by ``columns=``)
+are an error in every format.
+
+When the data have an ``annotator_id`` or ``weight`` column, a row where it is missing (null,
+NaN, an empty CSV cell, a JSON object without the key) is a problem of that row. With
+``allow_missing=True`` a missing value is absent instead: the column is dropped if no row has a
+value, and rows without one are problems only if other rows have one.
 
 Items (``items=``) are
 
@@ -111,7 +119,65 @@ _SUFFIXES = {
 _MAX_LISTED = 20
 _BOOLS = frozenset((bool, np.bool_))
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_KNOWN = ("xa", "xb", "chosen", "rejected", "y", "label", "tie", "annotator_id", "weight", "prompt")
+_COUNTS = ("wins_a", "wins_b", "ties")
+_KNOWN = (
+    "xa",
+    "xb",
+    "chosen",
+    "rejected",
+    "y",
+    "label",
+    "tie",
+    "annotator_id",
+    "weight",
+    "prompt",
+) + _COUNTS
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions, transpositions."""
+    previous2, previous = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _close_known(name: str) -> str | None:
+    """The known column that ``name`` (not itself known) is probably a misspelling of, if any.
+
+    Close means: equal ignoring case, spaces, ``_`` and ``-``; for the short names ``xa``,
+    ``xb``, ``y``, ``tie``, also a doubled letter (``yy``) or two swapped letters (``ax``); for
+    longer names, at most one edit (two from names of 7 characters or more), an edit being an
+    insertion, a deletion, a substitution or a swap of two neighbours (``wieght``, ``weights``).
+    """
+    if name in _KNOWN:
+        return None
+    norm = _normalized(name)
+    best, best_distance = None, 3
+    for known in _KNOWN:
+        target = _normalized(known)
+        if norm == target:
+            return known
+        if len(known) <= 3:
+            collapsed = re.sub(r"(.)\1+", r"\1", norm)
+            swapped = len(norm) == len(target) and sorted(norm) == sorted(target)
+            if collapsed == target or (swapped and _edit_distance(norm, target) == 1):
+                return known
+            continue
+        distance = _edit_distance(norm, target)
+        if distance <= (2 if len(target) >= 7 else 1) and distance < best_distance:
+            best, best_distance = known, distance
+    return best
 
 
 class Problem(NamedTuple):
@@ -172,7 +238,11 @@ class ReadResult:
 # -- argument checks -----------------------------------------------------------------------
 
 
-def _check_options(items, on_error, chunk_rows=1) -> None:
+def _check_options(items, on_error, chunk_rows=1, allow_missing=False) -> None:
+    if not isinstance(allow_missing, bool):
+        raise TypeError(
+            f"'allow_missing' must be a bool. Got {type(allow_missing).__name__} {allow_missing!r}."
+        )
     if items not in ITEM_KINDS:
         raise ValueError(f"'items' must be one of {ITEM_KINDS}. Got {items!r} instead.")
     if on_error not in ("raise", "drop"):
@@ -396,9 +466,19 @@ def _parse_bool(value) -> bool:
 class _Builder:
     """Collects parsed chunks and turns them into a ReadResult."""
 
-    def __init__(self, items: str, on_error: str, source: str, numbering: str):
+    def __init__(
+        self,
+        items: str,
+        on_error: str,
+        source: str,
+        numbering: str,
+        allow_missing: bool = False,
+        silenced: Iterable[str] = (),
+    ):
         self.kind = items
         self.on_error = on_error
+        self.allow_missing = allow_missing
+        self.silenced = frozenset(silenced)  # unknown columns the caller asked to ignore
         self.source = source
         self.numbering = numbering
         self.problems: list[Problem] = []
@@ -819,7 +899,22 @@ class _Builder:
             return None, False
         return tuple(parsed), is_float
 
+    def check_column_names(self) -> None:
+        """Raise if a column is an unknown name close to a known one (a misspelling)."""
+        close = []
+        for name in sorted(self.seen_columns - self.silenced):
+            known = _close_known(name)
+            if known is not None:
+                close.append(f"column '{name}' is not known: did you mean '{known}'?")
+        if close:
+            raise ValueError(
+                f"{self.source}: {'; '.join(close)} Rename the column (read_preferences: "
+                f"columns={{'old': 'new'}}), or ignore it with read_preferences(..., "
+                f"columns={{'old': None}})."
+            )
+
     def finish(self) -> ReadResult:
+        self.check_column_names()
         rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
         ok = np.concatenate(self.ok) if self.ok else np.zeros(0, bool)
         n = rows.shape[0]
@@ -886,11 +981,18 @@ class _Builder:
             no_prompt = np.fromiter((p is None for p in self.prompts), bool, len(self.prompts))
             checks.append(("prompt", None, no_prompt))
         for name, _values, missing in checks:
-            if bool((~missing & ok).any()):
+            # a value missing from a column the file has is a problem unless allow_missing
+            strict = name != "prompt" and name in self.seen_columns and not self.allow_missing
+            others = bool((~missing & ok).any())
+            message = f"missing '{name}' (other rows have one)"
+            if strict and not others:
+                message = (
+                    f"missing '{name}' (null, NaN or absent in a column the data have; pass "
+                    f"allow_missing=True to read a column without values as absent)"
+                )
+            if strict or others:
                 for j in np.flatnonzero(missing & ok):
-                    late.append(
-                        Problem(int(rows[j]), name, f"missing '{name}' (other rows have one)")
-                    )
+                    late.append(Problem(int(rows[j]), name, message))
         if late:
             late_rows = {p.row for p in late}
             ok &= ~np.isin(rows, np.fromiter(late_rows, np.int64, len(late_rows)))
@@ -1009,25 +1111,53 @@ class _Builder:
 # -- sources ------------------------------------------------------------------------------
 
 
-def _rename(record: Mapping, columns: Mapping[str, str] | None):
+def _renamed(names: Iterable[str], columns: Mapping[str, str | None] | None) -> list[str]:
+    """Column names after ``columns`` (a name mapped to ``None`` keeps its name: ignored)."""
+    if not columns:
+        return list(names)
+    return [columns.get(n) or n for n in names]
+
+
+def _check_unique(names: list[str], original: list[str], source: str) -> None:
+    """Duplicate columns (in the file, or made by ``columns=``) are an error in every format."""
+    if len(set(names)) == len(names):
+        return
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    renamed = [f"'{o}' -> '{n}'" for o, n in zip(original, names, strict=True) if o != n]
+    how = f" after renaming ({', '.join(renamed)})" if renamed else ""
+    raise ValueError(
+        f"{source} has duplicate columns {repeated}{how}; every column must be unique."
+    )
+
+
+def _rename(record: Mapping, columns: Mapping[str, str | None] | None, source: str):
     if not columns:
         return record
-    return {columns.get(k, k): v for k, v in record.items()}
+    keys = list(record)
+    names = _renamed(keys, columns)
+    _check_unique(names, keys, source)
+    return dict(zip(names, record.values(), strict=True))
 
 
 def _check_columns(columns) -> None:
     if columns is None:
         return
     if not isinstance(columns, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in columns.items()
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in columns.items()
     ):
         raise TypeError(
-            f"'columns' must be a mapping from the file's column names to pbde's names "
-            f"(e.g. {{'response_a': 'xa'}}). Got {columns!r}."
+            f"'columns' must be a mapping from the file's column names to pbde's names or None "
+            f"(e.g. {{'response_a': 'xa', 'notes': None}}). Got {columns!r}."
         )
-    unknown = sorted(set(columns.values()) - set(_KNOWN))
+    unknown = sorted(set(columns.values()) - set(_KNOWN) - {None})
     if unknown:
         raise ValueError(f"'columns' maps to unknown names {unknown}; known names: {_KNOWN}.")
+    ignored_known = sorted(k for k, v in columns.items() if v is None and k in _KNOWN)
+    if ignored_known:
+        raise ValueError(
+            f"'columns' maps the known columns {ignored_known} to None; None ignores only "
+            f"unknown columns (rename a known column to read it under another name)."
+        )
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
@@ -1108,13 +1238,13 @@ def _read_jsonl(path, builder: _Builder, chunk_rows: int, columns) -> None:
                 table = None
             kept = None if table is None else _nonblank_lines(piece, ends, table.num_rows)
             if kept is not None and _unique_keys(piece, table, kept):
-                names = [columns.get(n, n) if columns else n for n in table.column_names]
-                if len(set(names)) == len(names):
-                    rows = kept + (first + 1)  # 1-based line numbers
-                    for batch in table.to_batches():
-                        builder.add_arrow_batch(batch, names, rows[: batch.num_rows])
-                        rows = rows[batch.num_rows :]
-                    continue
+                names = _renamed(table.column_names, columns)
+                _check_unique(names, table.column_names, builder.source)
+                rows = kept + (first + 1)  # 1-based line numbers
+                for batch in table.to_batches():
+                    builder.add_arrow_batch(batch, names, rows[: batch.num_rows])
+                    rows = rows[batch.num_rows :]
+                continue
         _parse_json_lines(first, piece, ends, builder, columns)
 
 
@@ -1151,7 +1281,7 @@ def _parse_json_lines(first: int, piece: bytes, ends: np.ndarray, builder: _Buil
             record = json.loads(text, object_pairs_hook=_no_repeated_keys)
             if not isinstance(record, dict):
                 raise _Bad(f"line is not a JSON object, got {type(record).__name__}")
-            records.append(_rename(record, columns))
+            records.append(_rename(record, columns, builder.source))
         except _Bad as error:
             records.append(None)
             pre[i] = [Problem(row, None, str(error))]
@@ -1380,15 +1510,15 @@ def _csv_header(path, builder: _Builder, columns) -> list[str]:
             raise ValueError(f"{builder.source} is empty: a CSV file needs a header row.") from None
         except csv.Error as error:
             raise ValueError(f"{builder.source}: unreadable CSV header: {error}") from None
-    header = [columns.get(h, h) if columns else h for h in (h.strip() for h in header)]
+    original = [h.strip() for h in header]
+    header = _renamed(original, columns)
     has_pair = {"xa", "xb"} <= set(header) or {"chosen", "rejected"} <= set(header)
     if not has_pair:
         raise ValueError(
             f"{builder.source} has no item columns: the header must hold 'xa' and 'xb' "
             f"(or 'chosen' and 'rejected'). Got {header}."
         )
-    if len(set(header)) != len(header):
-        raise ValueError(f"{builder.source} has duplicate column names in its header {header}.")
+    _check_unique(header, original, builder.source)
     return header
 
 
@@ -1402,15 +1532,15 @@ def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
             raise ValueError(f"{builder.source} is empty: a CSV file needs a header row.") from None
         except csv.Error as error:
             raise ValueError(f"{builder.source}: unreadable CSV header: {error}") from None
-        header = [columns.get(h, h) if columns else h for h in (h.strip() for h in header)]
+        original = [h.strip() for h in header]
+        header = _renamed(original, columns)
         has_pair = {"xa", "xb"} <= set(header) or {"chosen", "rejected"} <= set(header)
         if not has_pair:
             raise ValueError(
                 f"{builder.source} has no item columns: the header must hold 'xa' and 'xb' "
                 f"(or 'chosen' and 'rejected'). Got {header}."
             )
-        if len(set(header)) != len(header):
-            raise ValueError(f"{builder.source} has duplicate column names in its header {header}.")
+        _check_unique(header, original, builder.source)
         kind = builder.kind
         if kind == "auto" and _csv_has_text_items(path, header):
             kind = "text"  # one non-numeric item cell makes every item cell text, as in Arrow
@@ -1459,7 +1589,8 @@ def _read_parquet(path, builder: _Builder, chunk_rows: int, columns) -> None:
         file = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises several types (ArrowInvalid, OSError)
         raise ValueError(f"{builder.source} is not a readable Parquet file: {error}") from None
-    names = [columns.get(n, n) if columns else n for n in file.schema_arrow.names]
+    names = _renamed(file.schema_arrow.names, columns)
+    _check_unique(names, file.schema_arrow.names, builder.source)
     if not ({"xa", "xb"} <= set(names) or {"chosen", "rejected"} <= set(names)):
         raise ValueError(
             f"{builder.source} has no item columns: it must hold 'xa' and 'xb' (or 'chosen' "
@@ -1499,7 +1630,8 @@ def read_preferences(
     items: str = "auto",
     on_error: str = "raise",
     chunk_rows: int = 65536,
-    columns: Mapping[str, str] | None = None,
+    columns: Mapping[str, str | None] | None = None,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Read comparisons from a JSON Lines, CSV or Parquet file.
 
@@ -1512,7 +1644,11 @@ def read_preferences(
         on_error: ``"raise"`` (a ``ValueError`` listing every problem) or ``"drop"`` (drop the
             rows with problems; they are counted and described in the result).
         chunk_rows: rows parsed per chunk (Parquet record batch, JSON Lines/CSV line batch).
-        columns: optional renaming ``{file column: pbde name}``, e.g. ``{"response_a": "xa"}``.
+        columns: optional renaming ``{file column: pbde name}``, e.g. ``{"response_a": "xa"}``;
+            a column mapped to ``None`` is ignored without the misspelling check (``{"tiee":
+            None}`` keeps a column ``tiee`` from being taken for a misspelled ``tie``).
+        allow_missing: read a null or NaN ``weight`` / ``annotator_id`` (and ``ties``) as
+            absent instead of a problem of its row (see the module docstring).
 
     Returns:
         A :class:`ReadResult`; ``.prefs`` goes to :func:`pbde.fit`.
@@ -1530,7 +1666,7 @@ def read_preferences(
         >>> read_preferences(path).prefs.y
         tensor([1., 1.])
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
     _check_columns(columns)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
@@ -1546,15 +1682,15 @@ def read_preferences(
         "csv": "rows are 1-based line numbers, the header being line 1",
         "parquet": "rows are 0-based",
     }[fmt]
-    builder = _Builder(
-        items, on_error, f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}", numbering
-    )
+    source_name = f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}"
+    silenced = [k for k, v in (columns or {}).items() if v is None]
+    builder = _Builder(items, on_error, source_name, numbering, allow_missing, silenced)
     reader = {"jsonl": _read_jsonl, "csv": _read_csv_arrow, "parquet": _read_parquet}[fmt]
     try:
         try:
             reader(path, builder, chunk_rows, columns)
         except _Refused:  # start again on the row-by-row path, which names the bad lines
-            builder = _Builder(items, on_error, builder.source, numbering)
+            builder = _Builder(items, on_error, source_name, numbering, allow_missing, silenced)
             _read_csv(path, builder, chunk_rows, columns)
     except OSError as error:
         raise ValueError(f"{builder.source} cannot be read: {error}") from None
@@ -1562,7 +1698,12 @@ def read_preferences(
 
 
 def from_records(
-    records, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+    records,
+    *,
+    items: str = "auto",
+    on_error: str = "raise",
+    chunk_rows: int = 65536,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a list (or iterable) of dicts, e.g. a Hugging Face dataset split.
 
@@ -1575,10 +1716,10 @@ def from_records(
         >>> out.prefs.xb, out.prompts
         (tensor([[ 3, -1]]), [[5]])
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise TypeError(f"'records' must be an iterable of dicts. Got {type(records).__name__}.")
-    builder = _Builder(items, on_error, "records", "rows are 0-based positions")
+    builder = _Builder(items, on_error, "records", "rows are 0-based positions", allow_missing)
     for start, chunk in enumerate(_chunks(records, chunk_rows)):
         rows = list(range(start * chunk_rows, start * chunk_rows + len(chunk)))
         pre, clean = {}, []
@@ -1593,7 +1734,12 @@ def from_records(
 
 
 def from_dataframe(
-    df, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+    df,
+    *,
+    items: str = "auto",
+    on_error: str = "raise",
+    chunk_rows: int = 65536,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a pandas or polars DataFrame with the columns of the module docstring.
 
@@ -1601,21 +1747,22 @@ def from_dataframe(
     :func:`from_arrow` does; a pandas column that Arrow cannot type (mixed Python objects) is read
     row by row. Row numbers are 0-based positions (not index labels). Missing values (``None``,
     ``pd.NA``) count as missing fields; a NaN in a float ``annotator_id`` or ``weight`` column is
-    missing, a NaN item or label is a problem.
+    missing (a problem of its row unless ``allow_missing=True``), a NaN item or label is a
+    problem.
 
     Raises:
         TypeError: if ``df`` is neither a pandas nor a polars DataFrame.
         ValueError: as :func:`read_preferences`.
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
+    options = (items, on_error, chunk_rows, allow_missing)
     if type(df).__module__.startswith("polars") and type(df).__name__ == "DataFrame":
-        return _from_table(df.to_arrow(), items, on_error, chunk_rows, "polars DataFrame")
+        return _from_table(df.to_arrow(), *options, "polars DataFrame")
     pd = _require_pandas()
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"'df' must be a pandas DataFrame. Got {type(df).__name__}.")
     names = [str(c) for c in df.columns]
-    if len(set(names)) != len(names):
-        raise ValueError(f"DataFrame has duplicate column names {names}.")
+    _check_unique(names, names, "DataFrame")
     pa = _require_pyarrow()
     try:  # from_pandas=False: a NaN stays a NaN (a problem in an item or a label), not a null
         table = pa.table(
@@ -1624,8 +1771,8 @@ def from_dataframe(
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         table = None
     if table is not None:
-        return _from_table(table, items, on_error, chunk_rows, "DataFrame")
-    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions")
+        return _from_table(table, *options, "DataFrame")
+    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions", allow_missing)
     for start in range(0, len(df), chunk_rows):
         part = df.iloc[start : start + chunk_rows]
         data = [part.iloc[:, k].tolist() for k in range(part.shape[1])]
@@ -1637,7 +1784,12 @@ def from_dataframe(
 
 
 def from_arrow(
-    table, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+    table,
+    *,
+    items: str = "auto",
+    on_error: str = "raise",
+    chunk_rows: int = 65536,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a ``pyarrow.Table`` or ``RecordBatch``, or a Hugging Face
     ``datasets.Dataset`` (its Arrow table, through ``with_format("arrow")``), with the columns of
@@ -1649,6 +1801,7 @@ def from_arrow(
         items: as in :func:`read_preferences`.
         on_error: as in :func:`read_preferences`.
         chunk_rows: rows validated per record batch.
+        allow_missing: as in :func:`read_preferences`.
 
     Returns:
         A :class:`ReadResult`.
@@ -1657,7 +1810,7 @@ def from_arrow(
         TypeError: if ``table`` is none of these types.
         ValueError: as :func:`read_preferences`.
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
     pa = _require_pyarrow()
     source = "Arrow table"
     if hasattr(table, "with_format") and hasattr(table, "features"):  # datasets.Dataset
@@ -1669,19 +1822,20 @@ def from_arrow(
             f"'table' must be a pyarrow.Table, a pyarrow.RecordBatch or a datasets.Dataset. Got "
             f"{type(table).__name__}."
         )
-    return _from_table(table, items, on_error, chunk_rows, source)
+    return _from_table(table, items, on_error, chunk_rows, allow_missing, source)
 
 
-def _from_table(table, items: str, on_error: str, chunk_rows: int, source: str) -> ReadResult:
+def _from_table(
+    table, items: str, on_error: str, chunk_rows: int, allow_missing: bool, source: str
+) -> ReadResult:
     names = [str(n) for n in table.column_names]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{source} has duplicate column names {names}.")
+    _check_unique(names, names, source)
     if not ({"xa", "xb"} <= set(names) or {"chosen", "rejected"} <= set(names)):
         raise ValueError(
             f"{source} has no item columns: it must hold 'xa' and 'xb' (or 'chosen' and "
             f"'rejected'). Got {names}."
         )
-    builder = _Builder(items, on_error, source, "rows are 0-based positions")
+    builder = _Builder(items, on_error, source, "rows are 0-based positions", allow_missing)
     builder.seen_columns.update(names)
     row = 0
     for batch in table.to_batches(max_chunksize=chunk_rows):
