@@ -17,6 +17,13 @@ A preference file holds one comparison per row. The columns are
                     ``ReadResult.prefs.prompt`` (every row must have one if any row does).
                     With other items kept as is (a string or a list of token ids) in
                     :attr:`ReadResult.prompts`; it is *not* prepended to the items.
+``wins_a``,         aggregated data instead of ``y``/``label``/``tie``/``weight``: one row per
+``wins_b``,         pair ``xa``, ``xb`` with the number of times ``xa`` won (``wins_a``), ``xb``
+``ties``            won (``wins_b``) and, optionally, they tied (``ties``; no column: 0), each
+                    an integer ``>= 0``. A row gives up to three weighted comparisons:
+                    ``(xa, xb, y=1, weight=wins_a)``, ``(xa, xb, y=0, weight=wins_b)``,
+                    ``(xa, xb, y=0.5, weight=ties)``, in this order, leaving out zero counts
+                    (a row of zeros gives none). Fitting them equals fitting the rows they count.
 ==================  ==========================================================================
 
 Other columns are ignored and listed in :attr:`ReadResult.ignored_columns`, except that an
@@ -210,8 +217,9 @@ class ReadResult:
             holds string ids; ``None`` when ids are integers or absent.
         ignored_columns: columns that were present but not used.
         rows_read: number of data rows seen (kept + dropped).
-        rows: row number in the source (as in :class:`Problem`) of each kept comparison, shape ``(n,)``, to join
-            the comparisons back to other columns.
+        rows: row number in the source (as in :class:`Problem`) of each kept comparison, shape
+            ``(n,)``, to join the comparisons back to other columns (a row of counts gives up to
+            three comparisons, which share its row number).
         item_names: with ``items="name"``, ``item_names[k]`` is the name of item id ``k``;
             ``None`` otherwise.
     """
@@ -495,6 +503,9 @@ class _Builder:
         self.id_row = -1
         self.names: dict[str, int] = {}
         self.weights: list[np.ndarray] = []  # NaN where missing
+        # counts (wins_a, wins_b, ties) per row, shape (m, 3): -2 in a row without counts, -1
+        # for a missing ties; a count of rows stands for a chunk without counts
+        self.counts: list = []
         self.prompts: list = []
         self.has_prompt = False
         # text items ("text", "name"): fixed by the first row with a readable item
@@ -516,13 +527,16 @@ class _Builder:
         y = np.zeros(m)
         ids = np.full(m, -1, dtype=np.int64)
         weights = np.full(m, np.nan)
+        counts = np.full((m, 3), -2, dtype=np.int64)
         prompts = []
         for i, (row, record) in enumerate(zip(rows, records, strict=True)):
             problems = list(pre.get(i, ()))
             values, is_float = None, False
             if record is not None:
                 self.seen_columns.update(record.keys())
-                values, is_float = self._row(row, record, problems, y, ids, weights, prompts, i)
+                values, is_float = self._row(
+                    row, record, problems, y, ids, weights, prompts, i, counts
+                )
             else:
                 prompts.append(None)
             if problems:
@@ -552,6 +566,7 @@ class _Builder:
         self.y.append(y)
         self.ids.append(ids)
         self.weights.append(weights)
+        self.counts.append(counts)
         self.prompts.append(prompts)  # segments: a list of values, or a count of Nones
         self.texts.append(parsed_items if self.text else m)
 
@@ -636,7 +651,25 @@ class _Builder:
             tie, _ = values("tie")
             tie = tie.astype(bool)
         label_name = "y" if "y" in columns else "label" if "label" in columns else None
-        if chosen_mode:
+        counts = None
+        if "wins_a" in columns:  # aggregated rows: counts, no label
+            y = np.zeros(batch.num_rows)
+            counts = np.zeros((batch.num_rows, 3), dtype=np.int64)  # no ties column: 0 ties
+            for k, name in enumerate(_COUNTS):
+                if name not in columns:
+                    continue
+                raw, null = values(name)
+                if raw.dtype.kind == "f":
+                    null = null | np.isnan(raw)  # NaN is missing, as in a float weight column
+                    whole = np.isfinite(raw) & (np.abs(raw) < 2.0**63)
+                    whole &= np.floor(np.where(whole, raw, 0.5)) == raw
+                    clean &= whole | null  # non-integer counts go row by row
+                    raw = np.where(whole, raw, 0).astype(np.int64)
+                clean &= null | (raw >= 0)
+                if k < 2:
+                    clean &= ~null
+                counts[:, k] = np.where(null, -1, raw)
+        elif chosen_mode:
             y = np.where(tie, 0.5, 1.0)
         else:
             y, null = values(label_name)
@@ -669,6 +702,7 @@ class _Builder:
             self.y.append(y[good])
             self.ids.append(ids[good])
             self.weights.append(weights[good])
+            self.counts.append(int(good.size) if counts is None else counts[good])
             self.prompts.append(int(good.size))
             self.texts.append(int(good.size))
         bad = np.flatnonzero(~clean)
@@ -713,12 +747,16 @@ class _Builder:
                 return None
             columns[name] = array
         keys = set(columns)
+        if keys & set(_COUNTS):
+            labels = {"chosen", "rejected", "y", "label", "tie", "weight"}
+            counts = {"xa", "xb", "wins_a", "wins_b"} <= keys and not keys & labels
+            return columns if counts else None
         pair = {"xa", "xb"} <= keys and not keys & {"chosen", "rejected"}
         pair = pair and len(keys & {"y", "label"}) == 1
         chosen = {"chosen", "rejected"} <= keys and not keys & {"xa", "xb", "y", "label"}
         return columns if pair or chosen else None
 
-    def _row(self, row, record, problems, y, ids, weights, prompts, i):
+    def _row(self, row, record, problems, y, ids, weights, prompts, i, counts):
         def get(name):
             value = record.get(name)
             return None if _is_missing(value) else value
@@ -789,9 +827,16 @@ class _Builder:
                 continue
             is_float |= not all_int
             parsed.append(parsed_value)
+        has_counts = any(get(c) is not None for c in _COUNTS) or (
+            ("wins_a" in record or "wins_b" in record)
+            and all(get(c) is None for c in ("y", "label", "tie"))
+        )
+        if has_counts:
+            self._row_counts(row, record, get, bad, chosen_mode and not pair_mode, counts, i)
+            y[i] = 0.0
         # label
-        label_columns = [c for c in ("y", "label") if get(c) is not None]
-        tie = get("tie")
+        label_columns = [] if has_counts else [c for c in ("y", "label") if get(c) is not None]
+        tie = None if has_counts else get("tie")
         tie_value = False
         if tie is not None:
             try:
@@ -827,7 +872,7 @@ class _Builder:
             label = 0.5
         elif label is None and chosen_mode and not pair_mode:
             label = 1.0
-        elif label is None and not label_columns:
+        elif label is None and not label_columns and not has_counts:
             bad("y", "missing field 'y' (or 'label', or 'tie': true)")
         y[i] = 0.0 if label is None else label
         # annotator id
@@ -859,7 +904,7 @@ class _Builder:
             except _Bad as error:
                 bad("annotator_id", str(error))
         # weight
-        weight = get("weight")
+        weight = None if has_counts else get("weight")
         if isinstance(weight, float) and math.isnan(weight):
             weight = None
         if weight is not None:
@@ -912,6 +957,38 @@ class _Builder:
                 f"columns={{'old': 'new'}}), or ignore it with read_preferences(..., "
                 f"columns={{'old': None}})."
             )
+
+    def _row_counts(self, row, record, get, bad, chosen_mode, counts, i) -> None:
+        """Validate the counts of an aggregated row into ``counts[i]``."""
+        if chosen_mode:
+            bad(None, "counts ('wins_a', 'wins_b', 'ties') go with 'xa'/'xb', not 'chosen'")
+        for column in ("y", "label", "tie", "weight"):
+            if get(column) is not None:
+                bad(
+                    column,
+                    f"a row with counts ('wins_a', 'wins_b', 'ties') cannot also have "
+                    f"'{column}' (the counts give the labels and the weights)",
+                )
+        counts[i] = (-1, -1, -1)
+        for k, column in enumerate(_COUNTS):
+            value = get(column)
+            if isinstance(value, float) and math.isnan(value):
+                value = None  # pandas marks missing values of a float column with NaN
+            if value is None:
+                if column != "ties":  # a missing ties is checked in finish (allow_missing)
+                    bad(column, f"missing field '{column}' (a row with counts needs both wins)")
+                continue
+            try:
+                if isinstance(value, _Invalid):
+                    raise _Bad(value.message)
+                count = _as_int(value, f"'{column}'")
+                if count < 0:
+                    raise _Bad(f"'{column}' must be a count >= 0, got {count}")
+                counts[i, k] = count
+            except _Bad as error:
+                bad(column, str(error))
+        if "ties" not in record:
+            counts[i, 2] = 0
 
     def finish(self) -> ReadResult:
         self.check_column_names()
@@ -976,14 +1053,31 @@ class _Builder:
             late.append(
                 Problem(int(rows[j]), "weight", f"weight overflows {torch.get_default_dtype()}")
             )
+        counts = None
+        if {"wins_a", "wins_b"} & self.seen_columns:
+            counts = np.concatenate(
+                [np.full((c, 3), -2, np.int64) if isinstance(c, int) else c for c in self.counts]
+            )
+            for j in np.flatnonzero(ok & (counts[:, 0] == -2)):
+                late.append(
+                    Problem(
+                        int(rows[j]),
+                        "wins_a",
+                        "missing fields 'wins_a' and 'wins_b': the data hold counts, and a row "
+                        "holds counts or a label, not one or the other",
+                    )
+                )
+        self.counts = []
         checks = [("annotator_id", ids, ids < 0), ("weight", weights, np.isnan(weights))]
+        if counts is not None:
+            checks.append(("ties", None, counts[:, 2] == -1))
         if self.text and self.has_prompt:
             no_prompt = np.fromiter((p is None for p in self.prompts), bool, len(self.prompts))
             checks.append(("prompt", None, no_prompt))
         for name, _values, missing in checks:
             # a value missing from a column the file has is a problem unless allow_missing
             strict = name != "prompt" and name in self.seen_columns and not self.allow_missing
-            others = bool((~missing & ok).any())
+            others = name != "ties" and bool((~missing & ok).any())  # a missing ties is 0
             message = f"missing '{name}' (other rows have one)"
             if strict and not others:
                 message = (
@@ -1005,13 +1099,27 @@ class _Builder:
                 raise ValueError(self._message("has no valid row left"))
             raise ValueError(f"{self.source} holds no comparison (no data rows).")
         keep = order[ok[order]]  # storage positions of the kept rows, in file order
-        y = torch.as_tensor(y_all[keep]).to(torch.get_default_dtype())
+        kept_rows = keep.size
+        w = weights[keep]
+        if counts is None:
+            y_kept = y_all[keep]
+        else:  # one comparison per non-zero count: (1, wins_a), (0, wins_b), (0.5, ties)
+            kept_counts = np.maximum(counts[keep], 0)  # a missing ties (allow_missing) is 0
+            owner, which = np.nonzero(kept_counts > 0)
+            keep = keep[owner]
+            y_kept = np.array([1.0, 0.0, 0.5])[which]
+            w = kept_counts[owner, which].astype(np.float64)
+            if keep.size == 0:
+                raise ValueError(
+                    f"{self.source} holds no comparison: every count ('wins_a', 'wins_b', "
+                    f"'ties') of the {kept_rows} valid row(s) is 0."
+                )
+        y = torch.as_tensor(y_kept).to(torch.get_default_dtype())
         tensors = []
         if kind not in ("text", "name"):
             for values, lengths in ((xa, la), (xb, lb)):
                 tensors.append(self._items(values, lengths, keep, kind, la, lb))
         annotator = torch.as_tensor(ids[keep]) if (ids[keep] >= 0).any() else None
-        w = weights[keep]
         weight_tensor = None
         if not np.isnan(w).all():
             weight_tensor = torch.as_tensor(w).to(torch.get_default_dtype())
@@ -1052,7 +1160,7 @@ class _Builder:
             prefs = Preferences(tensors[0], tensors[1], y, annotator, weight_tensor)
         return ReadResult(
             prefs=prefs,
-            dropped=int(n - keep.size),
+            dropped=int(n - kept_rows),
             problems=self.problems,
             items=kind,
             weights=weight_tensor,
@@ -1341,7 +1449,7 @@ def _csv_cell(column: str, text: str, kind: str = "auto"):
         if isinstance(number, _Invalid) and kind == "auto":
             return text  # a text item (or a name): validated as such
         return number
-    if column in ("y", "label", "weight"):
+    if column in ("y", "label", "weight", *_COUNTS):
         return _csv_number(text)
     if column == "tie":
         lowered = text.strip().lower()

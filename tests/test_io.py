@@ -1091,3 +1091,78 @@ def test_a_missing_optional_value_is_a_row_problem_unless_allowed(tmp_path, colu
             read()
     with pytest.raises(TypeError, match="'allow_missing' must be a bool"):
         io.from_records(records, allow_missing=1)
+
+
+# -- aggregated data: win/loss/tie counts per pair ---------------------------------------------
+
+COUNTS = [
+    {"xa": "Ann", "xb": "Bob", "wins_a": 3, "wins_b": 1, "ties": 2},
+    {"xa": "Bob", "xb": "Cid", "wins_a": 0, "wins_b": 2, "ties": 0},
+    {"xa": "Cid", "xb": "Ann", "wins_a": 0, "wins_b": 0, "ties": 0},  # no comparison
+    {"xa": "Ann", "xb": "Cid", "wins_a": 1, "wins_b": 0, "ties": 1},
+]
+
+
+def expanded(records):
+    """The comparisons the counts stand for, one row per comparison, weight 1."""
+    out = []
+    for r in records:
+        for count, y in (("wins_a", 1.0), ("wins_b", 0.0), ("ties", 0.5)):
+            out += [{"xa": r["xa"], "xb": r["xb"], "y": y}] * int(r.get(count, 0))
+    return out
+
+
+def test_counts_become_weighted_comparisons_in_every_format(tmp_path):
+    for name, (read, offset) in every_reader(tmp_path, COUNTS).items():
+        out = read()
+        assert out.items == "name" and out.item_names == ["Ann", "Bob", "Cid"], name
+        assert out.prefs.xa.tolist() == [0, 0, 0, 1, 0, 0], name
+        assert out.prefs.xb.tolist() == [1, 1, 1, 2, 2, 2], name
+        assert out.prefs.y.tolist() == [1.0, 0.0, 0.5, 0.0, 1.0, 0.5], name
+        assert out.prefs.weight.tolist() == [3.0, 1.0, 2.0, 2.0, 1.0, 1.0], name
+        assert (out.rows - offset).tolist() == [0, 0, 0, 1, 3, 3], name
+        assert out.rows_read == 4 and out.dropped == 0 and out.ignored_columns == [], name
+    ids = io.from_records([{"xa": 4, "xb": 7, "wins_a": 2.0, "wins_b": 5}])  # integral floats
+    assert ids.items == "id" and ids.prefs.xa.tolist() == [4, 4] and ids.prefs.y.tolist() == [1, 0]
+    assert ids.prefs.weight.tolist() == [2.0, 5.0]
+
+
+def test_bad_counts_are_row_problems_in_every_format(tmp_path):
+    records = [dict(r) for r in COUNTS]
+    records[0]["wins_a"] = -1
+    records[1]["wins_b"] = 1.5
+    records[3]["ties"] = None
+    records[2]["ties"] = 1
+    for name, (read, offset) in every_reader(tmp_path, records).items():
+        with pytest.raises(ValueError, match="'wins_a' must be a count >= 0, got -1"):
+            read()
+        out = read(on_error="drop")
+        found = [(p.row - offset, p.column) for p in out.problems]
+        assert found == [(0, "wins_a"), (1, "wins_b"), (3, "ties")], (name, out.problems)
+        assert "non-integer 1.5" in out.problems[1].message
+        assert out.dropped == 3 and (out.rows - offset).tolist() == [2], name
+    records[0]["wins_a"], records[1]["wins_b"] = 3, 2
+    for name, (read, offset) in every_reader(tmp_path, records).items():
+        out = read(allow_missing=True)  # a missing ties is 0 ties
+        assert (out.rows - offset).tolist() == [0, 0, 0, 1, 2, 3], name
+    with pytest.raises(ValueError, match=r"every count .* of the 1 valid row\(s\) is 0"):
+        io.from_records([{"xa": 1, "xb": 2, "wins_a": 0, "wins_b": 0}])
+    mixed = [{"xa": 1, "xb": 2, "wins_a": 1, "wins_b": 0}, {"xa": 1, "xb": 2, "y": 1.0}]
+    out = io.from_records(mixed, on_error="drop")
+    assert [(p.row, p.column) for p in out.problems] == [(1, "wins_a")]
+    with pytest.raises(ValueError, match="cannot also have 'y'"):
+        io.from_records([{"xa": 1, "xb": 2, "wins_a": 1, "wins_b": 0, "y": 1.0}])
+
+
+def test_fitting_counts_equals_fitting_the_expanded_rows():
+    size = 3
+    aggregated = io.from_records(COUNTS)
+    rows = io.from_records(expanded(COUNTS))
+    assert rows.item_names == aggregated.item_names and len(rows.prefs) == 10
+    fitted = []
+    for prefs in (aggregated.prefs, rows.prefs):
+        model = pbde.Annotator(pbde.densities.Categorical(size=size))
+        pbde.fit(model, prefs, steps=200, lr=0.05, progress=False)
+        fitted.append(model.density.log_prob(torch.arange(size)).detach())
+    torch.testing.assert_close(fitted[0], fitted[1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(fitted[0], torch.full((size,), -math.log(size)), atol=1e-2)
