@@ -255,8 +255,10 @@ def _check_options(items, on_error, chunk_rows=1, allow_missing=False) -> None:
         raise ValueError(f"'items' must be one of {ITEM_KINDS}. Got {items!r} instead.")
     if on_error not in ("raise", "drop"):
         raise ValueError(f"'on_error' must be 'raise' or 'drop'. Got {on_error!r} instead.")
+    if chunk_rows is None:
+        return
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"'chunk_rows' must be an int >= 1. Got {chunk_rows!r} instead.")
+        raise ValueError(f"'chunk_rows' must be an int >= 1 or None. Got {chunk_rows!r} instead.")
 
 
 def _resolve_format(path: str, format: str | None) -> str:
@@ -471,6 +473,34 @@ def _parse_bool(value) -> bool:
 # -- the builder: row-level validation, chunk storage, final tensors -----------------------
 
 
+def _to_numpy(array, private: bool) -> np.ndarray:
+    """A numeric Arrow array without nulls as numpy: writable and without a copy when the
+    buffer is ours (``private``: read here from a file) and mutable, else as Arrow gives it."""
+    chunks = getattr(array, "chunks", [array])
+    if private and len(chunks) == 1:
+        chunk = chunks[0]
+        dtype = {"int64": np.int64, "double": np.float64}.get(str(chunk.type))
+        data = chunk.buffers()[1] if dtype is not None else None
+        if data is not None and data.is_mutable:
+            return np.frombuffer(data, dtype=dtype, count=len(chunk), offset=chunk.offset * 8)
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _segments(parts: list, fill, dtype) -> np.ndarray | None:
+    """Per-row values stored as arrays, or counts of rows without a value (``fill``); ``None``
+    when no part holds values."""
+    if all(isinstance(p, int) for p in parts):
+        return None
+    return _cat([np.full(p, fill, dtype) if isinstance(p, int) else p for p in parts], dtype)
+
+
+def _cat(parts: list, dtype) -> np.ndarray:
+    """``np.concatenate`` without the copy of a single part."""
+    if not parts:
+        return np.zeros(0, dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class _Builder:
     """Collects parsed chunks and turns them into a ReadResult."""
 
@@ -516,6 +546,8 @@ class _Builder:
         self.texts: list = []  # per stored row: (xa, xb) for text items, else None
         self.csv_text = False  # a CSV batch had text items: every later item cell is text
         self.seen_columns: set[str] = set()
+        self.in_order = True  # rows are stored in file order (else finish sorts them)
+        self.private = False  # Arrow data read here from a file: its buffers may be reused
 
     # one chunk of rows, each a Mapping from column to value (missing: absent or None)
     def add_rows(self, rows: list[int], records: list, pre: dict[int, list[Problem]]) -> None:
@@ -598,6 +630,7 @@ class _Builder:
         good_set = set(good)
         bad = [i for i in range(len(records)) if i not in good_set]
         if bad:
+            self.in_order = False  # the bad rows are stored before the good ones
             self.add_rows([rows[i] for i in bad], [records[i] for i in bad], pre)
         batch = pa.RecordBatch.from_arrays(arrays, names=keys)
         self.add_arrow_batch(batch, keys, np.asarray(rows, dtype=np.int64)[good])
@@ -623,7 +656,7 @@ class _Builder:
         def values(name):
             array = columns[name]
             if array.null_count == 0:
-                return array.to_numpy(zero_copy_only=False), np.zeros(len(array), dtype=bool)
+                return _to_numpy(array, self.private), np.zeros(len(array), dtype=bool)
             nulls = array.is_null().to_numpy(zero_copy_only=False)
             filler = False if array.type == "bool" else 0
             return array.fill_null(filler).to_numpy(zero_copy_only=False), nulls
@@ -633,7 +666,8 @@ class _Builder:
         items, floats = [], False
         for name in ("chosen", "rejected") if chosen_mode else ("xa", "xb"):
             x, null = values(name)
-            clean &= ~null
+            if columns[name].null_count:
+                clean &= ~null
             if x.dtype.kind == "f":
                 finite = np.isfinite(x)
                 clean &= finite
@@ -646,7 +680,7 @@ class _Builder:
             elif self.kind == "number":
                 x, floats = x.astype(np.float64), True
             items.append(x)
-        tie = np.zeros(batch.num_rows, dtype=bool)
+        tie = None
         if "tie" in columns:
             tie, _ = values("tie")
             tie = tie.astype(bool)
@@ -670,45 +704,55 @@ class _Builder:
                     clean &= ~null
                 counts[:, k] = np.where(null, -1, raw)
         elif chosen_mode:
-            y = np.where(tie, 0.5, 1.0)
+            y = np.ones(batch.num_rows) if tie is None else np.where(tie, 0.5, 1.0)
         else:
-            y, null = values(label_name)
-            y = y.astype(np.float64)
-            clean &= ~null & np.isfinite(y) & (y >= 0) & (y <= 1) & (~tie | (y == 0.5))
-        ids = np.full(batch.num_rows, -1, dtype=np.int64)
+            y, null = values(label_name)  # integer labels stay integers until the tensor
+            if y.dtype.kind not in "iu":
+                y = y.astype(np.float64, copy=False)
+                clean &= np.isfinite(y)
+            clean &= (y >= 0) & (y <= 1)
+            if columns[label_name].null_count:
+                clean &= ~null
+            if tie is not None:
+                clean &= ~tie | (y == 0.5)
+        ids = None  # no annotator_id column: stored as a count of rows
         if "annotator_id" in columns:
             raw, null = values("annotator_id")
             clean &= null | (raw >= 0)
             ids = np.where(null, -1, raw).astype(np.int64)
-        weights = np.full(batch.num_rows, np.nan)
+        weights = None
         if "weight" in columns:
             raw, null = values("weight")
             raw = raw.astype(np.float64)
             clean &= null | np.isnan(raw) | (np.isfinite(raw) & (raw >= 0))
             weights = np.where(null, np.nan, raw)
-        good = np.flatnonzero(clean)
-        if good.size:
+        all_clean = bool(clean.all())
+        good = slice(None) if all_clean else np.flatnonzero(clean)  # a slice copies nothing
+        size = batch.num_rows if all_clean else good.size
+        if size:
             if self.is_list is None:
-                self.is_list, self.shape_row = False, int(rows[good[0]])
-            present = good[ids[good] >= 0]
-            if present.size and self.id_type is None:
-                self.id_type, self.id_row = int, int(rows[present[0]])
+                self.is_list, self.shape_row = False, int(rows[good][0])
+            if self.id_type is None and ids is not None:
+                present = np.flatnonzero(ids[good] >= 0)
+                if present.size:
+                    self.id_type, self.id_row = int, int(rows[good][present[0]])
             self.any_float |= floats
             dtype = np.float64 if floats else np.int64
-            self.xa.append((items[0][good].astype(dtype), None))
-            self.xb.append((items[1][good].astype(dtype), None))
+            self.xa.append((items[0][good].astype(dtype, copy=False), None))
+            self.xb.append((items[1][good].astype(dtype, copy=False), None))
             self.rows.append(rows[good])
-            self.ok.append(np.ones(good.size, dtype=bool))
+            self.ok.append(size)  # every stored row of this batch is valid
             self.y.append(y[good])
-            self.ids.append(ids[good])
-            self.weights.append(weights[good])
-            self.counts.append(int(good.size) if counts is None else counts[good])
-            self.prompts.append(int(good.size))
-            self.texts.append(int(good.size))
+            self.ids.append(size if ids is None else ids[good])
+            self.weights.append(size if weights is None else weights[good])
+            self.counts.append(size if counts is None else counts[good])
+            self.prompts.append(size)
+            self.texts.append(size)
         bad = np.flatnonzero(~clean)
         if bad.size:
             import pyarrow as pa
 
+            self.in_order = self.in_order and size == 0
             records = batch.take(pa.array(bad)).to_pylist()
             records = [
                 {
@@ -992,16 +1036,16 @@ class _Builder:
 
     def finish(self) -> ReadResult:
         self.check_column_names()
-        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
-        ok = np.concatenate(self.ok) if self.ok else np.zeros(0, bool)
+        rows = _cat(self.rows, np.int64)
+        ok = _cat([np.ones(p, bool) if isinstance(p, int) else p for p in self.ok], bool)
         n = rows.shape[0]
-        if n < 2 or bool((rows[1:] > rows[:-1]).all()):
-            order = np.arange(n)
+        if self.in_order or n < 2 or bool((rows[1:] > rows[:-1]).all()):
+            order = None  # file order already
         else:  # the vectorized path stores a chunk's clean rows before its bad ones
             order = np.argsort(rows, kind="stable")
-        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64)
-        weights = np.concatenate(self.weights) if self.weights else np.zeros(0)
-        y_all = np.concatenate(self.y) if self.y else np.zeros(0)
+        ids = _segments(self.ids, -1, np.int64)  # None: no annotator_id anywhere
+        weights = _segments(self.weights, np.nan, np.float64)
+        y_all = _cat(self.y, np.float64)
         self.rows, self.ok, self.ids, self.weights, self.y = [], [], [], [], []
         if self.has_prompt or self.text:  # the per-row values are needed only then
             self.prompts, self.texts = _flatten(self.prompts), _flatten(self.texts)
@@ -1018,7 +1062,7 @@ class _Builder:
         self.xa, self.xb = [], []  # the chunks are no longer needed: halve the peak memory
         late: list[Problem] = []
         if self.is_list and kind == "vector":
-            valid = order[ok[order]]
+            valid = np.flatnonzero(ok) if order is None else order[ok[order]]
             if valid.size:
                 d = int(la[valid[0]])
                 for column, lengths in (("xa", la), ("xb", lb)):
@@ -1049,7 +1093,7 @@ class _Builder:
                         )
                     )
         weight_limit = torch.finfo(torch.get_default_dtype()).max
-        for j in np.flatnonzero(ok & (weights > weight_limit)):
+        for j in [] if weights is None else np.flatnonzero(ok & (weights > weight_limit)):
             late.append(
                 Problem(int(rows[j]), "weight", f"weight overflows {torch.get_default_dtype()}")
             )
@@ -1068,7 +1112,11 @@ class _Builder:
                     )
                 )
         self.counts = []
-        checks = [("annotator_id", ids, ids < 0), ("weight", weights, np.isnan(weights))]
+        checks = []
+        if ids is not None:
+            checks.append(("annotator_id", ids, ids < 0))
+        if weights is not None:
+            checks.append(("weight", weights, np.isnan(weights)))
         if counts is not None:
             checks.append(("ties", None, counts[:, 2] == -1))
         if self.text and self.has_prompt:
@@ -1098,47 +1146,55 @@ class _Builder:
             if self.problems:
                 raise ValueError(self._message("has no valid row left"))
             raise ValueError(f"{self.source} holds no comparison (no data rows).")
-        keep = order[ok[order]]  # storage positions of the kept rows, in file order
-        kept_rows = keep.size
-        w = weights[keep]
+        if order is None and bool(ok.all()):
+            keep = slice(None)  # every row, in file order: nothing to copy
+            kept_rows = n
+        else:  # storage positions of the kept rows, in file order
+            keep = np.flatnonzero(ok) if order is None else order[ok[order]]
+            kept_rows = keep.size
+        w = None if weights is None else weights[keep]
         if counts is None:
             y_kept = y_all[keep]
         else:  # one comparison per non-zero count: (1, wins_a), (0, wins_b), (0.5, ties)
             kept_counts = np.maximum(counts[keep], 0)  # a missing ties (allow_missing) is 0
             owner, which = np.nonzero(kept_counts > 0)
-            keep = keep[owner]
+            keep = np.arange(n)[keep][owner]
             y_kept = np.array([1.0, 0.0, 0.5])[which]
             w = kept_counts[owner, which].astype(np.float64)
-            if keep.size == 0:
+            if owner.size == 0:
                 raise ValueError(
                     f"{self.source} holds no comparison: every count ('wins_a', 'wins_b', "
                     f"'ties') of the {kept_rows} valid row(s) is 0."
                 )
-        y = torch.as_tensor(y_kept).to(torch.get_default_dtype())
+        y = torch.tensor(y_kept, dtype=torch.get_default_dtype())  # a copy: Arrow's is read-only
         tensors = []
         if kind not in ("text", "name"):
             for values, lengths in ((xa, la), (xb, lb)):
                 tensors.append(self._items(values, lengths, keep, kind, la, lb))
-        annotator = torch.as_tensor(ids[keep]) if (ids[keep] >= 0).any() else None
+        kept_ids = None if ids is None else ids[keep]
+        annotator = None
+        if kept_ids is not None and bool((kept_ids >= 0).any()):
+            annotator = torch.as_tensor(kept_ids)
         weight_tensor = None
-        if not np.isnan(w).all():
+        if w is not None and not np.isnan(w).all():
             weight_tensor = torch.as_tensor(w).to(torch.get_default_dtype())
             if not bool((weight_tensor > 0).any()):
                 listed = ", ".join(f"row {int(r)}" for r in rows[keep][:5])
                 raise ValueError(
                     f"{self.source}: the weight is 0 in every kept comparison ({listed}"
-                    f"{', ...' if keep.size > 5 else ''}); at least one weight must be > 0."
+                    f"{', ...' if w.size > 5 else ''}); at least one weight must be > 0."
                 )
+        positions = np.arange(n)[keep] if self.has_prompt or kind in ("text", "name") else None
         prompts = None
         if self.has_prompt:
-            prompts = [self.prompts[j] for j in keep]
+            prompts = [self.prompts[j] for j in positions]
         names = None
         if self.id_type is str and annotator is not None:
             names = list(self.names)
         ignored = sorted(self.seen_columns - set(_KNOWN))
         item_names = None
         if kind in ("text", "name"):
-            pairs = [self.texts[j] for j in keep]
+            pairs = [self.texts[j] for j in positions]
             if self.kind == "auto" and not self.has_prompt and _look_like_names(pairs):
                 kind = "name"
             if kind == "name":
@@ -1157,7 +1213,9 @@ class _Builder:
                 weight_tensor,
             )
         else:
-            prefs = Preferences(tensors[0], tensors[1], y, annotator, weight_tensor)
+            # validated above (finite items and labels, labels in [0, 1], ids and weights >= 0,
+            # a weight > 0): no second pass over the tensors
+            prefs = Preferences._trusted(tensors[0], tensors[1], y, annotator, weight_tensor)
         return ReadResult(
             prefs=prefs,
             dropped=int(n - kept_rows),
@@ -1176,7 +1234,7 @@ class _Builder:
         if not parts:
             return np.zeros(0), None
         dtype = np.float64 if self.any_float else np.int64
-        values = np.concatenate([p[0].astype(dtype, copy=False) for p in parts])
+        values = _cat([p[0].astype(dtype, copy=False) for p in parts], dtype)
         lengths = None
         if self.is_list:  # chunks read before the first readable item hold only bad rows
             lengths = np.concatenate(
@@ -1190,14 +1248,14 @@ class _Builder:
     @staticmethod
     def _items(values, lengths, keep, kind, la, lb):
         float_dtype = torch.get_default_dtype()
-        if lengths is None:
-            out = torch.as_tensor(values[keep])
+        if lengths is None:  # Arrow's zero-copy arrays are read-only: copy those
+            out = torch.as_tensor(np.require(values[keep], requirements="W"))
             return out.to(float_dtype) if kind == "number" else out.long()
         offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         kept_lengths = lengths[keep]
         width = int(max(la[keep].max(), lb[keep].max()))
-        starts = offsets[keep]
+        starts = offsets[:-1][keep]
         # gather all kept elements at once: position p of row r is values[starts[r] + p]
         position = np.arange(width)
         mask = position[None, :] < kept_lengths[:, None]
@@ -1280,6 +1338,8 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
 
 
 _BLOCK_BYTES = 1 << 24
+_CHUNK_ROWS = 65536  # rows per chunk when a file is read in chunks and chunk_rows is None
+_WHOLE_BYTES = 1 << 28  # chunk_rows=None reads CSV / Parquet data of up to 256 MiB at once
 
 
 def _line_pieces(path, chunk_rows: int) -> Iterator[tuple[int, bytes, np.ndarray]]:
@@ -1330,9 +1390,10 @@ def _nonblank_lines(piece: bytes, ends: np.ndarray, expected: int) -> np.ndarray
     return kept if kept.size == expected else None
 
 
-def _read_jsonl(path, builder: _Builder, chunk_rows: int, columns) -> None:
+def _read_jsonl(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
     """Parse with ``pyarrow.json`` piece by piece; a piece Arrow refuses (a malformed line, a
     column whose type changes, a key given twice) is parsed line by line to name the lines."""
+    chunk_rows = chunk_rows or _CHUNK_ROWS
     try:
         import pyarrow as pa
         import pyarrow.json as pj
@@ -1529,9 +1590,10 @@ def _csv_record_lines(path) -> np.ndarray | None:
     return np.asarray(lines, dtype=np.int64)
 
 
-def _read_csv_arrow(path, builder: _Builder, chunk_rows: int, columns) -> None:
-    """Parse with ``pyarrow.csv.open_csv`` (streamed); raise :class:`_Refused` when Arrow
-    refuses the file (a record with the wrong number of fields, a type that changes)."""
+def _read_csv_arrow(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
+    """Parse with ``pyarrow.csv.read_csv`` (a file of at most 256 MiB with ``chunk_rows=None``)
+    or ``pyarrow.csv.open_csv`` (streamed); raise :class:`_Refused` when Arrow refuses the file
+    (a record with the wrong number of fields, a type that changes)."""
     header = _csv_header(path, builder, columns)
     try:
         import pyarrow as pa
@@ -1542,18 +1604,29 @@ def _read_csv_arrow(path, builder: _Builder, chunk_rows: int, columns) -> None:
     strings = ["prompt"] + (
         ["xa", "xb", "chosen", "rejected"] if builder.kind in ("text", "name") else []
     )
+    whole = chunk_rows is None and os.path.getsize(path) <= _WHOLE_BYTES
+    chunk_rows = chunk_rows or _CHUNK_ROWS
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in strings if n in header},
+        null_values=[""],
+        strings_can_be_null=True,
+    )
     try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                column_names=header, skip_rows=1, block_size=max(1 << 20, 64 * chunk_rows)
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in strings if n in header},
-                null_values=[""],
-                strings_can_be_null=True,
-            ),
-        )
+        if whole:  # Arrow's multithreaded reader, then one vectorized pass
+            table = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
+                convert_options=convert,
+            )
+            reader, chunk_rows = [table], max(table.num_rows, 1)
+        else:
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(
+                    column_names=header, skip_rows=1, block_size=max(1 << 20, 64 * chunk_rows)
+                ),
+                convert_options=convert,
+            )
         count = 0
         for batch in reader:
             for start in range(0, batch.num_rows, chunk_rows):
@@ -1630,7 +1703,8 @@ def _csv_header(path, builder: _Builder, columns) -> list[str]:
     return header
 
 
-def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
+def _read_csv(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
+    chunk_rows = chunk_rows or _CHUNK_ROWS
     csv.field_size_limit(2**31 - 1)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.reader(handle)
@@ -1689,7 +1763,7 @@ def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
             builder.add_records(rows, out, pre)
 
 
-def _read_parquet(path, builder: _Builder, chunk_rows: int, columns) -> None:
+def _read_parquet(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
     pa = _require_pyarrow()
     import pyarrow.parquet as pq
 
@@ -1709,7 +1783,18 @@ def _read_parquet(path, builder: _Builder, chunk_rows: int, columns) -> None:
     file_names = file.schema_arrow.names
     names = [names[k] for k in wanted]
     row = 0
-    batches = file.iter_batches(batch_size=chunk_rows, columns=[file_names[k] for k in wanted])
+    metadata = file.metadata
+    size = sum(metadata.row_group(k).total_byte_size for k in range(metadata.num_row_groups))
+    if chunk_rows is None and size <= _WHOLE_BYTES:  # one read, one vectorized pass
+        try:
+            table = file.read(columns=[file_names[k] for k in wanted])
+        except Exception as error:  # corrupt pages
+            raise ValueError(f"{builder.source}: cannot read the Parquet rows: {error}") from None
+        batches = iter([table])
+    else:
+        batches = file.iter_batches(
+            batch_size=chunk_rows or _CHUNK_ROWS, columns=[file_names[k] for k in wanted]
+        )
     while True:
         try:
             batch = next(batches)
@@ -1737,7 +1822,7 @@ def read_preferences(
     format: str | None = None,
     items: str = "auto",
     on_error: str = "raise",
-    chunk_rows: int = 65536,
+    chunk_rows: int | None = None,
     columns: Mapping[str, str | None] | None = None,
     allow_missing: bool = False,
 ) -> ReadResult:
@@ -1751,7 +1836,10 @@ def read_preferences(
             ``"name"`` (see the module docstring).
         on_error: ``"raise"`` (a ``ValueError`` listing every problem) or ``"drop"`` (drop the
             rows with problems; they are counted and described in the result).
-        chunk_rows: rows parsed per chunk (Parquet record batch, JSON Lines/CSV line batch).
+        chunk_rows: rows parsed per chunk (Parquet record batch, JSON Lines/CSV line batch);
+            ``None`` (default): CSV and Parquet files whose data take at most 256 MiB are read
+            and validated at once (Arrow's multithreaded readers, one vectorized pass), other
+            files in chunks of 65536 rows (JSON Lines: lines).
         columns: optional renaming ``{file column: pbde name}``, e.g. ``{"response_a": "xa"}``;
             a column mapped to ``None`` is ignored without the misspelling check (``{"tiee":
             None}`` keeps a column ``tiee`` from being taken for a misspelled ``tie``).
@@ -1793,6 +1881,7 @@ def read_preferences(
     source_name = f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}"
     silenced = [k for k, v in (columns or {}).items() if v is None]
     builder = _Builder(items, on_error, source_name, numbering, allow_missing, silenced)
+    builder.private = True  # the Arrow buffers read here belong to nobody else
     reader = {"jsonl": _read_jsonl, "csv": _read_csv_arrow, "parquet": _read_parquet}[fmt]
     try:
         try:
@@ -1846,7 +1935,7 @@ def from_dataframe(
     *,
     items: str = "auto",
     on_error: str = "raise",
-    chunk_rows: int = 65536,
+    chunk_rows: int | None = None,
     allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a pandas or polars DataFrame with the columns of the module docstring.
@@ -1881,6 +1970,7 @@ def from_dataframe(
     if table is not None:
         return _from_table(table, *options, "DataFrame")
     builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions", allow_missing)
+    chunk_rows = chunk_rows or _CHUNK_ROWS
     for start in range(0, len(df), chunk_rows):
         part = df.iloc[start : start + chunk_rows]
         data = [part.iloc[:, k].tolist() for k in range(part.shape[1])]
@@ -1896,7 +1986,7 @@ def from_arrow(
     *,
     items: str = "auto",
     on_error: str = "raise",
-    chunk_rows: int = 65536,
+    chunk_rows: int | None = None,
     allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a ``pyarrow.Table`` or ``RecordBatch``, or a Hugging Face
@@ -1908,7 +1998,8 @@ def from_arrow(
         table: the data.
         items: as in :func:`read_preferences`.
         on_error: as in :func:`read_preferences`.
-        chunk_rows: rows validated per record batch.
+        chunk_rows: rows validated per record batch; ``None`` (default): the whole table in one
+            vectorized pass.
         allow_missing: as in :func:`read_preferences`.
 
     Returns:
@@ -1934,7 +2025,7 @@ def from_arrow(
 
 
 def _from_table(
-    table, items: str, on_error: str, chunk_rows: int, allow_missing: bool, source: str
+    table, items: str, on_error: str, chunk_rows: int | None, allow_missing: bool, source: str
 ) -> ReadResult:
     names = [str(n) for n in table.column_names]
     _check_unique(names, names, source)
@@ -1945,6 +2036,9 @@ def _from_table(
         )
     builder = _Builder(items, on_error, source, "rows are 0-based positions", allow_missing)
     builder.seen_columns.update(names)
+    if chunk_rows is None:  # one vectorized pass over the whole table
+        builder.add_arrow_batch(table, names, np.arange(table.num_rows, dtype=np.int64))
+        return builder.finish()
     row = 0
     for batch in table.to_batches(max_chunksize=chunk_rows):
         builder.add_arrow_batch(batch, names, np.arange(row, row + batch.num_rows, dtype=np.int64))

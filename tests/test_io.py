@@ -451,7 +451,7 @@ def test_whole_file_errors(tmp_path):
         io.from_records([], items="words")
     with pytest.raises(ValueError, match="'on_error' must be 'raise' or 'drop'"):
         io.from_records([], on_error="skip")
-    with pytest.raises(ValueError, match="'chunk_rows' must be an int >= 1. Got 0"):
+    with pytest.raises(ValueError, match="'chunk_rows' must be an int >= 1 or None. Got 0"):
         io.read_preferences(blank, chunk_rows=0)
     with pytest.raises(ValueError, match="'format' must be one of"):
         io.read_preferences(blank, format="xlsx")
