@@ -1166,3 +1166,45 @@ def test_fitting_counts_equals_fitting_the_expanded_rows():
         fitted.append(model.density.log_prob(torch.arange(size)).detach())
     torch.testing.assert_close(fitted[0], fitted[1], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(fitted[0], torch.full((size,), -math.log(size)), atol=1e-2)
+
+
+@FAST
+@given(
+    n=st.integers(1, 10),
+    kind=st.sampled_from(["id", "number", "tokens", "vector"]),
+    data=st.data(),
+)
+def test_property_bad_rows_are_the_same_in_every_format(tmp_path, n, kind, data):
+    """Every reader reports the same bad rows and keeps the same comparisons."""
+    item = {
+        "id": st.integers(0, 50),
+        "number": st.floats(-1e3, 1e3).filter(lambda v: not float(v).is_integer()),
+        "tokens": st.lists(st.integers(0, 99), min_size=1, max_size=4),
+        "vector": st.lists(st.floats(-10, 10).map(lambda v: v + 0.5), min_size=3, max_size=3),
+    }[kind]
+    bad_values = {  # one bad field per bad row, each a row problem in every format
+        "y": st.sampled_from([1.5, -0.25]),
+        "annotator_id": st.just(-1),
+        "weight": st.sampled_from([-2.0, None]),
+    }
+    records, bad_rows = [], []
+    for row in range(n):
+        record = {
+            "xa": data.draw(item),
+            "xb": data.draw(item),
+            "y": data.draw(st.sampled_from([0.0, 0.5, 1.0])),
+            "annotator_id": data.draw(st.integers(0, 3)),
+            "weight": data.draw(st.sampled_from([0.5, 2.0])),
+        }
+        if row > 0 and data.draw(st.booleans()):  # row 0 stays good: something is kept
+            column = data.draw(st.sampled_from(sorted(bad_values)))
+            record[column] = data.draw(bad_values[column])
+            bad_rows.append(row)
+        records.append(record)
+    results = {}
+    for name, (read, offset) in every_reader(tmp_path, records).items():
+        out = read(items=kind, on_error="drop")
+        assert sorted({p.row - offset for p in out.problems}) == bad_rows, (name, out.problems)
+        assert (out.rows - offset).tolist() == [r for r in range(n) if r not in bad_rows], name
+        results[name] = out
+    assert_same(results)
