@@ -4,9 +4,12 @@ Writes ``--rows`` comparisons (integer items ``xa``, ``xb`` in [0, 1000), labels
 as JSON Lines, CSV and Parquet into a temporary folder (nothing is written into the repository),
 then times, alternating in one process, each ``pbde.io.read_preferences`` against the Arrow reader
 alone (``pyarrow.json.read_json``, ``pyarrow.csv.read_csv``, ``pyarrow.parquet.read_table``).
-Times are the median of ``--repeats`` reads. Peak memory is measured in a separate, untimed read:
-the peak of Python and numpy allocations (``tracemalloc``) plus the peak of Arrow's memory pool
-(``pyarrow.default_memory_pool().max_memory()`` growth, which only grows).
+Times are the median of ``--repeats`` reads. Peak memory is measured for each contender in a fresh
+subprocess that imports the same modules (pyarrow, torch, pbde), resets its resident-set high-water
+mark (``/proc/self/clear_refs``), reads the file once and reports its peak resident set size
+(``VmHWM``; ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` where the mark cannot be reset) minus the
+resident set size before the read: the memory the read itself needed at its peak, Arrow's pool,
+numpy and torch included (Linux).
 
 Usage:
     python benchmarks/bench_io.py [--rows 1000000] [--repeats 5]
@@ -16,10 +19,59 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-import tracemalloc
+
+ARROW_READERS = {
+    "jsonl": ("pyarrow.json", "read_json"),
+    "csv": ("pyarrow.csv", "read_csv"),
+    "parquet": ("pyarrow.parquet", "read_table"),
+}
+
+
+def _resident_mib() -> float:
+    """The current resident set size (Linux), in MiB."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_of_one_read(contender: str, fmt: str, path: str) -> None:
+    """Child process: read ``path`` once, print the peak resident memory the read added (MiB)."""
+    import importlib
+
+    import pyarrow  # noqa: F401
+    import torch  # noqa: F401
+
+    import pbde.io
+
+    if contender == "pbde":
+        read = pbde.io.read_preferences
+    else:
+        module, name = ARROW_READERS[fmt]
+        read = getattr(importlib.import_module(module), name)
+    before = _resident_mib()
+    try:  # reset the high-water mark so that the imports' peak does not count
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+    out = read(path)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 2**10
+    del out
+    print(max(0.0, peak - before))
+
+
+def measure_peak(contender: str, fmt: str, path: str) -> float:
+    command = [sys.executable, __file__, "--peak-of", contender, fmt, path]
+    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
 def write_files(folder: str, n: int) -> dict[str, str]:
@@ -53,7 +105,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10**6)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak-of", nargs=3, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
+    if args.peak_of:
+        peak_of_one_read(*args.peak_of)
+        return
 
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -86,16 +142,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 del out
         assert len(pbde_read(path).prefs) == args.rows
-        peaks = {}
-        for name, read in (("arrow", arrow_read), ("pbde", pbde_read)):
-            pool = pa.default_memory_pool()
-            before = pool.max_memory()
-            tracemalloc.start()
-            out = read(path)
-            python_peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            peaks[name] = (python_peak + max(0, pool.max_memory() - before)) / 2**20
-            del out
+        peaks = {name: measure_peak(name, fmt, path) for name in ("arrow", "pbde")}
         arrow_s, pbde_s = (statistics.median(times[k]) for k in ("arrow", "pbde"))
         size = os.path.getsize(path) / 2**20
         print(

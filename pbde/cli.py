@@ -124,20 +124,55 @@ def _check_fit_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--test-fraction must be in [0, 1), got {args.test_fraction:g}")
 
 
-def _read_data(path: Path, items: str, on_error: str, option: str = "DATA"):
+def _read_data(path: Path, items: str, on_error: str, option: str = "DATA", command: str = "fit"):
     from pbde.io import read_preferences
 
     try:
         read = read_preferences(path, items=items, on_error=on_error)
+        if items == "auto" and read.items in ("text", "number"):  # ids written as 1.0, names
+            items = "name" if read.items == "text" else "id"
+            read = read_preferences(path, items=items, on_error=on_error)
     except (OSError, ValueError, ImportError) as error:
         message = str(error).replace("Pass on_error='drop'", "Pass --on-error drop")
         raise UsageError(f"{option} {message}") from None  # every problem, with its row
+    if read.ignored_columns:
+        print(
+            f"pbde {command}: {option} columns ignored (not pbde columns): "
+            f"{', '.join(read.ignored_columns)}",
+            file=sys.stderr,
+        )
     return read
 
 
-def _check_items(prefs, args: argparse.Namespace) -> None:
+def _items_file(model_path: Path) -> Path:
+    """The sidecar that keeps the item names of a model fitted on named items."""
+    return Path(model_path).with_name("items.json")
+
+
+def _strengths(model, names: list[str]) -> list[dict]:
+    """The fitted probability of each named item under the model's density, strongest first."""
+    with torch.no_grad():
+        log_prob = model.density.log_prob(torch.arange(len(names))).double()
+    order = torch.argsort(log_prob, descending=True).tolist()
+    return [
+        {
+            "item": names[k],
+            "id": k,
+            "log_prob": float(log_prob[k]),
+            "prob": float(log_prob[k].exp()),
+        }
+        for k in order
+    ]
+
+
+def _check_items(prefs, args: argparse.Namespace, names: list[str] | None = None) -> None:
     x = torch.cat([prefs.xa, prefs.xb])
     if args.density == "categorical":
+        if names is not None and len(names) > args.items:
+            raise UsageError(
+                f"--items {args.items} allows {args.items} items; DATA names {len(names)} "
+                f"(e.g. {', '.join(repr(n) for n in names[args.items : args.items + 3])})"
+            )
         if int(x.min()) < 0 or int(x.max()) >= args.items:
             raise UsageError(
                 f"--items {args.items} allows item ids 0..{args.items - 1}; DATA holds ids "
@@ -245,10 +280,15 @@ def _fit_and_report(args: argparse.Namespace) -> int:
     from pbde.io import write_preferences
 
     began = time.perf_counter()
-    items = "id" if args.density == "categorical" else "number"
+    items = "auto" if args.density == "categorical" else "number"  # ids or names
     read = _read_data(args.data, items, args.on_error)
-    prefs = read.prefs
-    _check_items(prefs, args)
+    if args.density == "categorical" and read.items not in ("id", "name"):
+        raise UsageError(
+            f"--density categorical needs integer item ids or item names; DATA holds "
+            f"{read.items} items"
+        )
+    prefs, names = read.prefs, read.item_names
+    _check_items(prefs, args, names)
     test_fraction = 0.2 if args.test_fraction is None else args.test_fraction
     if test_fraction > 0:
         try:
@@ -313,12 +353,24 @@ def _fit_and_report(args: argparse.Namespace) -> int:
         ),
         "settings": settings,
         "files": {"model": "model.pt", "report": "report.json"},
+        "ignored_columns": read.ignored_columns,
     }
+    strengths = None
+    if names is not None:  # named items: the names travel with the model
+        strengths = _strengths(model, names + [f"#{k}" for k in range(len(names), args.items)])
+        report["item_names"] = names
+        report["strengths"] = strengths
+        report["files"]["items"] = "items.json"
     if test is not None:
-        report["files"]["test"] = "test.jsonl"
+        report["files"]["test"] = "test.jsonl"  # item ids (names: see items.json)
     if is_main_process():  # under torchrun, rank 0 writes the outputs
         args.out.mkdir(parents=True, exist_ok=True)
         pbde.save_model(model, args.out / "model.pt")
+        if names is not None:
+            _items_file(args.out / "model.pt").write_text(
+                json.dumps({"item_names": names}, indent=2, ensure_ascii=False) + "\n",
+                encoding="utf-8",
+            )
         if test is not None:
             write_preferences(test, args.out / "test.jsonl")
         (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -332,6 +384,9 @@ def _fit_and_report(args: argparse.Namespace) -> int:
                 f", accuracy {heldout['accuracy']:.4f} ({len(test)} comparisons)"
             )
         )
+        if strengths is not None:
+            top = ", ".join(f"{s['item']} {s['prob']:.3f}" for s in strengths[:5])
+            print(f"  strongest items (fitted probability): {top}")
         print(f"  wrote {args.out / 'model.pt'} and {args.out / 'report.json'}")
     return 0
 
@@ -355,6 +410,23 @@ def _item_kind(model) -> str:
     return "number"
 
 
+def _map_names(prefs, found: list[str], names: list[str], saved: Path):
+    """Item ids of a new file (its own order of first appearance) → the model's ids."""
+    from pbde.data import Preferences
+
+    index = {name: k for k, name in enumerate(names)}
+    unknown = [name for name in found if name not in index]
+    if unknown:
+        listed = ", ".join(repr(n) for n in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise UsageError(
+            f"DATA names {len(unknown)} item(s) that MODEL does not know: {listed}{more} "
+            f"(the model's items are listed in {saved})"
+        )
+    ids = torch.tensor([index[name] for name in found])
+    return Preferences(ids[prefs.xa], ids[prefs.xb], prefs.y, prefs.annotator_id, prefs.weight)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pbde.serialization import load_model
 
@@ -370,9 +442,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except (OSError, ValueError) as error:
         raise UsageError(f"MODEL {str(error).splitlines()[0]}") from None
-    read = _read_data(args.data, _item_kind(model), args.on_error)
+    kind = _item_kind(model)
+    saved = _items_file(args.model)
+    names = None
+    if kind == "id" and saved.exists():  # fitted on named items: read names too
+        names = json.loads(saved.read_text(encoding="utf-8"))["item_names"]
+        kind = "auto"
+    read = _read_data(args.data, kind, args.on_error, command="evaluate")
+    prefs = read.prefs
+    if read.item_names is not None:
+        if names is None:
+            raise UsageError(
+                f"DATA names its items ({', '.join(repr(n) for n in read.item_names[:3])}, ...) "
+                f"but MODEL was not fitted on named items (no {saved.name} next to it)"
+            )
+        prefs = _map_names(prefs, read.item_names, names, saved)
     try:
-        metrics = evaluate_model(model, read.prefs)
+        metrics = evaluate_model(model, prefs)
     except (ValueError, TypeError) as error:
         raise UsageError(f"DATA does not fit MODEL: {str(error).splitlines()[0]}") from None
     metrics["dropped_rows"] = read.dropped

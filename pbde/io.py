@@ -17,10 +17,25 @@ A preference file holds one comparison per row. The columns are
                     ``ReadResult.prefs.prompt`` (every row must have one if any row does).
                     With other items kept as is (a string or a list of token ids) in
                     :attr:`ReadResult.prompts`; it is *not* prepended to the items.
+``wins_a``,         aggregated data instead of ``y``/``label``/``tie``/``weight``: one row per
+``wins_b``,         pair ``xa``, ``xb`` with the number of times ``xa`` won (``wins_a``), ``xb``
+``ties``            won (``wins_b``) and, optionally, they tied (``ties``; no column: 0), each
+                    an integer ``>= 0``. A row gives up to three weighted comparisons:
+                    ``(xa, xb, y=1, weight=wins_a)``, ``(xa, xb, y=0, weight=wins_b)``,
+                    ``(xa, xb, y=0.5, weight=ties)``, in this order, leaving out zero counts
+                    (a row of zeros gives none). Fitting them equals fitting the rows they count.
 ==================  ==========================================================================
 
-Other columns are ignored and listed in :attr:`ReadResult.ignored_columns`. If some rows have
-``annotator_id`` (or ``weight``) and others do not, the rows without it are problems.
+Other columns are ignored and listed in :attr:`ReadResult.ignored_columns`, except that an
+unknown column whose name is close to a known one (``yy``, ``wieght``, ``Annotator ID``) is an
+error naming both (``column 'yy' is not known: did you mean 'y'?``); ``columns={"yy": "y"}``
+renames it, ``columns={"yy": None}`` ignores it. Duplicate columns (also made by ``columns=``)
+are an error in every format.
+
+When the data have an ``annotator_id`` or ``weight`` column, a row where it is missing (null,
+NaN, an empty CSV cell, a JSON object without the key) is a problem of that row. With
+``allow_missing=True`` a missing value is absent instead: the column is dropped if no row has a
+value, and rows without one are problems only if other rows have one.
 
 Items (``items=``) are
 
@@ -111,7 +126,65 @@ _SUFFIXES = {
 _MAX_LISTED = 20
 _BOOLS = frozenset((bool, np.bool_))
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_KNOWN = ("xa", "xb", "chosen", "rejected", "y", "label", "tie", "annotator_id", "weight", "prompt")
+_COUNTS = ("wins_a", "wins_b", "ties")
+_KNOWN = (
+    "xa",
+    "xb",
+    "chosen",
+    "rejected",
+    "y",
+    "label",
+    "tie",
+    "annotator_id",
+    "weight",
+    "prompt",
+) + _COUNTS
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions, transpositions."""
+    previous2, previous = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _close_known(name: str) -> str | None:
+    """The known column that ``name`` (not itself known) is probably a misspelling of, if any.
+
+    Close means: equal ignoring case, spaces, ``_`` and ``-``; for the short names ``xa``,
+    ``xb``, ``y``, ``tie``, also a doubled letter (``yy``) or two swapped letters (``ax``); for
+    longer names, at most one edit (two from names of 7 characters or more), an edit being an
+    insertion, a deletion, a substitution or a swap of two neighbours (``wieght``, ``weights``).
+    """
+    if name in _KNOWN:
+        return None
+    norm = _normalized(name)
+    best, best_distance = None, 3
+    for known in _KNOWN:
+        target = _normalized(known)
+        if norm == target:
+            return known
+        if len(known) <= 3:
+            collapsed = re.sub(r"(.)\1+", r"\1", norm)
+            swapped = len(norm) == len(target) and sorted(norm) == sorted(target)
+            if collapsed == target or (swapped and _edit_distance(norm, target) == 1):
+                return known
+            continue
+        distance = _edit_distance(norm, target)
+        if distance <= (2 if len(target) >= 7 else 1) and distance < best_distance:
+            best, best_distance = known, distance
+    return best
 
 
 class Problem(NamedTuple):
@@ -144,8 +217,9 @@ class ReadResult:
             holds string ids; ``None`` when ids are integers or absent.
         ignored_columns: columns that were present but not used.
         rows_read: number of data rows seen (kept + dropped).
-        rows: row number in the source (as in :class:`Problem`) of each kept comparison, shape ``(n,)``, to join
-            the comparisons back to other columns.
+        rows: row number in the source (as in :class:`Problem`) of each kept comparison, shape
+            ``(n,)``, to join the comparisons back to other columns (a row of counts gives up to
+            three comparisons, which share its row number).
         item_names: with ``items="name"``, ``item_names[k]`` is the name of item id ``k``;
             ``None`` otherwise.
     """
@@ -172,13 +246,19 @@ class ReadResult:
 # -- argument checks -----------------------------------------------------------------------
 
 
-def _check_options(items, on_error, chunk_rows=1) -> None:
+def _check_options(items, on_error, chunk_rows=1, allow_missing=False) -> None:
+    if not isinstance(allow_missing, bool):
+        raise TypeError(
+            f"'allow_missing' must be a bool. Got {type(allow_missing).__name__} {allow_missing!r}."
+        )
     if items not in ITEM_KINDS:
         raise ValueError(f"'items' must be one of {ITEM_KINDS}. Got {items!r} instead.")
     if on_error not in ("raise", "drop"):
         raise ValueError(f"'on_error' must be 'raise' or 'drop'. Got {on_error!r} instead.")
+    if chunk_rows is None:
+        return
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"'chunk_rows' must be an int >= 1. Got {chunk_rows!r} instead.")
+        raise ValueError(f"'chunk_rows' must be an int >= 1 or None. Got {chunk_rows!r} instead.")
 
 
 def _resolve_format(path: str, format: str | None) -> str:
@@ -393,12 +473,50 @@ def _parse_bool(value) -> bool:
 # -- the builder: row-level validation, chunk storage, final tensors -----------------------
 
 
+def _to_numpy(array, private: bool) -> np.ndarray:
+    """A numeric Arrow array without nulls as numpy: writable and without a copy when the
+    buffer is ours (``private``: read here from a file) and mutable, else as Arrow gives it."""
+    chunks = getattr(array, "chunks", [array])
+    if private and len(chunks) == 1:
+        chunk = chunks[0]
+        dtype = {"int64": np.int64, "double": np.float64}.get(str(chunk.type))
+        data = chunk.buffers()[1] if dtype is not None else None
+        if data is not None and data.is_mutable:
+            return np.frombuffer(data, dtype=dtype, count=len(chunk), offset=chunk.offset * 8)
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _segments(parts: list, fill, dtype) -> np.ndarray | None:
+    """Per-row values stored as arrays, or counts of rows without a value (``fill``); ``None``
+    when no part holds values."""
+    if all(isinstance(p, int) for p in parts):
+        return None
+    return _cat([np.full(p, fill, dtype) if isinstance(p, int) else p for p in parts], dtype)
+
+
+def _cat(parts: list, dtype) -> np.ndarray:
+    """``np.concatenate`` without the copy of a single part."""
+    if not parts:
+        return np.zeros(0, dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class _Builder:
     """Collects parsed chunks and turns them into a ReadResult."""
 
-    def __init__(self, items: str, on_error: str, source: str, numbering: str):
+    def __init__(
+        self,
+        items: str,
+        on_error: str,
+        source: str,
+        numbering: str,
+        allow_missing: bool = False,
+        silenced: Iterable[str] = (),
+    ):
         self.kind = items
         self.on_error = on_error
+        self.allow_missing = allow_missing
+        self.silenced = frozenset(silenced)  # unknown columns the caller asked to ignore
         self.source = source
         self.numbering = numbering
         self.problems: list[Problem] = []
@@ -415,6 +533,9 @@ class _Builder:
         self.id_row = -1
         self.names: dict[str, int] = {}
         self.weights: list[np.ndarray] = []  # NaN where missing
+        # counts (wins_a, wins_b, ties) per row, shape (m, 3): -2 in a row without counts, -1
+        # for a missing ties; a count of rows stands for a chunk without counts
+        self.counts: list = []
         self.prompts: list = []
         self.has_prompt = False
         # text items ("text", "name"): fixed by the first row with a readable item
@@ -425,6 +546,8 @@ class _Builder:
         self.texts: list = []  # per stored row: (xa, xb) for text items, else None
         self.csv_text = False  # a CSV batch had text items: every later item cell is text
         self.seen_columns: set[str] = set()
+        self.in_order = True  # rows are stored in file order (else finish sorts them)
+        self.private = False  # Arrow data read here from a file: its buffers may be reused
 
     # one chunk of rows, each a Mapping from column to value (missing: absent or None)
     def add_rows(self, rows: list[int], records: list, pre: dict[int, list[Problem]]) -> None:
@@ -436,13 +559,16 @@ class _Builder:
         y = np.zeros(m)
         ids = np.full(m, -1, dtype=np.int64)
         weights = np.full(m, np.nan)
+        counts = np.full((m, 3), -2, dtype=np.int64)
         prompts = []
         for i, (row, record) in enumerate(zip(rows, records, strict=True)):
             problems = list(pre.get(i, ()))
             values, is_float = None, False
             if record is not None:
                 self.seen_columns.update(record.keys())
-                values, is_float = self._row(row, record, problems, y, ids, weights, prompts, i)
+                values, is_float = self._row(
+                    row, record, problems, y, ids, weights, prompts, i, counts
+                )
             else:
                 prompts.append(None)
             if problems:
@@ -472,6 +598,7 @@ class _Builder:
         self.y.append(y)
         self.ids.append(ids)
         self.weights.append(weights)
+        self.counts.append(counts)
         self.prompts.append(prompts)  # segments: a list of values, or a count of Nones
         self.texts.append(parsed_items if self.text else m)
 
@@ -503,6 +630,7 @@ class _Builder:
         good_set = set(good)
         bad = [i for i in range(len(records)) if i not in good_set]
         if bad:
+            self.in_order = False  # the bad rows are stored before the good ones
             self.add_rows([rows[i] for i in bad], [records[i] for i in bad], pre)
         batch = pa.RecordBatch.from_arrays(arrays, names=keys)
         self.add_arrow_batch(batch, keys, np.asarray(rows, dtype=np.int64)[good])
@@ -528,7 +656,7 @@ class _Builder:
         def values(name):
             array = columns[name]
             if array.null_count == 0:
-                return array.to_numpy(zero_copy_only=False), np.zeros(len(array), dtype=bool)
+                return _to_numpy(array, self.private), np.zeros(len(array), dtype=bool)
             nulls = array.is_null().to_numpy(zero_copy_only=False)
             filler = False if array.type == "bool" else 0
             return array.fill_null(filler).to_numpy(zero_copy_only=False), nulls
@@ -538,7 +666,8 @@ class _Builder:
         items, floats = [], False
         for name in ("chosen", "rejected") if chosen_mode else ("xa", "xb"):
             x, null = values(name)
-            clean &= ~null
+            if columns[name].null_count:
+                clean &= ~null
             if x.dtype.kind == "f":
                 finite = np.isfinite(x)
                 clean &= finite
@@ -551,50 +680,79 @@ class _Builder:
             elif self.kind == "number":
                 x, floats = x.astype(np.float64), True
             items.append(x)
-        tie = np.zeros(batch.num_rows, dtype=bool)
+        tie = None
         if "tie" in columns:
             tie, _ = values("tie")
             tie = tie.astype(bool)
         label_name = "y" if "y" in columns else "label" if "label" in columns else None
-        if chosen_mode:
-            y = np.where(tie, 0.5, 1.0)
+        counts = None
+        if "wins_a" in columns:  # aggregated rows: counts, no label
+            y = np.zeros(batch.num_rows)
+            counts = np.zeros((batch.num_rows, 3), dtype=np.int64)  # no ties column: 0 ties
+            for k, name in enumerate(_COUNTS):
+                if name not in columns:
+                    continue
+                raw, null = values(name)
+                if raw.dtype.kind == "f":
+                    null = null | np.isnan(raw)  # NaN is missing, as in a float weight column
+                    whole = np.isfinite(raw) & (np.abs(raw) < 2.0**63)
+                    whole &= np.floor(np.where(whole, raw, 0.5)) == raw
+                    clean &= whole | null  # non-integer counts go row by row
+                    raw = np.where(whole, raw, 0).astype(np.int64)
+                clean &= null | (raw >= 0)
+                if k < 2:
+                    clean &= ~null
+                counts[:, k] = np.where(null, -1, raw)
+        elif chosen_mode:
+            y = np.ones(batch.num_rows) if tie is None else np.where(tie, 0.5, 1.0)
         else:
-            y, null = values(label_name)
-            y = y.astype(np.float64)
-            clean &= ~null & np.isfinite(y) & (y >= 0) & (y <= 1) & (~tie | (y == 0.5))
-        ids = np.full(batch.num_rows, -1, dtype=np.int64)
+            y, null = values(label_name)  # integer labels stay integers until the tensor
+            if y.dtype.kind not in "iu":
+                y = y.astype(np.float64, copy=False)
+                clean &= np.isfinite(y)
+            clean &= (y >= 0) & (y <= 1)
+            if columns[label_name].null_count:
+                clean &= ~null
+            if tie is not None:
+                clean &= ~tie | (y == 0.5)
+        ids = None  # no annotator_id column: stored as a count of rows
         if "annotator_id" in columns:
             raw, null = values("annotator_id")
             clean &= null | (raw >= 0)
             ids = np.where(null, -1, raw).astype(np.int64)
-        weights = np.full(batch.num_rows, np.nan)
+        weights = None
         if "weight" in columns:
             raw, null = values("weight")
             raw = raw.astype(np.float64)
             clean &= null | np.isnan(raw) | (np.isfinite(raw) & (raw >= 0))
             weights = np.where(null, np.nan, raw)
-        good = np.flatnonzero(clean)
-        if good.size:
+        all_clean = bool(clean.all())
+        good = slice(None) if all_clean else np.flatnonzero(clean)  # a slice copies nothing
+        size = batch.num_rows if all_clean else good.size
+        if size:
             if self.is_list is None:
-                self.is_list, self.shape_row = False, int(rows[good[0]])
-            present = good[ids[good] >= 0]
-            if present.size and self.id_type is None:
-                self.id_type, self.id_row = int, int(rows[present[0]])
+                self.is_list, self.shape_row = False, int(rows[good][0])
+            if self.id_type is None and ids is not None:
+                present = np.flatnonzero(ids[good] >= 0)
+                if present.size:
+                    self.id_type, self.id_row = int, int(rows[good][present[0]])
             self.any_float |= floats
             dtype = np.float64 if floats else np.int64
-            self.xa.append((items[0][good].astype(dtype), None))
-            self.xb.append((items[1][good].astype(dtype), None))
+            self.xa.append((items[0][good].astype(dtype, copy=False), None))
+            self.xb.append((items[1][good].astype(dtype, copy=False), None))
             self.rows.append(rows[good])
-            self.ok.append(np.ones(good.size, dtype=bool))
+            self.ok.append(size)  # every stored row of this batch is valid
             self.y.append(y[good])
-            self.ids.append(ids[good])
-            self.weights.append(weights[good])
-            self.prompts.append(int(good.size))
-            self.texts.append(int(good.size))
+            self.ids.append(size if ids is None else ids[good])
+            self.weights.append(size if weights is None else weights[good])
+            self.counts.append(size if counts is None else counts[good])
+            self.prompts.append(size)
+            self.texts.append(size)
         bad = np.flatnonzero(~clean)
         if bad.size:
             import pyarrow as pa
 
+            self.in_order = self.in_order and size == 0
             records = batch.take(pa.array(bad)).to_pylist()
             records = [
                 {
@@ -633,12 +791,16 @@ class _Builder:
                 return None
             columns[name] = array
         keys = set(columns)
+        if keys & set(_COUNTS):
+            labels = {"chosen", "rejected", "y", "label", "tie", "weight"}
+            counts = {"xa", "xb", "wins_a", "wins_b"} <= keys and not keys & labels
+            return columns if counts else None
         pair = {"xa", "xb"} <= keys and not keys & {"chosen", "rejected"}
         pair = pair and len(keys & {"y", "label"}) == 1
         chosen = {"chosen", "rejected"} <= keys and not keys & {"xa", "xb", "y", "label"}
         return columns if pair or chosen else None
 
-    def _row(self, row, record, problems, y, ids, weights, prompts, i):
+    def _row(self, row, record, problems, y, ids, weights, prompts, i, counts):
         def get(name):
             value = record.get(name)
             return None if _is_missing(value) else value
@@ -709,9 +871,16 @@ class _Builder:
                 continue
             is_float |= not all_int
             parsed.append(parsed_value)
+        has_counts = any(get(c) is not None for c in _COUNTS) or (
+            ("wins_a" in record or "wins_b" in record)
+            and all(get(c) is None for c in ("y", "label", "tie"))
+        )
+        if has_counts:
+            self._row_counts(row, record, get, bad, chosen_mode and not pair_mode, counts, i)
+            y[i] = 0.0
         # label
-        label_columns = [c for c in ("y", "label") if get(c) is not None]
-        tie = get("tie")
+        label_columns = [] if has_counts else [c for c in ("y", "label") if get(c) is not None]
+        tie = None if has_counts else get("tie")
         tie_value = False
         if tie is not None:
             try:
@@ -747,7 +916,7 @@ class _Builder:
             label = 0.5
         elif label is None and chosen_mode and not pair_mode:
             label = 1.0
-        elif label is None and not label_columns:
+        elif label is None and not label_columns and not has_counts:
             bad("y", "missing field 'y' (or 'label', or 'tie': true)")
         y[i] = 0.0 if label is None else label
         # annotator id
@@ -779,7 +948,7 @@ class _Builder:
             except _Bad as error:
                 bad("annotator_id", str(error))
         # weight
-        weight = get("weight")
+        weight = None if has_counts else get("weight")
         if isinstance(weight, float) and math.isnan(weight):
             weight = None
         if weight is not None:
@@ -819,17 +988,64 @@ class _Builder:
             return None, False
         return tuple(parsed), is_float
 
+    def check_column_names(self) -> None:
+        """Raise if a column is an unknown name close to a known one (a misspelling)."""
+        close = []
+        for name in sorted(self.seen_columns - self.silenced):
+            known = _close_known(name)
+            if known is not None:
+                close.append(f"column '{name}' is not known: did you mean '{known}'?")
+        if close:
+            raise ValueError(
+                f"{self.source}: {'; '.join(close)} Rename the column (read_preferences: "
+                f"columns={{'old': 'new'}}), or ignore it with read_preferences(..., "
+                f"columns={{'old': None}})."
+            )
+
+    def _row_counts(self, row, record, get, bad, chosen_mode, counts, i) -> None:
+        """Validate the counts of an aggregated row into ``counts[i]``."""
+        if chosen_mode:
+            bad(None, "counts ('wins_a', 'wins_b', 'ties') go with 'xa'/'xb', not 'chosen'")
+        for column in ("y", "label", "tie", "weight"):
+            if get(column) is not None:
+                bad(
+                    column,
+                    f"a row with counts ('wins_a', 'wins_b', 'ties') cannot also have "
+                    f"'{column}' (the counts give the labels and the weights)",
+                )
+        counts[i] = (-1, -1, -1)
+        for k, column in enumerate(_COUNTS):
+            value = get(column)
+            if isinstance(value, float) and math.isnan(value):
+                value = None  # pandas marks missing values of a float column with NaN
+            if value is None:
+                if column != "ties":  # a missing ties is checked in finish (allow_missing)
+                    bad(column, f"missing field '{column}' (a row with counts needs both wins)")
+                continue
+            try:
+                if isinstance(value, _Invalid):
+                    raise _Bad(value.message)
+                count = _as_int(value, f"'{column}'")
+                if count < 0:
+                    raise _Bad(f"'{column}' must be a count >= 0, got {count}")
+                counts[i, k] = count
+            except _Bad as error:
+                bad(column, str(error))
+        if "ties" not in record:
+            counts[i, 2] = 0
+
     def finish(self) -> ReadResult:
-        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
-        ok = np.concatenate(self.ok) if self.ok else np.zeros(0, bool)
+        self.check_column_names()
+        rows = _cat(self.rows, np.int64)
+        ok = _cat([np.ones(p, bool) if isinstance(p, int) else p for p in self.ok], bool)
         n = rows.shape[0]
-        if n < 2 or bool((rows[1:] > rows[:-1]).all()):
-            order = np.arange(n)
+        if self.in_order or n < 2 or bool((rows[1:] > rows[:-1]).all()):
+            order = None  # file order already
         else:  # the vectorized path stores a chunk's clean rows before its bad ones
             order = np.argsort(rows, kind="stable")
-        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64)
-        weights = np.concatenate(self.weights) if self.weights else np.zeros(0)
-        y_all = np.concatenate(self.y) if self.y else np.zeros(0)
+        ids = _segments(self.ids, -1, np.int64)  # None: no annotator_id anywhere
+        weights = _segments(self.weights, np.nan, np.float64)
+        y_all = _cat(self.y, np.float64)
         self.rows, self.ok, self.ids, self.weights, self.y = [], [], [], [], []
         if self.has_prompt or self.text:  # the per-row values are needed only then
             self.prompts, self.texts = _flatten(self.prompts), _flatten(self.texts)
@@ -846,7 +1062,7 @@ class _Builder:
         self.xa, self.xb = [], []  # the chunks are no longer needed: halve the peak memory
         late: list[Problem] = []
         if self.is_list and kind == "vector":
-            valid = order[ok[order]]
+            valid = np.flatnonzero(ok) if order is None else order[ok[order]]
             if valid.size:
                 d = int(la[valid[0]])
                 for column, lengths in (("xa", la), ("xb", lb)):
@@ -877,20 +1093,48 @@ class _Builder:
                         )
                     )
         weight_limit = torch.finfo(torch.get_default_dtype()).max
-        for j in np.flatnonzero(ok & (weights > weight_limit)):
+        for j in [] if weights is None else np.flatnonzero(ok & (weights > weight_limit)):
             late.append(
                 Problem(int(rows[j]), "weight", f"weight overflows {torch.get_default_dtype()}")
             )
-        checks = [("annotator_id", ids, ids < 0), ("weight", weights, np.isnan(weights))]
+        counts = None
+        if {"wins_a", "wins_b"} & self.seen_columns:
+            counts = np.concatenate(
+                [np.full((c, 3), -2, np.int64) if isinstance(c, int) else c for c in self.counts]
+            )
+            for j in np.flatnonzero(ok & (counts[:, 0] == -2)):
+                late.append(
+                    Problem(
+                        int(rows[j]),
+                        "wins_a",
+                        "missing fields 'wins_a' and 'wins_b': the data hold counts, and a row "
+                        "holds counts or a label, not one or the other",
+                    )
+                )
+        self.counts = []
+        checks = []
+        if ids is not None:
+            checks.append(("annotator_id", ids, ids < 0))
+        if weights is not None:
+            checks.append(("weight", weights, np.isnan(weights)))
+        if counts is not None:
+            checks.append(("ties", None, counts[:, 2] == -1))
         if self.text and self.has_prompt:
             no_prompt = np.fromiter((p is None for p in self.prompts), bool, len(self.prompts))
             checks.append(("prompt", None, no_prompt))
         for name, _values, missing in checks:
-            if bool((~missing & ok).any()):
+            # a value missing from a column the file has is a problem unless allow_missing
+            strict = name != "prompt" and name in self.seen_columns and not self.allow_missing
+            others = name != "ties" and bool((~missing & ok).any())  # a missing ties is 0
+            message = f"missing '{name}' (other rows have one)"
+            if strict and not others:
+                message = (
+                    f"missing '{name}' (null, NaN or absent in a column the data have; pass "
+                    f"allow_missing=True to read a column without values as absent)"
+                )
+            if strict or others:
                 for j in np.flatnonzero(missing & ok):
-                    late.append(
-                        Problem(int(rows[j]), name, f"missing '{name}' (other rows have one)")
-                    )
+                    late.append(Problem(int(rows[j]), name, message))
         if late:
             late_rows = {p.row for p in late}
             ok &= ~np.isin(rows, np.fromiter(late_rows, np.int64, len(late_rows)))
@@ -902,33 +1146,55 @@ class _Builder:
             if self.problems:
                 raise ValueError(self._message("has no valid row left"))
             raise ValueError(f"{self.source} holds no comparison (no data rows).")
-        keep = order[ok[order]]  # storage positions of the kept rows, in file order
-        y = torch.as_tensor(y_all[keep]).to(torch.get_default_dtype())
+        if order is None and bool(ok.all()):
+            keep = slice(None)  # every row, in file order: nothing to copy
+            kept_rows = n
+        else:  # storage positions of the kept rows, in file order
+            keep = np.flatnonzero(ok) if order is None else order[ok[order]]
+            kept_rows = keep.size
+        w = None if weights is None else weights[keep]
+        if counts is None:
+            y_kept = y_all[keep]
+        else:  # one comparison per non-zero count: (1, wins_a), (0, wins_b), (0.5, ties)
+            kept_counts = np.maximum(counts[keep], 0)  # a missing ties (allow_missing) is 0
+            owner, which = np.nonzero(kept_counts > 0)
+            keep = np.arange(n)[keep][owner]
+            y_kept = np.array([1.0, 0.0, 0.5])[which]
+            w = kept_counts[owner, which].astype(np.float64)
+            if owner.size == 0:
+                raise ValueError(
+                    f"{self.source} holds no comparison: every count ('wins_a', 'wins_b', "
+                    f"'ties') of the {kept_rows} valid row(s) is 0."
+                )
+        y = torch.tensor(y_kept, dtype=torch.get_default_dtype())  # a copy: Arrow's is read-only
         tensors = []
         if kind not in ("text", "name"):
             for values, lengths in ((xa, la), (xb, lb)):
                 tensors.append(self._items(values, lengths, keep, kind, la, lb))
-        annotator = torch.as_tensor(ids[keep]) if (ids[keep] >= 0).any() else None
-        w = weights[keep]
+        kept_ids = None if ids is None else ids[keep]
+        annotator = None
+        if kept_ids is not None and bool((kept_ids >= 0).any()):
+            annotator = torch.as_tensor(kept_ids)
         weight_tensor = None
-        if not np.isnan(w).all():
+        if w is not None and not np.isnan(w).all():
             weight_tensor = torch.as_tensor(w).to(torch.get_default_dtype())
             if not bool((weight_tensor > 0).any()):
                 listed = ", ".join(f"row {int(r)}" for r in rows[keep][:5])
                 raise ValueError(
                     f"{self.source}: the weight is 0 in every kept comparison ({listed}"
-                    f"{', ...' if keep.size > 5 else ''}); at least one weight must be > 0."
+                    f"{', ...' if w.size > 5 else ''}); at least one weight must be > 0."
                 )
+        positions = np.arange(n)[keep] if self.has_prompt or kind in ("text", "name") else None
         prompts = None
         if self.has_prompt:
-            prompts = [self.prompts[j] for j in keep]
+            prompts = [self.prompts[j] for j in positions]
         names = None
         if self.id_type is str and annotator is not None:
             names = list(self.names)
         ignored = sorted(self.seen_columns - set(_KNOWN))
         item_names = None
         if kind in ("text", "name"):
-            pairs = [self.texts[j] for j in keep]
+            pairs = [self.texts[j] for j in positions]
             if self.kind == "auto" and not self.has_prompt and _look_like_names(pairs):
                 kind = "name"
             if kind == "name":
@@ -947,10 +1213,12 @@ class _Builder:
                 weight_tensor,
             )
         else:
-            prefs = Preferences(tensors[0], tensors[1], y, annotator, weight_tensor)
+            # validated above (finite items and labels, labels in [0, 1], ids and weights >= 0,
+            # a weight > 0): no second pass over the tensors
+            prefs = Preferences._trusted(tensors[0], tensors[1], y, annotator, weight_tensor)
         return ReadResult(
             prefs=prefs,
-            dropped=int(n - keep.size),
+            dropped=int(n - kept_rows),
             problems=self.problems,
             items=kind,
             weights=weight_tensor,
@@ -966,7 +1234,7 @@ class _Builder:
         if not parts:
             return np.zeros(0), None
         dtype = np.float64 if self.any_float else np.int64
-        values = np.concatenate([p[0].astype(dtype, copy=False) for p in parts])
+        values = _cat([p[0].astype(dtype, copy=False) for p in parts], dtype)
         lengths = None
         if self.is_list:  # chunks read before the first readable item hold only bad rows
             lengths = np.concatenate(
@@ -980,14 +1248,14 @@ class _Builder:
     @staticmethod
     def _items(values, lengths, keep, kind, la, lb):
         float_dtype = torch.get_default_dtype()
-        if lengths is None:
-            out = torch.as_tensor(values[keep])
+        if lengths is None:  # Arrow's zero-copy arrays are read-only: copy those
+            out = torch.as_tensor(np.require(values[keep], requirements="W"))
             return out.to(float_dtype) if kind == "number" else out.long()
         offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         kept_lengths = lengths[keep]
         width = int(max(la[keep].max(), lb[keep].max()))
-        starts = offsets[keep]
+        starts = offsets[:-1][keep]
         # gather all kept elements at once: position p of row r is values[starts[r] + p]
         position = np.arange(width)
         mask = position[None, :] < kept_lengths[:, None]
@@ -1009,25 +1277,53 @@ class _Builder:
 # -- sources ------------------------------------------------------------------------------
 
 
-def _rename(record: Mapping, columns: Mapping[str, str] | None):
+def _renamed(names: Iterable[str], columns: Mapping[str, str | None] | None) -> list[str]:
+    """Column names after ``columns`` (a name mapped to ``None`` keeps its name: ignored)."""
+    if not columns:
+        return list(names)
+    return [columns.get(n) or n for n in names]
+
+
+def _check_unique(names: list[str], original: list[str], source: str) -> None:
+    """Duplicate columns (in the file, or made by ``columns=``) are an error in every format."""
+    if len(set(names)) == len(names):
+        return
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    renamed = [f"'{o}' -> '{n}'" for o, n in zip(original, names, strict=True) if o != n]
+    how = f" after renaming ({', '.join(renamed)})" if renamed else ""
+    raise ValueError(
+        f"{source} has duplicate columns {repeated}{how}; every column must be unique."
+    )
+
+
+def _rename(record: Mapping, columns: Mapping[str, str | None] | None, source: str):
     if not columns:
         return record
-    return {columns.get(k, k): v for k, v in record.items()}
+    keys = list(record)
+    names = _renamed(keys, columns)
+    _check_unique(names, keys, source)
+    return dict(zip(names, record.values(), strict=True))
 
 
 def _check_columns(columns) -> None:
     if columns is None:
         return
     if not isinstance(columns, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in columns.items()
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in columns.items()
     ):
         raise TypeError(
-            f"'columns' must be a mapping from the file's column names to pbde's names "
-            f"(e.g. {{'response_a': 'xa'}}). Got {columns!r}."
+            f"'columns' must be a mapping from the file's column names to pbde's names or None "
+            f"(e.g. {{'response_a': 'xa', 'notes': None}}). Got {columns!r}."
         )
-    unknown = sorted(set(columns.values()) - set(_KNOWN))
+    unknown = sorted(set(columns.values()) - set(_KNOWN) - {None})
     if unknown:
         raise ValueError(f"'columns' maps to unknown names {unknown}; known names: {_KNOWN}.")
+    ignored_known = sorted(k for k, v in columns.items() if v is None and k in _KNOWN)
+    if ignored_known:
+        raise ValueError(
+            f"'columns' maps the known columns {ignored_known} to None; None ignores only "
+            f"unknown columns (rename a known column to read it under another name)."
+        )
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
@@ -1042,6 +1338,8 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
 
 
 _BLOCK_BYTES = 1 << 24
+_CHUNK_ROWS = 65536  # rows per chunk when a file is read in chunks and chunk_rows is None
+_WHOLE_BYTES = 1 << 28  # chunk_rows=None reads CSV / Parquet data of up to 256 MiB at once
 
 
 def _line_pieces(path, chunk_rows: int) -> Iterator[tuple[int, bytes, np.ndarray]]:
@@ -1092,9 +1390,10 @@ def _nonblank_lines(piece: bytes, ends: np.ndarray, expected: int) -> np.ndarray
     return kept if kept.size == expected else None
 
 
-def _read_jsonl(path, builder: _Builder, chunk_rows: int, columns) -> None:
+def _read_jsonl(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
     """Parse with ``pyarrow.json`` piece by piece; a piece Arrow refuses (a malformed line, a
     column whose type changes, a key given twice) is parsed line by line to name the lines."""
+    chunk_rows = chunk_rows or _CHUNK_ROWS
     try:
         import pyarrow as pa
         import pyarrow.json as pj
@@ -1108,13 +1407,13 @@ def _read_jsonl(path, builder: _Builder, chunk_rows: int, columns) -> None:
                 table = None
             kept = None if table is None else _nonblank_lines(piece, ends, table.num_rows)
             if kept is not None and _unique_keys(piece, table, kept):
-                names = [columns.get(n, n) if columns else n for n in table.column_names]
-                if len(set(names)) == len(names):
-                    rows = kept + (first + 1)  # 1-based line numbers
-                    for batch in table.to_batches():
-                        builder.add_arrow_batch(batch, names, rows[: batch.num_rows])
-                        rows = rows[batch.num_rows :]
-                    continue
+                names = _renamed(table.column_names, columns)
+                _check_unique(names, table.column_names, builder.source)
+                rows = kept + (first + 1)  # 1-based line numbers
+                for batch in table.to_batches():
+                    builder.add_arrow_batch(batch, names, rows[: batch.num_rows])
+                    rows = rows[batch.num_rows :]
+                continue
         _parse_json_lines(first, piece, ends, builder, columns)
 
 
@@ -1151,7 +1450,7 @@ def _parse_json_lines(first: int, piece: bytes, ends: np.ndarray, builder: _Buil
             record = json.loads(text, object_pairs_hook=_no_repeated_keys)
             if not isinstance(record, dict):
                 raise _Bad(f"line is not a JSON object, got {type(record).__name__}")
-            records.append(_rename(record, columns))
+            records.append(_rename(record, columns, builder.source))
         except _Bad as error:
             records.append(None)
             pre[i] = [Problem(row, None, str(error))]
@@ -1211,7 +1510,7 @@ def _csv_cell(column: str, text: str, kind: str = "auto"):
         if isinstance(number, _Invalid) and kind == "auto":
             return text  # a text item (or a name): validated as such
         return number
-    if column in ("y", "label", "weight"):
+    if column in ("y", "label", "weight", *_COUNTS):
         return _csv_number(text)
     if column == "tie":
         lowered = text.strip().lower()
@@ -1291,9 +1590,10 @@ def _csv_record_lines(path) -> np.ndarray | None:
     return np.asarray(lines, dtype=np.int64)
 
 
-def _read_csv_arrow(path, builder: _Builder, chunk_rows: int, columns) -> None:
-    """Parse with ``pyarrow.csv.open_csv`` (streamed); raise :class:`_Refused` when Arrow
-    refuses the file (a record with the wrong number of fields, a type that changes)."""
+def _read_csv_arrow(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
+    """Parse with ``pyarrow.csv.read_csv`` (a file of at most 256 MiB with ``chunk_rows=None``)
+    or ``pyarrow.csv.open_csv`` (streamed); raise :class:`_Refused` when Arrow refuses the file
+    (a record with the wrong number of fields, a type that changes)."""
     header = _csv_header(path, builder, columns)
     try:
         import pyarrow as pa
@@ -1304,18 +1604,29 @@ def _read_csv_arrow(path, builder: _Builder, chunk_rows: int, columns) -> None:
     strings = ["prompt"] + (
         ["xa", "xb", "chosen", "rejected"] if builder.kind in ("text", "name") else []
     )
+    whole = chunk_rows is None and os.path.getsize(path) <= _WHOLE_BYTES
+    chunk_rows = chunk_rows or _CHUNK_ROWS
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in strings if n in header},
+        null_values=[""],
+        strings_can_be_null=True,
+    )
     try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                column_names=header, skip_rows=1, block_size=max(1 << 20, 64 * chunk_rows)
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in strings if n in header},
-                null_values=[""],
-                strings_can_be_null=True,
-            ),
-        )
+        if whole:  # Arrow's multithreaded reader, then one vectorized pass
+            table = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
+                convert_options=convert,
+            )
+            reader, chunk_rows = [table], max(table.num_rows, 1)
+        else:
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(
+                    column_names=header, skip_rows=1, block_size=max(1 << 20, 64 * chunk_rows)
+                ),
+                convert_options=convert,
+            )
         count = 0
         for batch in reader:
             for start in range(0, batch.num_rows, chunk_rows):
@@ -1380,19 +1691,20 @@ def _csv_header(path, builder: _Builder, columns) -> list[str]:
             raise ValueError(f"{builder.source} is empty: a CSV file needs a header row.") from None
         except csv.Error as error:
             raise ValueError(f"{builder.source}: unreadable CSV header: {error}") from None
-    header = [columns.get(h, h) if columns else h for h in (h.strip() for h in header)]
+    original = [h.strip() for h in header]
+    header = _renamed(original, columns)
     has_pair = {"xa", "xb"} <= set(header) or {"chosen", "rejected"} <= set(header)
     if not has_pair:
         raise ValueError(
             f"{builder.source} has no item columns: the header must hold 'xa' and 'xb' "
             f"(or 'chosen' and 'rejected'). Got {header}."
         )
-    if len(set(header)) != len(header):
-        raise ValueError(f"{builder.source} has duplicate column names in its header {header}.")
+    _check_unique(header, original, builder.source)
     return header
 
 
-def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
+def _read_csv(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
+    chunk_rows = chunk_rows or _CHUNK_ROWS
     csv.field_size_limit(2**31 - 1)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.reader(handle)
@@ -1402,15 +1714,15 @@ def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
             raise ValueError(f"{builder.source} is empty: a CSV file needs a header row.") from None
         except csv.Error as error:
             raise ValueError(f"{builder.source}: unreadable CSV header: {error}") from None
-        header = [columns.get(h, h) if columns else h for h in (h.strip() for h in header)]
+        original = [h.strip() for h in header]
+        header = _renamed(original, columns)
         has_pair = {"xa", "xb"} <= set(header) or {"chosen", "rejected"} <= set(header)
         if not has_pair:
             raise ValueError(
                 f"{builder.source} has no item columns: the header must hold 'xa' and 'xb' "
                 f"(or 'chosen' and 'rejected'). Got {header}."
             )
-        if len(set(header)) != len(header):
-            raise ValueError(f"{builder.source} has duplicate column names in its header {header}.")
+        _check_unique(header, original, builder.source)
         kind = builder.kind
         if kind == "auto" and _csv_has_text_items(path, header):
             kind = "text"  # one non-numeric item cell makes every item cell text, as in Arrow
@@ -1451,7 +1763,7 @@ def _read_csv(path, builder: _Builder, chunk_rows: int, columns) -> None:
             builder.add_records(rows, out, pre)
 
 
-def _read_parquet(path, builder: _Builder, chunk_rows: int, columns) -> None:
+def _read_parquet(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
     pa = _require_pyarrow()
     import pyarrow.parquet as pq
 
@@ -1459,7 +1771,8 @@ def _read_parquet(path, builder: _Builder, chunk_rows: int, columns) -> None:
         file = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises several types (ArrowInvalid, OSError)
         raise ValueError(f"{builder.source} is not a readable Parquet file: {error}") from None
-    names = [columns.get(n, n) if columns else n for n in file.schema_arrow.names]
+    names = _renamed(file.schema_arrow.names, columns)
+    _check_unique(names, file.schema_arrow.names, builder.source)
     if not ({"xa", "xb"} <= set(names) or {"chosen", "rejected"} <= set(names)):
         raise ValueError(
             f"{builder.source} has no item columns: it must hold 'xa' and 'xb' (or 'chosen' "
@@ -1470,7 +1783,18 @@ def _read_parquet(path, builder: _Builder, chunk_rows: int, columns) -> None:
     file_names = file.schema_arrow.names
     names = [names[k] for k in wanted]
     row = 0
-    batches = file.iter_batches(batch_size=chunk_rows, columns=[file_names[k] for k in wanted])
+    metadata = file.metadata
+    size = sum(metadata.row_group(k).total_byte_size for k in range(metadata.num_row_groups))
+    if chunk_rows is None and size <= _WHOLE_BYTES:  # one read, one vectorized pass
+        try:
+            table = file.read(columns=[file_names[k] for k in wanted])
+        except Exception as error:  # corrupt pages
+            raise ValueError(f"{builder.source}: cannot read the Parquet rows: {error}") from None
+        batches = iter([table])
+    else:
+        batches = file.iter_batches(
+            batch_size=chunk_rows or _CHUNK_ROWS, columns=[file_names[k] for k in wanted]
+        )
     while True:
         try:
             batch = next(batches)
@@ -1498,8 +1822,9 @@ def read_preferences(
     format: str | None = None,
     items: str = "auto",
     on_error: str = "raise",
-    chunk_rows: int = 65536,
-    columns: Mapping[str, str] | None = None,
+    chunk_rows: int | None = None,
+    columns: Mapping[str, str | None] | None = None,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Read comparisons from a JSON Lines, CSV or Parquet file.
 
@@ -1511,8 +1836,15 @@ def read_preferences(
             ``"name"`` (see the module docstring).
         on_error: ``"raise"`` (a ``ValueError`` listing every problem) or ``"drop"`` (drop the
             rows with problems; they are counted and described in the result).
-        chunk_rows: rows parsed per chunk (Parquet record batch, JSON Lines/CSV line batch).
-        columns: optional renaming ``{file column: pbde name}``, e.g. ``{"response_a": "xa"}``.
+        chunk_rows: rows parsed per chunk (Parquet record batch, JSON Lines/CSV line batch);
+            ``None`` (default): CSV and Parquet files whose data take at most 256 MiB are read
+            and validated at once (Arrow's multithreaded readers, one vectorized pass), other
+            files in chunks of 65536 rows (JSON Lines: lines).
+        columns: optional renaming ``{file column: pbde name}``, e.g. ``{"response_a": "xa"}``;
+            a column mapped to ``None`` is ignored without the misspelling check (``{"tiee":
+            None}`` keeps a column ``tiee`` from being taken for a misspelled ``tie``).
+        allow_missing: read a null or NaN ``weight`` / ``annotator_id`` (and ``ties``) as
+            absent instead of a problem of its row (see the module docstring).
 
     Returns:
         A :class:`ReadResult`; ``.prefs`` goes to :func:`pbde.fit`.
@@ -1530,7 +1862,7 @@ def read_preferences(
         >>> read_preferences(path).prefs.y
         tensor([1., 1.])
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
     _check_columns(columns)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
@@ -1546,15 +1878,16 @@ def read_preferences(
         "csv": "rows are 1-based line numbers, the header being line 1",
         "parquet": "rows are 0-based",
     }[fmt]
-    builder = _Builder(
-        items, on_error, f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}", numbering
-    )
+    source_name = f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}"
+    silenced = [k for k, v in (columns or {}).items() if v is None]
+    builder = _Builder(items, on_error, source_name, numbering, allow_missing, silenced)
+    builder.private = True  # the Arrow buffers read here belong to nobody else
     reader = {"jsonl": _read_jsonl, "csv": _read_csv_arrow, "parquet": _read_parquet}[fmt]
     try:
         try:
             reader(path, builder, chunk_rows, columns)
         except _Refused:  # start again on the row-by-row path, which names the bad lines
-            builder = _Builder(items, on_error, builder.source, numbering)
+            builder = _Builder(items, on_error, source_name, numbering, allow_missing, silenced)
             _read_csv(path, builder, chunk_rows, columns)
     except OSError as error:
         raise ValueError(f"{builder.source} cannot be read: {error}") from None
@@ -1562,7 +1895,12 @@ def read_preferences(
 
 
 def from_records(
-    records, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+    records,
+    *,
+    items: str = "auto",
+    on_error: str = "raise",
+    chunk_rows: int = 65536,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a list (or iterable) of dicts, e.g. a Hugging Face dataset split.
 
@@ -1575,10 +1913,10 @@ def from_records(
         >>> out.prefs.xb, out.prompts
         (tensor([[ 3, -1]]), [[5]])
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise TypeError(f"'records' must be an iterable of dicts. Got {type(records).__name__}.")
-    builder = _Builder(items, on_error, "records", "rows are 0-based positions")
+    builder = _Builder(items, on_error, "records", "rows are 0-based positions", allow_missing)
     for start, chunk in enumerate(_chunks(records, chunk_rows)):
         rows = list(range(start * chunk_rows, start * chunk_rows + len(chunk)))
         pre, clean = {}, []
@@ -1593,7 +1931,12 @@ def from_records(
 
 
 def from_dataframe(
-    df, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+    df,
+    *,
+    items: str = "auto",
+    on_error: str = "raise",
+    chunk_rows: int | None = None,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a pandas or polars DataFrame with the columns of the module docstring.
 
@@ -1601,21 +1944,22 @@ def from_dataframe(
     :func:`from_arrow` does; a pandas column that Arrow cannot type (mixed Python objects) is read
     row by row. Row numbers are 0-based positions (not index labels). Missing values (``None``,
     ``pd.NA``) count as missing fields; a NaN in a float ``annotator_id`` or ``weight`` column is
-    missing, a NaN item or label is a problem.
+    missing (a problem of its row unless ``allow_missing=True``), a NaN item or label is a
+    problem.
 
     Raises:
         TypeError: if ``df`` is neither a pandas nor a polars DataFrame.
         ValueError: as :func:`read_preferences`.
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
+    options = (items, on_error, chunk_rows, allow_missing)
     if type(df).__module__.startswith("polars") and type(df).__name__ == "DataFrame":
-        return _from_table(df.to_arrow(), items, on_error, chunk_rows, "polars DataFrame")
+        return _from_table(df.to_arrow(), *options, "polars DataFrame")
     pd = _require_pandas()
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"'df' must be a pandas DataFrame. Got {type(df).__name__}.")
     names = [str(c) for c in df.columns]
-    if len(set(names)) != len(names):
-        raise ValueError(f"DataFrame has duplicate column names {names}.")
+    _check_unique(names, names, "DataFrame")
     pa = _require_pyarrow()
     try:  # from_pandas=False: a NaN stays a NaN (a problem in an item or a label), not a null
         table = pa.table(
@@ -1624,8 +1968,9 @@ def from_dataframe(
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         table = None
     if table is not None:
-        return _from_table(table, items, on_error, chunk_rows, "DataFrame")
-    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions")
+        return _from_table(table, *options, "DataFrame")
+    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions", allow_missing)
+    chunk_rows = chunk_rows or _CHUNK_ROWS
     for start in range(0, len(df), chunk_rows):
         part = df.iloc[start : start + chunk_rows]
         data = [part.iloc[:, k].tolist() for k in range(part.shape[1])]
@@ -1637,7 +1982,12 @@ def from_dataframe(
 
 
 def from_arrow(
-    table, *, items: str = "auto", on_error: str = "raise", chunk_rows: int = 65536
+    table,
+    *,
+    items: str = "auto",
+    on_error: str = "raise",
+    chunk_rows: int | None = None,
+    allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a ``pyarrow.Table`` or ``RecordBatch``, or a Hugging Face
     ``datasets.Dataset`` (its Arrow table, through ``with_format("arrow")``), with the columns of
@@ -1648,7 +1998,9 @@ def from_arrow(
         table: the data.
         items: as in :func:`read_preferences`.
         on_error: as in :func:`read_preferences`.
-        chunk_rows: rows validated per record batch.
+        chunk_rows: rows validated per record batch; ``None`` (default): the whole table in one
+            vectorized pass.
+        allow_missing: as in :func:`read_preferences`.
 
     Returns:
         A :class:`ReadResult`.
@@ -1657,7 +2009,7 @@ def from_arrow(
         TypeError: if ``table`` is none of these types.
         ValueError: as :func:`read_preferences`.
     """
-    _check_options(items, on_error, chunk_rows)
+    _check_options(items, on_error, chunk_rows, allow_missing)
     pa = _require_pyarrow()
     source = "Arrow table"
     if hasattr(table, "with_format") and hasattr(table, "features"):  # datasets.Dataset
@@ -1669,20 +2021,24 @@ def from_arrow(
             f"'table' must be a pyarrow.Table, a pyarrow.RecordBatch or a datasets.Dataset. Got "
             f"{type(table).__name__}."
         )
-    return _from_table(table, items, on_error, chunk_rows, source)
+    return _from_table(table, items, on_error, chunk_rows, allow_missing, source)
 
 
-def _from_table(table, items: str, on_error: str, chunk_rows: int, source: str) -> ReadResult:
+def _from_table(
+    table, items: str, on_error: str, chunk_rows: int | None, allow_missing: bool, source: str
+) -> ReadResult:
     names = [str(n) for n in table.column_names]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{source} has duplicate column names {names}.")
+    _check_unique(names, names, source)
     if not ({"xa", "xb"} <= set(names) or {"chosen", "rejected"} <= set(names)):
         raise ValueError(
             f"{source} has no item columns: it must hold 'xa' and 'xb' (or 'chosen' and "
             f"'rejected'). Got {names}."
         )
-    builder = _Builder(items, on_error, source, "rows are 0-based positions")
+    builder = _Builder(items, on_error, source, "rows are 0-based positions", allow_missing)
     builder.seen_columns.update(names)
+    if chunk_rows is None:  # one vectorized pass over the whole table
+        builder.add_arrow_batch(table, names, np.arange(table.num_rows, dtype=np.int64))
+        return builder.finish()
     row = 0
     for batch in table.to_batches(max_chunksize=chunk_rows):
         builder.add_arrow_batch(batch, names, np.arange(row, row + batch.num_rows, dtype=np.int64))

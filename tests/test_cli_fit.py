@@ -288,3 +288,64 @@ def test_weighted_data_fit_and_weighted_evaluation(data, tmp_path, capsys):
     )
     unweighted = pbde.cli.evaluate_model(pbde.load_model(out / "model.pt"), plain)
     assert abs(unweighted["log_likelihood"] - metrics["log_likelihood"]) > 1e-4  # weights matter
+
+
+NAMES = ["Boston", "Ohio State", "Yale", "Rice", "Duke"]
+
+
+def named_file(path, prefs, names=NAMES, extra=None):
+    """The comparisons of ``prefs`` with item ``k`` written as ``names[k]``."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for a, b, y in zip(prefs.xa.tolist(), prefs.xb.tolist(), prefs.y.tolist(), strict=True):
+            handle.write(json.dumps({"xa": names[a], "xb": names[b], "y": y, **(extra or {})}))
+            handle.write("\n")
+    return path
+
+
+def test_fit_and_evaluate_with_named_items(data, tmp_path, capsys):
+    prefs = pbde.io.read_preferences(data / "prefs.jsonl").prefs
+    train_file = named_file(tmp_path / "named.jsonl", prefs, extra={"source": "web"})
+    code, out, err = run(fit_args(train_file, tmp_path / "o", "--test-fraction", 0), capsys)
+    assert code == 0, err
+    assert "columns ignored (not pbde columns): source" in err, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    items = json.loads((tmp_path / "o" / "items.json").read_text())["item_names"]
+    assert report["ignored_columns"] == ["source"] and report["files"]["items"] == "items.json"
+    assert sorted(items) == sorted(NAMES) and report["item_names"] == items
+    strengths = report["strengths"]
+    assert [s["prob"] for s in strengths] == sorted((s["prob"] for s in strengths), reverse=True)
+    # the fitted order follows P_STAR (Ohio State 0.2 < Duke 0.25 < Yale 0.3): names, not ids
+    assert [s["item"] for s in strengths[:3]] == ["Yale", "Duke", "Ohio State"], strengths
+    assert "strongest items (fitted probability): Yale" in out, out
+    # evaluate: a new file names the items in another order of first appearance
+    reordered = pbde.Preferences(prefs.xb, prefs.xa, 1 - prefs.y)
+    new_file = named_file(tmp_path / "new.jsonl", reordered)
+    code, out, err = run(["evaluate", tmp_path / "o" / "model.pt", new_file, "--json"], capsys)
+    assert code == 0, err
+    named = json.loads(out)
+    # the same comparisons as the model's ids (items.json order) give the same numbers
+    to_model = torch.tensor([items.index(name) for name in NAMES])
+    as_ids = pbde.Preferences(to_model[reordered.xa], to_model[reordered.xb], reordered.y)
+    pbde.io.write_preferences(as_ids, tmp_path / "ids.jsonl")
+    code, out, _ = run(["evaluate", tmp_path / "o" / "model.pt", tmp_path / "ids.jsonl", "--json"],
+                       capsys)  # fmt: skip
+    by_id = json.loads(out)
+    assert named["log_likelihood"] == pytest.approx(by_id["log_likelihood"], rel=1e-6)
+    assert named["accuracy"] == pytest.approx(by_id["accuracy"])
+    unknown = named_file(tmp_path / "unknown.jsonl", prefs, names=NAMES[:4] + ["Harvard"])
+    code, _, err = run(["evaluate", tmp_path / "o" / "model.pt", unknown], capsys)
+    assert code == 2 and "does not know: 'Harvard'" in err and "Traceback" not in err, err
+
+
+def test_fit_names_more_items_than_allowed_and_misspelled_columns(data, tmp_path, capsys):
+    prefs = pbde.io.read_preferences(data / "prefs.jsonl").prefs
+    train_file = named_file(tmp_path / "named.jsonl", prefs)
+    argv = fit_args(train_file, tmp_path / "o")
+    argv[argv.index("--items") + 1] = "4"
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "--items 4 allows 4 items; DATA names 5" in err, err
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text('{"xa": 0, "xb": 1, "yy": 1}\n{"xa": 1, "xb": 2, "yy": 0}\n')
+    code, _, err = run(fit_args(typo, tmp_path / "o"), capsys)
+    assert code == 2 and "column 'yy' is not known: did you mean 'y'?" in err, err
+    assert "missing field" not in err

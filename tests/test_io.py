@@ -343,13 +343,21 @@ def test_every_problem_is_listed_jsonl(tmp_path):
         (7, None, "unparseable JSON line"),
         (9, None, "not a JSON object"),
         (11, "xa", "tokenize text first"),
+        # the file has an annotator_id column (line 6): rows without one are problems
+        (1, "annotator_id", "missing 'annotator_id'"),
+        (10, "annotator_id", "missing 'annotator_id'"),
     ]
-    assert "bad.jsonl" in message and "8 problem(s)" in message and "1-based line" in message
+    assert "bad.jsonl" in message and "10 problem(s)" in message and "1-based line" in message
     for row, column, text in expected:
         where = f"row {row}" + ("" if column is None else f", column '{column}'")
         assert re.search(re.escape(where) + ": .*" + re.escape(text), message), (where, message)
-    dropped = io.read_preferences(path, items="id", on_error="drop")
-    assert [(p.row, p.column) for p in dropped.problems] == [(r, c) for r, c, _ in expected]
+    # every row is bad when missing ids are problems; with allow_missing the two good rows stay
+    with pytest.raises(ValueError, match="has no valid row left: 10 problem"):
+        io.read_preferences(path, items="id", on_error="drop")
+    dropped = io.read_preferences(path, items="id", on_error="drop", allow_missing=True)
+    assert sorted((p.row, p.column) for p in dropped.problems) == sorted(
+        (r, c) for r, c, _ in expected[:8]
+    )
     assert dropped.dropped == 8 and dropped.rows.tolist() == [1, 10]
     assert dropped.prefs.xa.tolist() == [1, 4] and dropped.prefs.y.tolist() == [1.0, 0.5]
     # the annotator id of row 5 was the only one, and row 5 was dropped: no ids remain
@@ -443,7 +451,7 @@ def test_whole_file_errors(tmp_path):
         io.from_records([], items="words")
     with pytest.raises(ValueError, match="'on_error' must be 'raise' or 'drop'"):
         io.from_records([], on_error="skip")
-    with pytest.raises(ValueError, match="'chunk_rows' must be an int >= 1. Got 0"):
+    with pytest.raises(ValueError, match="'chunk_rows' must be an int >= 1 or None. Got 0"):
         io.read_preferences(blank, chunk_rows=0)
     with pytest.raises(ValueError, match="'format' must be one of"):
         io.read_preferences(blank, format="xlsx")
@@ -984,3 +992,219 @@ def test_from_arrow_and_dataframe_inputs(tmp_path):
     dataset = datasets.Dataset.from_dict({"xa": [1, 2, 3], "xb": [0, 0, 1], "y": [1, 0, 1]})
     shuffled = dataset.select([2, 0])  # an indices mapping: the view, not the table, is read
     assert io.from_arrow(shuffled).prefs.xa.tolist() == [3, 1]
+
+
+# -- columns: misspellings, unknown and duplicate columns, missing optional values -----------
+
+
+def every_reader(tmp_path, records):
+    """``{reader: (read(**options), offset)}`` for the same records; ``row - offset`` is the
+    0-based position of a row (JSON Lines rows are lines, CSV rows lines after the header)."""
+    table = pa.Table.from_pylist(records)
+    write_lines(tmp_path / "r.jsonl", [json.dumps(r) for r in records])
+    pq.write_table(table, tmp_path / "r.parquet", row_group_size=2)
+    pd.DataFrame(records).to_csv(tmp_path / "r.csv", index=False)
+    return {
+        "records": (lambda **o: io.from_records(records, **o), 0),
+        "arrow": (lambda **o: io.from_arrow(table, **o), 0),
+        "dataframe": (lambda **o: io.from_dataframe(table.to_pandas(), **o), 0),
+        "jsonl": (lambda **o: io.read_preferences(tmp_path / "r.jsonl", **o), 1),
+        "csv": (lambda **o: io.read_preferences(tmp_path / "r.csv", **o), 2),
+        "parquet": (lambda **o: io.read_preferences(tmp_path / "r.parquet", chunk_rows=2, **o), 0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("typo", "known"), [("yy", "y"), ("wieght", "weight"), ("Annotator ID", "annotator_id")]
+)
+def test_a_misspelled_column_is_an_error_naming_both_in_every_format(tmp_path, typo, known):
+    records = [{"xa": k, "xb": k + 1, "y": 1.0, "weight": 1.0, "annotator_id": 0} for k in range(4)]
+    records = [{typo if c == known else c: v for c, v in r.items()} for r in records]
+    for name, (read, _) in every_reader(tmp_path, records).items():
+        with pytest.raises(ValueError) as info:
+            read()
+        message = str(info.value)
+        assert f"column '{typo}' is not known: did you mean '{known}'?" in message, name
+        assert "missing field" not in message, name
+        with pytest.raises(ValueError, match="is not known"):
+            read(on_error="drop")
+    renamed = io.read_preferences(tmp_path / "r.csv", columns={typo: known})
+    assert renamed.prefs.xa.tolist() == [0, 1, 2, 3] and renamed.ignored_columns == []
+
+
+def test_unrelated_unknown_columns_are_listed_and_can_be_silenced(tmp_path):
+    records = [{"xa": k, "xb": 1, "y": 1.0, "time": 3, "note": "n"} for k in range(3)]
+    for name, (read, _) in every_reader(tmp_path, records).items():
+        assert read().ignored_columns == ["note", "time"], name
+    path = write_lines(tmp_path / "t.jsonl", ['{"xa": 1, "xb": 2, "y": 1, "tiee": 0}'])
+    with pytest.raises(ValueError, match="column 'tiee' is not known: did you mean 'tie'"):
+        io.read_preferences(path)
+    out = io.read_preferences(path, columns={"tiee": None})
+    assert out.ignored_columns == ["tiee"] and out.prefs.y.tolist() == [1.0]
+    with pytest.raises(ValueError, match=r"maps the known columns \['weight'\] to None"):
+        io.read_preferences(path, columns={"weight": None})
+
+
+def test_duplicate_columns_are_an_error_in_every_format(tmp_path):
+    table = pa.table([[1, 2], [0, 1], [1.0, 0.0], [3, 4]], names=["xa", "xb", "y", "xa"])
+    pq.write_table(table, tmp_path / "d.parquet")
+    (tmp_path / "d.csv").write_text("xa,xb,y,xa\n1,0,1,3\n2,1,0,4\n")
+    for read in (
+        lambda: io.read_preferences(tmp_path / "d.parquet"),
+        lambda: io.read_preferences(tmp_path / "d.csv"),
+        lambda: io.from_arrow(table),
+        lambda: io.from_dataframe(table.to_pandas()),
+    ):
+        with pytest.raises(ValueError, match=r"duplicate columns \['xa'\]"):
+            read()
+    # a renaming that makes two columns one is a duplicate too, in every format
+    records = [{"a": 1, "xa": 2, "xb": 0, "y": 1.0}, {"a": 1, "xa": 2, "xb": 0, "y": 0.0}]
+    for name, (read, _) in every_reader(tmp_path, records).items():
+        if name in ("jsonl", "csv", "parquet"):
+            with pytest.raises(ValueError, match=r"duplicate columns \['xa'\] after renaming"):
+                read(columns={"a": "xa"})
+    path = write_lines(tmp_path / "k.jsonl", ['{"xa": 1, "xb": 2, "xa": 3, "y": 1}'])
+    with pytest.raises(ValueError, match="row 1: key 'xa' appears twice"):
+        io.read_preferences(path)
+
+
+@pytest.mark.parametrize("column", ["weight", "annotator_id"])
+def test_a_missing_optional_value_is_a_row_problem_unless_allowed(tmp_path, column):
+    records = [{"xa": k, "xb": k + 1, "y": 1.0, "weight": 2.0, "annotator_id": 1} for k in range(5)]
+    records[1][column] = None  # null in JSON, Arrow and Parquet; NaN in pandas; empty in CSV
+    records[3][column] = float("nan") if column == "weight" else None
+    for name, (read, offset) in every_reader(tmp_path, records).items():
+        with pytest.raises(ValueError, match=f"column '{column}': missing '{column}'"):
+            read()
+        out = read(on_error="drop")
+        assert [(p.row - offset, p.column) for p in out.problems] == [(1, column), (3, column)]
+        assert (out.rows - offset).tolist() == [0, 2, 4] and out.dropped == 2, name
+        # allow_missing: the old rule (a value missing where other rows have one is a problem)
+        assert read(on_error="drop", allow_missing=True).dropped == 2, name
+    # a column without any value: every row is a problem, or, with allow_missing, absent
+    for record in records:
+        record[column] = None
+    for name, (read, _) in every_reader(tmp_path, records).items():
+        out = read(on_error="drop", allow_missing=True)
+        assert getattr(out.prefs, column) is None and out.dropped == 0, name
+        with pytest.raises(ValueError, match="has invalid rows: 5 problem"):
+            read()
+    with pytest.raises(TypeError, match="'allow_missing' must be a bool"):
+        io.from_records(records, allow_missing=1)
+
+
+# -- aggregated data: win/loss/tie counts per pair ---------------------------------------------
+
+COUNTS = [
+    {"xa": "Ann", "xb": "Bob", "wins_a": 3, "wins_b": 1, "ties": 2},
+    {"xa": "Bob", "xb": "Cid", "wins_a": 0, "wins_b": 2, "ties": 0},
+    {"xa": "Cid", "xb": "Ann", "wins_a": 0, "wins_b": 0, "ties": 0},  # no comparison
+    {"xa": "Ann", "xb": "Cid", "wins_a": 1, "wins_b": 0, "ties": 1},
+]
+
+
+def expanded(records):
+    """The comparisons the counts stand for, one row per comparison, weight 1."""
+    out = []
+    for r in records:
+        for count, y in (("wins_a", 1.0), ("wins_b", 0.0), ("ties", 0.5)):
+            out += [{"xa": r["xa"], "xb": r["xb"], "y": y}] * int(r.get(count, 0))
+    return out
+
+
+def test_counts_become_weighted_comparisons_in_every_format(tmp_path):
+    for name, (read, offset) in every_reader(tmp_path, COUNTS).items():
+        out = read()
+        assert out.items == "name" and out.item_names == ["Ann", "Bob", "Cid"], name
+        assert out.prefs.xa.tolist() == [0, 0, 0, 1, 0, 0], name
+        assert out.prefs.xb.tolist() == [1, 1, 1, 2, 2, 2], name
+        assert out.prefs.y.tolist() == [1.0, 0.0, 0.5, 0.0, 1.0, 0.5], name
+        assert out.prefs.weight.tolist() == [3.0, 1.0, 2.0, 2.0, 1.0, 1.0], name
+        assert (out.rows - offset).tolist() == [0, 0, 0, 1, 3, 3], name
+        assert out.rows_read == 4 and out.dropped == 0 and out.ignored_columns == [], name
+    ids = io.from_records([{"xa": 4, "xb": 7, "wins_a": 2.0, "wins_b": 5}])  # integral floats
+    assert ids.items == "id" and ids.prefs.xa.tolist() == [4, 4] and ids.prefs.y.tolist() == [1, 0]
+    assert ids.prefs.weight.tolist() == [2.0, 5.0]
+
+
+def test_bad_counts_are_row_problems_in_every_format(tmp_path):
+    records = [dict(r) for r in COUNTS]
+    records[0]["wins_a"] = -1
+    records[1]["wins_b"] = 1.5
+    records[3]["ties"] = None
+    records[2]["ties"] = 1
+    for name, (read, offset) in every_reader(tmp_path, records).items():
+        with pytest.raises(ValueError, match="'wins_a' must be a count >= 0, got -1"):
+            read()
+        out = read(on_error="drop")
+        found = [(p.row - offset, p.column) for p in out.problems]
+        assert found == [(0, "wins_a"), (1, "wins_b"), (3, "ties")], (name, out.problems)
+        assert "non-integer 1.5" in out.problems[1].message
+        assert out.dropped == 3 and (out.rows - offset).tolist() == [2], name
+    records[0]["wins_a"], records[1]["wins_b"] = 3, 2
+    for name, (read, offset) in every_reader(tmp_path, records).items():
+        out = read(allow_missing=True)  # a missing ties is 0 ties
+        assert (out.rows - offset).tolist() == [0, 0, 0, 1, 2, 3], name
+    with pytest.raises(ValueError, match=r"every count .* of the 1 valid row\(s\) is 0"):
+        io.from_records([{"xa": 1, "xb": 2, "wins_a": 0, "wins_b": 0}])
+    mixed = [{"xa": 1, "xb": 2, "wins_a": 1, "wins_b": 0}, {"xa": 1, "xb": 2, "y": 1.0}]
+    out = io.from_records(mixed, on_error="drop")
+    assert [(p.row, p.column) for p in out.problems] == [(1, "wins_a")]
+    with pytest.raises(ValueError, match="cannot also have 'y'"):
+        io.from_records([{"xa": 1, "xb": 2, "wins_a": 1, "wins_b": 0, "y": 1.0}])
+
+
+def test_fitting_counts_equals_fitting_the_expanded_rows():
+    size = 3
+    aggregated = io.from_records(COUNTS)
+    rows = io.from_records(expanded(COUNTS))
+    assert rows.item_names == aggregated.item_names and len(rows.prefs) == 10
+    fitted = []
+    for prefs in (aggregated.prefs, rows.prefs):
+        model = pbde.Annotator(pbde.densities.Categorical(size=size))
+        pbde.fit(model, prefs, steps=200, lr=0.05, progress=False)
+        fitted.append(model.density.log_prob(torch.arange(size)).detach())
+    torch.testing.assert_close(fitted[0], fitted[1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(fitted[0], torch.full((size,), -math.log(size)), atol=1e-2)
+
+
+@FAST
+@given(
+    n=st.integers(1, 10),
+    kind=st.sampled_from(["id", "number", "tokens", "vector"]),
+    data=st.data(),
+)
+def test_property_bad_rows_are_the_same_in_every_format(tmp_path, n, kind, data):
+    """Every reader reports the same bad rows and keeps the same comparisons."""
+    item = {
+        "id": st.integers(0, 50),
+        "number": st.floats(-1e3, 1e3).filter(lambda v: not float(v).is_integer()),
+        "tokens": st.lists(st.integers(0, 99), min_size=1, max_size=4),
+        "vector": st.lists(st.floats(-10, 10).map(lambda v: v + 0.5), min_size=3, max_size=3),
+    }[kind]
+    bad_values = {  # one bad field per bad row, each a row problem in every format
+        "y": st.sampled_from([1.5, -0.25]),
+        "annotator_id": st.just(-1),
+        "weight": st.sampled_from([-2.0, None]),
+    }
+    records, bad_rows = [], []
+    for row in range(n):
+        record = {
+            "xa": data.draw(item),
+            "xb": data.draw(item),
+            "y": data.draw(st.sampled_from([0.0, 0.5, 1.0])),
+            "annotator_id": data.draw(st.integers(0, 3)),
+            "weight": data.draw(st.sampled_from([0.5, 2.0])),
+        }
+        if row > 0 and data.draw(st.booleans()):  # row 0 stays good: something is kept
+            column = data.draw(st.sampled_from(sorted(bad_values)))
+            record[column] = data.draw(bad_values[column])
+            bad_rows.append(row)
+        records.append(record)
+    results = {}
+    for name, (read, offset) in every_reader(tmp_path, records).items():
+        out = read(items=kind, on_error="drop")
+        assert sorted({p.row - offset for p in out.problems}) == bad_rows, (name, out.problems)
+        assert (out.rows - offset).tolist() == [r for r in range(n) if r not in bad_rows], name
+        results[name] = out
+    assert_same(results)
