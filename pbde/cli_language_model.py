@@ -218,7 +218,9 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     if main and not resuming and metrics_path.exists():
         metrics_path.unlink()
     log = _Log(metrics_path, args.out) if main else None
-    before = [] if initial is None else [{"step": 0, **{f"eval/{k}": v for k, v in initial.items()}}]
+    before = (
+        [] if initial is None else [{"step": 0, **{f"eval/{k}": v for k, v in initial.items()}}]
+    )
     if log is not None and before and not resuming:
         log(before[0])
     epochs = None if args.steps is not None else (args.epochs or DEFAULTS["epochs"])
