@@ -29,9 +29,10 @@
 #    `pbde.fit`; then looks at the training curves, at samples, and at what each fit did to the
 #    length of the completions.
 #
-# Run it with `python docs/tutorials/align_a_language_model.py` (RUNTIME on the project's
-# 2-core CPU); `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much. Figures
-# go to `PBDE_FIGURES_DIR` (default `docs/images/tutorials`); the model folders and runs go to a
+# Run it with `python docs/tutorials/align_a_language_model.py`: about 4 minutes on the
+# project's 2-core CPU shared with other work (249 s, 83 s of which pre-train π_ref).
+# `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much. Figures go to
+# `PBDE_FIGURES_DIR` (default `docs/images/tutorials`); the model folders and runs go to a
 # temporary folder.
 
 # %%
@@ -237,7 +238,7 @@ print(DATA.read_text().splitlines()[0])
 # same command in this process; in a shell it is
 #
 #     pbde fit prefs.jsonl --model pi_ref --out dpo --behavior dpo --beta 0.1 --lr 1e-4 \
-#         --epochs 2 --batch-size 16 --eval-every 20
+#         --epochs 2 --batch-size 16 --eval-every 19
 #
 # TRL's default learning rate (1e-6, the CLI's default too) is meant for models of billions of
 # parameters; this one is tiny and takes 1e-4.
@@ -339,36 +340,36 @@ for name in RUNS:
     )
 
 COLORS = {"DPO": "tab:blue", "length-normalized": "tab:green", "DPO + γ|x| in g": "tab:purple"}
+PANELS = [
+    ("loss", "loss per comparison\n(BCE, log scale)"),
+    ("rewards/margins", "reward margin\nΩ(chosen) − Ω(rejected)"),
+    ("accuracy", "held-out accuracy"),
+]
 plt.rcParams.update({"font.size": 12})
-fig, axes = plt.subplots(2, 1, figsize=(7.5, 8), sharex=True, dpi=110)
+fig, axes = plt.subplots(3, 1, figsize=(7.5, 10), sharex=True, dpi=110)
 for name in RUNS:
     train_rows = [r for r in records[name] if "loss" in r]
     eval_rows = [r for r in records[name] if "eval/loss" in r]
-    for ax, key in zip(axes, ("loss", "rewards/margins"), strict=True):
-        ax.plot(
-            [r["step"] for r in train_rows],
-            [r[key] for r in train_rows],
-            "-",
-            color=COLORS[name],
-            alpha=0.8,
-            label=f"{name}, training",
-        )
+    for ax, (key, _) in zip(axes, PANELS, strict=True):
+        if key in train_rows[0]:
+            steps = [r["step"] for r in train_rows]
+            ax.plot(steps, [r[key] for r in train_rows], "-", color=COLORS[name], alpha=0.6)
         ax.plot(
             [0] + [r["step"] for r in eval_rows],
             [before[name][key]] + [r[f"eval/{key}"] for r in eval_rows],
             "o--",
             color=COLORS[name],
             ms=5,
-            label=f"{name}, held out",
+            label=name,
         )
-axes[0].set_ylabel("loss per comparison (BCE)")
-axes[0].set_title("Training and held-out loss")
-axes[1].set_ylabel("Ω(chosen) − Ω(rejected)")
-axes[1].set_title("Reward margin (each in its own behavior's units)")
-axes[1].set_xlabel("step (16 comparisons)")
-for ax in axes:
+for ax, (_, label) in zip(axes, PANELS, strict=True):
+    ax.set_ylabel(label)
     ax.grid(alpha=0.3)
-axes[0].legend(fontsize=9, ncol=1, frameon=False)
+axes[0].set_yscale("log")
+axes[1].set_yscale("symlog", linthresh=1.0)
+axes[0].set_title("Solid: training (every 5 steps); dots: held out", fontsize=12)
+axes[0].legend(frameon=False, fontsize=11, loc="center right")
+axes[-1].set_xlabel(f"step ({BATCH} comparisons each)")
 fig.tight_layout()
 fig.savefig(FIGURES / "align_a_language_model.png")
 plt.close(fig)
@@ -376,7 +377,22 @@ plt.close(fig)
 # %% [markdown]
 # ![Training curves](../images/tutorials/align_a_language_model.png)
 #
-# CURVES
+# The printed table at full size:
+#
+# | run | held-out loss | held-out accuracy |
+# |---|---|---|
+# | DPO (β = 0.1) | 0.693 → 0.609 | 0.54 → 0.75 |
+# | length-normalized (eq. 26) | 0.733 → 0.427 | 0.54 → 0.90 |
+# | DPO + γ·|x| in g | 9.20 → 8.97 | 0.785 → 0.787 |
+#
+# DPO starts at π_θ = π_ref, where its logits are zero up to float round-off (its "0.54" counts the
+# signs of that round-off); two epochs take it to 75 % held-out accuracy. The length-normalized
+# model predicts the labels best (90 %). The third run is different in kind: its g alone,
+# γ·(|x_A| − |x_B|), orders 78.5 % of the held-out pairs right before any step, and it is
+# confidently wrong, by tens of nats, on the pairs where the annotator chose the shorter
+# completion, hence a loss of 9. What is left for π_θ to learn is the annotator's other taste,
+# log π_ref: to score it, β·log(π_θ/π_ref) has to reach the size of log π_ref itself, tens of nats,
+# and two epochs of clipped steps at lr 1e-4 move the loss only from 9.20 to 8.97.
 
 # %% [markdown]
 # ## Samples before and after
@@ -399,9 +415,31 @@ for i, prompt in enumerate(shown):
         print(f"  {name:<18} {samples[name][i]!r}")
 
 # %% [markdown]
+# At full size (one sample each, so the lengths vary; the next section counts 512):
+#
+# ```
+# prompt: 'For explicitly created'
+#   π_ref              ' as string0, y= wracxing use list to a cury.'
+#   DPO                ', the ared string wmigtarn builds, or subclass__ wguxly defined invomation, and by tuple refmiutable.'
+#   length-normalized  ' as use ared y use,racleing use list to a cury, all wguke ltpytional, elemhotecoly is mainledh comparison has alls, mrepleyting that that rever an default and'
+#   DPO + γ|x| in g    ' in the ared list.'
+# prompt: 'The class name'
+#   π_ref              ' block dearep implement it is matngeing a loost in the way as then then an exception has an exception of the target.'
+#   DPO                ' block dearepver less names despment:'
+#   length-normalized  ' the dearepver less items despment: such dicside as assignment of then then an exception has an exception of name with thentations, prp evaluatorary is such as the loor.'
+#   DPO + γ|x| in g    ' that dearey implement the string.'
+# prompt: 'Return a copy'
+#   π_ref              ' should be a descriptor exception, all upd vdeing bmpleme context, that is an object not raised.'
+#   DPO                ' should be a descriptor exception, all upd vdeing an contexting methods, the same __gginerslots__() and continueally generined exception is used by yn.'
+#   length-normalized  " should bImpletete all up to a new method (mpleme coam() builtin not suppc, a continueally the expression exception on dicts yn.O '_= C this specifich is provind.warch of the U characters occuri"
+#   DPO + γ|x| in g    ' of the function of the fodt is a new method ( being methods, Python.'
+# ```
+
+# %% [markdown]
 # ## What each behavior did to the length of the completions
 #
-# SAMPLES completions from each model for held-out prompts (prompts no pair was built from):
+# 512 completions from each model (64 at smoke size) for prompts no pair was built from; a
+# completion that has not ended after 60 tokens is cut there and counted as 60 tokens.
 
 # %%
 lengths = {
@@ -442,4 +480,40 @@ print(f"total {time.perf_counter() - began:.0f} s")
 # %% [markdown]
 # ![Completion lengths](../images/tutorials/align_a_language_model_lengths.png)
 #
-# LENGTHS
+# At full size:
+#
+# | model | mean length (tokens) | not ended after 60 |
+# |---|---|---|
+# | π_ref | 21.5 ± 0.4 | 0 % |
+# | DPO | 39.3 ± 0.5 | 10 % |
+# | length-normalized | 54.4 ± 0.4 (at least) | 70 % |
+# | DPO + γ·|x| in g | 10.3 ± 0.3 | 0 % |
+#
+# **What the numbers show.** The annotator chose completions 27 tokens long on average and
+# rejected ones of 18; the three behaviors read that in three different ways.
+#
+# * **DPO** nearly doubles the length (21.5 → 39.3 tokens). The annotator is a Luce rule on
+#   p* ∝ π_ref·e^{γ|x|}, and under a Luce annotator DPO's optimum is π ∝ π_ref·p*^{1/β} (eq. 16),
+#   here π_ref^{1+1/β}·e^{γ|x|/β}: per token, the bonus γ/β = 60 nats outweighs the roughly
+#   11 × 4 nats that π_ref^{11} charges, so the optimum favours long completions, and two epochs
+#   are well on the way there.
+# * **The length-normalized rule** has no reference to hold it back. Ω = log π_θ(x)/|x| can only
+#   say "longer is better" by making long completions likely per token, and the fitted model
+#   learns to stop rarely: 70 % of its samples run past 60 tokens, so its mean of 54.4 is a lower
+#   bound, and its samples ramble on. It is also the run that predicts the held-out labels best.
+# * **DPO with γ·|x| in g** (the annotator's length taste given to the model) *halves* the length
+#   (21.5 → 10.3). With length accounted for by g, the labels that are left say that the
+#   annotator likes completions π_ref finds likely, which Lemma 1 turns into
+#   π ∝ π_ref^{1+1/β}: a sharper π_ref, and, since every token costs about 4 nats, a shorter
+#   one. Its loss barely moved, yet its samples changed the most: the loss is dominated by the
+#   pairs g gets wrong, which the policy cannot fix.
+#
+# Where the model's behavior puts the annotator's taste for length (in π_θ, as DPO and eq. 26
+# do, or in g) decides what the policy learns about length. Had we given the model the
+# annotator's own behavior, f = 1 and g = γ·|x| (`pbde.PBDE(f=1.0, g=length_bonus)`), Theorem 2
+# would put its optimum at the annotator's density, π_ref itself: nothing to learn, and the
+# lengths would stay where they are.
+#
+# The text is not good English: the model has 444 000 parameters and saw 2 300 sentences for a
+# minute. The same commands run unchanged on a real model folder (`save_pretrained` of any
+# causal LM), on a GPU with `--device cuda`, with LoRA (`--lora-r`) and under `torchrun`.
