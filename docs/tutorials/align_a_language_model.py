@@ -271,7 +271,7 @@ for name, behavior in (
 #
 #     Ω_θ(x) = β·log π_θ(x) − β·log π_ref(x) + γ·|x|,   f = β,   g(x) = −β·log π_ref(x) + γ·|x|.
 #
-# (This is the length-regularized DPO of Park et al., 2024, seen as a PBDE.) The preference logit
+# (The idea of length-regularized DPO, Park et al., 2024, written as a PBDE.) The preference logit
 # of a pair then already holds γ·(|x_A| − |x_B|), and π_θ is free to learn the rest of the
 # annotator's taste, which is log π_ref itself. The fit is the command's, done by hand: read and
 # tokenize the file, split it the same way (20 %, seed 0), tabulate π_ref
@@ -496,7 +496,7 @@ print(f"total {time.perf_counter() - began:.0f} s")
 #   p* ∝ π_ref·e^{γ|x|}, and under a Luce annotator DPO's optimum is π ∝ π_ref·p*^{1/β} (eq. 16),
 #   here π_ref^{1+1/β}·e^{γ|x|/β}: per token, the bonus γ/β = 60 nats outweighs the roughly
 #   11 × 4 nats that π_ref^{11} charges, so the optimum favours long completions, and two epochs
-#   are well on the way there.
+#   move the model that way.
 # * **The length-normalized rule** has no reference to hold it back. Ω = log π_θ(x)/|x| can only
 #   say "longer is better" by making long completions likely per token, and the fitted model
 #   learns to stop rarely: 70 % of its samples run past 60 tokens, so its mean of 54.4 is a lower
