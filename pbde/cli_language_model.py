@@ -113,12 +113,12 @@ def check_options(args: argparse.Namespace, usage_error) -> None:
 
 def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     """The language-model run of ``pbde fit`` (see the module docstring)."""
+    import transformers
+
     import pbde
     from pbde.densities import CausalLM, Precomputed
     from pbde.distributed import is_main_process, rank_and_world_size
     from pbde.io import read_preferences, write_preferences
-
-    import transformers
 
     transformers.logging.set_verbosity_error()  # pbde reports what matters, in one place
     transformers.utils.logging.disable_progress_bar()
