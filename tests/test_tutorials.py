@@ -18,6 +18,10 @@ EXPECTED_FIGURES = {
     "fit_a_policy_to_preference_data.py": ["fit_a_policy.png"],
     "annotator_in_the_loop.py": ["annotator_in_the_loop.png", "annotator_in_the_loop_pooled.png"],
     "length_bias_in_sequence_models.py": ["length_bias.png"],
+    "align_a_language_model.py": [
+        "align_a_language_model.png",
+        "align_a_language_model_lengths.png",
+    ],
     "when_annotators_disagree.py": [
         "when_annotators_disagree.png",
         "when_annotators_disagree_preferences.png",
