@@ -301,7 +301,10 @@ def evaluate(
     Accuracy counts a comparison as right when the model's preference logit has the sign of the
     label: ``y·1[h > 0] + (1 − y)·1[h < 0] + ½·1[h = 0]`` averaged over comparisons (ties and soft
     labels count fractionally; for hard labels it is the plain accuracy, model ties counting ½).
-    Weighted data give weighted means. For an :class:`~pbde.Annotator` the means of Ω and
+    For an :class:`~pbde.Annotator`, a logit smaller than the floating-point resolution of the
+    scores it is the difference of (``64·eps·(|f·log p| + |g|)`` of both items) is a tie: at
+    π = π_ref a DPO logit is rounding noise, whose sign says nothing. Weighted data give
+    weighted means. For an :class:`~pbde.Annotator` the means of Ω and
     log π of the preferred and of the other item are reported as ``rewards/…`` and ``logps/…``
     (as :func:`fit` logs them).
 
@@ -335,14 +338,14 @@ def evaluate(
     try:
         for start in range(0, data.n, step):
             batch = data._batch(slice(start, min(start + step, data.n)))
-            logits = data.logits(model, batch)
+            logits, resolution = data.scored(model, batch)
             y = batch.y.double()
             w = torch.ones_like(y) if batch.weight is None else batch.weight.double()
             h = logits.double()
             log_likelihood = y * torch.nn.functional.logsigmoid(h) + (1 - y) * (
                 torch.nn.functional.logsigmoid(-h)
             )
-            right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
+            right = _agreement(h, y, resolution)
             sums += torch.stack(
                 [
                     (w * loss_fn(logits, batch.y).double()).sum(),
@@ -603,22 +606,33 @@ class _PairData:
 
     def logits(self, model, batch: _Batch) -> torch.Tensor:
         """The batch's preference logits; records the statistics when ``collect_stats``."""
+        return self.scored(model, batch)[0]
+
+    def scored(self, model, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's logits and their resolution (see :func:`_agreement`; ``None`` when
+        unknown); records the statistics when ``collect_stats``."""
         if not (self.collect_stats and isinstance(model, Annotator)):
             logits = model._indexed_logits(batch.items, batch.a, batch.b)
             if self.collect_stats:
-                self._record(batch, logits, None, None)
-            return logits
+                self._record(batch, logits, None, None, None)
+            return logits, None
         log_p, omega = model._item_terms(batch.items)
         logits = omega[batch.a] - omega[batch.b]
-        self._record(batch, logits, log_p, omega)
-        return logits
+        with torch.no_grad():  # each item's Ω as f·log p + g: the size of what cancels in h
+            f = model.behavior.constant_f
+            f_log_p = log_p.detach() * (f if f is not None else model.behavior.f(batch.items))
+            size = f_log_p.abs() + (omega.detach() - f_log_p).abs()
+            eps = torch.finfo(logits.dtype).eps if logits.is_floating_point() else 0.0
+            resolution = 64 * eps * (size[batch.a] + size[batch.b])
+        self._record(batch, logits, log_p, omega, resolution)
+        return logits, resolution
 
-    def _record(self, batch: _Batch, logits, log_p, omega) -> None:
+    def _record(self, batch: _Batch, logits, log_p, omega, resolution) -> None:
         with torch.no_grad():
             y = batch.y.to(torch.float64)
             w = torch.ones_like(y) if batch.weight is None else batch.weight.to(torch.float64)
             h = logits.detach().to(torch.float64)
-            right = y * (h > 0) + (1 - y) * (h < 0) + 0.5 * (h == 0)
+            right = _agreement(h, y, resolution)
             values = [w.sum(), (w * h * (2 * y - 1)).sum(), (w * right).sum()]
             for per_item in (omega, log_p):
                 if per_item is not None:
@@ -678,6 +692,13 @@ def distinct_items(
     both = torch.cat([xa, xb])
     items, inverse = torch.unique(both, dim=0 if both.ndim > 1 else None, return_inverse=True)
     return items, inverse[: xa.shape[0]], inverse[xa.shape[0] :]
+
+
+def _agreement(h: torch.Tensor, y: torch.Tensor, resolution=None) -> torch.Tensor:
+    """``y·1[h > r] + (1 − y)·1[h < −r] + ½·1[|h| ≤ r]``: how far the logit's sign agrees with
+    the label, a logit within the resolution ``r`` of 0 counting as a tie."""
+    r = 0.0 if resolution is None else resolution.to(h)
+    return y * (h > r) + (1 - y) * (h < -r) + 0.5 * (h.abs() <= r)
 
 
 @dataclass

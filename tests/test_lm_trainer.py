@@ -231,7 +231,11 @@ def test_fit_writes_a_hugging_face_model_metrics_curves_and_a_report(run, model_
     assert not torch.equal(loaded.lm_head.weight, original.lm_head.weight)  # it trained
     records_ = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records_ if "loss" in r] == [2, 4, 6]
-    assert [r["step"] for r in records_ if "eval/loss" in r] == [3, 6]
+    assert [r["step"] for r in records_ if "eval/loss" in r] == [0, 3, 6]  # 0: before training
+    # at π = π_ref every logit is 0 up to rounding (the reference is a table computed in other
+    # batches): every comparison is a tie, and the accuracy is ½, not the sign of the noise
+    assert report["initial_heldout"]["accuracy"] == 0.5
+    assert records_[0]["eval/accuracy"] == 0.5 and records_[0]["eval/rewards/accuracies"] == 0.5
     for record in (r for r in records_ if "loss" in r):
         assert record["rewards/margins"] == pytest.approx(
             record["rewards/chosen"] - record["rewards/rejected"], abs=1e-9
