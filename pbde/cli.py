@@ -71,6 +71,14 @@ _LM_ONLY = (
 
 def _check_fit_options(args: argparse.Namespace) -> None:
     """Option combinations argparse cannot express; each error names the option."""
+    if args.loss == "ipo" and args.tau is None:
+        raise UsageError("--loss ipo needs --tau T (> 0)")
+    if args.loss != "ipo" and args.tau is not None:
+        raise UsageError("--tau applies only to --loss ipo")
+    if args.loss != "hinge" and args.delta is not None:
+        raise UsageError("--delta applies only to --loss hinge")
+    if args.test_fraction is not None and not 0.0 <= args.test_fraction < 1.0:
+        raise UsageError(f"--test-fraction must be in [0, 1), got {args.test_fraction:g}")
     if args.model is not None:
         from pbde.cli_language_model import check_options
 
@@ -114,14 +122,6 @@ def _check_fit_options(args: argparse.Namespace) -> None:
         raise UsageError("--alpha applies only to --behavior geometric")
     if args.behavior == "luce" and args.reference is not None:
         raise UsageError("--reference applies only to --behavior dpo, geometric or ipo")
-    if args.loss == "ipo" and args.tau is None:
-        raise UsageError("--loss ipo needs --tau T (> 0)")
-    if args.loss != "ipo" and args.tau is not None:
-        raise UsageError("--tau applies only to --loss ipo")
-    if args.loss != "hinge" and args.delta is not None:
-        raise UsageError("--delta applies only to --loss hinge")
-    if args.test_fraction is not None and not 0.0 <= args.test_fraction < 1.0:
-        raise UsageError(f"--test-fraction must be in [0, 1), got {args.test_fraction:g}")
 
 
 def _read_data(path: Path, items: str, on_error: str, option: str = "DATA", command: str = "fit"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -296,6 +296,15 @@ class TextPreferences:
         return records
 
 
+def is_chat_message(value) -> bool:
+    """Whether ``value`` is a chat message: a mapping with string ``role`` and ``content``."""
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("role"), str)
+        and isinstance(value.get("content"), str)
+    )
+
+
 def _text_list(name: str, values, *, allow_empty: bool = False) -> list:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise TypeError(
@@ -316,11 +325,7 @@ def _text_list(name: str, values, *, allow_empty: bool = False) -> list:
                 f"{type(value).__name__} {str(value)[:60]!r}."
             )
         for message in value:
-            if (
-                not isinstance(message, dict)
-                or not isinstance(message.get("role"), str)
-                or not isinstance(message.get("content"), str)
-            ):
+            if not is_chat_message(message):
                 raise TypeError(
                     f"'{name}' row {i}: a chat message must be a dict with string 'role' and "
                     f"'content'. Got {str(message)[:60]!r}."

@@ -95,7 +95,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from pbde.data import Preferences, TextPreferences
+from pbde.data import Preferences, TextPreferences, is_chat_message
 
 __all__ = [
     "PAD_TOKEN",
@@ -418,11 +418,7 @@ def _parse_text(value, what: str, allow_empty: bool = False) -> tuple[str, Any]:
             raise _Bad(f"empty {what} (a message list must hold at least one message)")
         messages = []
         for message in value:
-            if (
-                not isinstance(message, Mapping)
-                or not isinstance(message.get("role"), str)
-                or not isinstance(message.get("content"), str)
-            ):
+            if not is_chat_message(message):
                 raise _Bad(
                     f"{what} must be a string or a list of chat messages (dicts with string "
                     f"'role' and 'content'); got the element {_short(message)}"
@@ -1706,23 +1702,10 @@ def _csv_header(path, builder: _Builder, columns) -> list[str]:
 def _read_csv(path, builder: _Builder, chunk_rows: int | None, columns) -> None:
     chunk_rows = chunk_rows or _CHUNK_ROWS
     csv.field_size_limit(2**31 - 1)
+    header = _csv_header(path, builder, columns)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ValueError(f"{builder.source} is empty: a CSV file needs a header row.") from None
-        except csv.Error as error:
-            raise ValueError(f"{builder.source}: unreadable CSV header: {error}") from None
-        original = [h.strip() for h in header]
-        header = _renamed(original, columns)
-        has_pair = {"xa", "xb"} <= set(header) or {"chosen", "rejected"} <= set(header)
-        if not has_pair:
-            raise ValueError(
-                f"{builder.source} has no item columns: the header must hold 'xa' and 'xb' "
-                f"(or 'chosen' and 'rejected'). Got {header}."
-            )
-        _check_unique(header, original, builder.source)
+        next(reader)  # the header, read and checked above
         kind = builder.kind
         if kind == "auto" and _csv_has_text_items(path, header):
             kind = "text"  # one non-numeric item cell makes every item cell text, as in Arrow
