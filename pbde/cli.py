@@ -89,9 +89,15 @@ def _check_fit_options(args: argparse.Namespace) -> None:
     for option in _LM_ONLY:
         if getattr(args, option) not in (None, False):
             raise UsageError(f"--{option.replace('_', '-')} applies only to --model")
-    if args.per_token or args.gradient_checkpointing or args.gradient_accumulation != 1:
+    if (
+        args.per_token
+        or args.gradient_checkpointing
+        or args.fsdp
+        or args.gradient_accumulation != 1
+    ):
         raise UsageError(
-            "--per-token, --gradient-checkpointing and --gradient-accumulation apply only to --model"
+            "--per-token, --gradient-checkpointing, --fsdp and --gradient-accumulation apply only "
+            "to --model"
         )
     if args.behavior == "length-normalized":
         raise UsageError("--behavior length-normalized applies to sequences (--model)")
@@ -586,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--max-grad-norm", type=float, default=None,
                      help="clip gradients to this norm (--model: 1; 0: no clipping)")  # fmt: skip
     fit.add_argument("--precision", choices=["bf16", "fp16"], help="mixed precision (autocast)")
+    fit.add_argument("--fsdp", action="store_true",
+                     help="under torchrun: shard the model's layers over the processes (FSDP2)")  # fmt: skip
     fit.add_argument("--gradient-checkpointing", action="store_true",
                      help="recompute activations in the backward pass (less memory)")  # fmt: skip
     fit.add_argument("--log-every", type=_positive_int, help="steps between metrics records (10)")

@@ -73,6 +73,11 @@ def check_options(args: argparse.Namespace, usage_error) -> None:
         raise usage_error("--per-token applies to --behavior dpo or ipo")
     if args.lora_r is None and args.lora_alpha is not None:
         raise usage_error("--lora-alpha needs --lora-r R")
+    if args.fsdp:
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            raise usage_error("--fsdp shards the model over processes: launch with torchrun")
+        if args.lora_r is not None or args.checkpoint is not None:
+            raise usage_error("--fsdp does not combine with --lora-r or --checkpoint yet")
     if args.steps is not None and args.epochs is not None:
         raise usage_error("give --steps or --epochs, not both")
     if args.eval_every is not None and args.test_fraction == 0:
@@ -110,7 +115,7 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
 
     import pbde
     from pbde.densities import CausalLM, Precomputed
-    from pbde.distributed import is_main_process, rank_and_world_size
+    from pbde.distributed import is_main_process, rank_and_world_size, shard_model_
     from pbde.io import read_preferences, write_preferences
 
     transformers.logging.set_verbosity_error()  # pbde reports what matters, in one place
@@ -185,6 +190,11 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
         reference_table = Precomputed.of(reference, items, batch_size=batch_size, progress=progress)
         del reference
     behavior = _behavior(behavior_name, args, policy, reference_table)
+    if args.fsdp:
+        _check_fsdp_batches(args, len(train), batch_size, usage_error)
+        if args.device:
+            policy.to(args.device)
+        shard_model_(policy.model)
     model = pbde.Annotator(policy, behavior)
     if args.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable()
@@ -306,6 +316,8 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     }
     if test_text is not None:
         report["files"]["test"] = "test.jsonl"
+    if args.fsdp:  # every process gives its shards; rank 0 writes an unsharded copy
+        model = _gathered(model, args.model)
     if main:
         model.to("cpu")
         pbde.save_model(model, args.out / "model")
@@ -330,6 +342,39 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
             )
         print(f"  wrote {args.out / 'model'}/, metrics.jsonl, training.png and report.json")
     return 0
+
+
+def _check_fsdp_batches(args, n: int, batch_size: int, usage_error) -> None:
+    """Under FSDP every process must compute in every micro-batch (the layers gather their
+    parameters collectively): each micro-batch needs at least one pair per process."""
+    from pbde.distributed import rank_and_world_size
+
+    world = rank_and_world_size()[1]
+    smallest = min(batch_size, n) if n % batch_size == 0 or args.steps else n % batch_size
+    if smallest < world * args.gradient_accumulation:
+        raise usage_error(
+            f"--fsdp needs at least {world * args.gradient_accumulation} pairs in every batch "
+            f"({world} processes x --gradient-accumulation {args.gradient_accumulation}); "
+            f"--batch-size {batch_size} over {n} training pairs leaves a batch of {smallest}"
+        )
+
+
+def _gathered(model, folder: Path):
+    """The annotator with its FSDP-sharded policy gathered into an ordinary model (on rank 0;
+    the other processes take part in the gathering and get ``model`` back)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    import pbde
+    from pbde.densities import CausalLM
+    from pbde.distributed import is_main_process
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model.density.model, options=options)
+    if not is_main_process():
+        return model
+    whole = CausalLM.from_pretrained(folder, tokenizer=True)
+    whole.model.load_state_dict(state)
+    return pbde.Annotator(whole, model.behavior)
 
 
 def _clipping(value: float | None) -> float | None:

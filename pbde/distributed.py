@@ -123,3 +123,40 @@ def init_from_environment(device: str | None) -> str | None:
         return f"cuda:{local_rank}"
     dist.init_process_group("gloo")
     return device
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a parameter sharded by FSDP2 (a ``DTensor``): its gradients are
+    reduced by FSDP itself, not by pbde's ``all_reduce``."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def shard_model_(model: torch.nn.Module) -> int:
+    """Shard a Hugging Face model over the processes with FSDP2 (``fully_shard``): each decoder
+    layer (the classes the model names in ``_no_split_modules``) and then the whole model, so
+    each process holds 1/W of the parameters, gradients and optimizer state, gathering a
+    layer's parameters only while it computes.
+
+    FSDP averages gradients over the processes; :func:`pbde.fit.optimize` scales each process's
+    part of the objective by W so that the average is the sum of the parts, as without FSDP.
+
+    Returns:
+        The number of layers sharded on their own.
+
+    Raises:
+        RuntimeError: outside a process group of two or more processes.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    if rank_and_world_size()[1] < 2:
+        raise RuntimeError("Sharding a model needs a process group of two or more (torchrun).")
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return len(layers)

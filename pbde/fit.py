@@ -796,9 +796,16 @@ def optimize(
     if on_start is not None:
         on_start(start)
     main_process = _distributed.is_main_process()
+    # parameters sharded by FSDP2: their gradients are averaged by FSDP, so each process's part
+    # is scaled by W (the average of W·parts is their sum); the others are summed here
+    fsdp = sharded and any(_distributed.is_sharded(p) for p in parameters)
+    scale = _distributed.rank_and_world_size()[1] if fsdp else 1
+    replicated = [p for p in parameters if not _distributed.is_sharded(p)]
     if sharded:
         _distributed.agree_on_start(start, checkpoint)
-        _distributed.broadcast_from_main_(list(module.parameters()) + list(module.buffers()))
+        _distributed.broadcast_from_main_(
+            [t for t in [*module.parameters(), *module.buffers()] if not _distributed.is_sharded(t)]
+        )
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and main_process
@@ -823,6 +830,7 @@ def optimize(
                         part = part.float()
                     total = part if total is None else total + part
                     if value.requires_grad:  # not so for an empty slice of a shard
+                        value = value * scale if fsdp else value
                         (value if scaler is None else scaler.scale(value)).backward()
                 if sharded:  # every process sees the same total, so all stop together
                     total = total.clone().reshape(1)
@@ -833,13 +841,18 @@ def optimize(
                         f"The objective became {float(total)} at step {step} of {steps}; stopping. "
                         + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
                     )
-                if sharded:
-                    _distributed.all_reduce_gradients_(parameters)
+                if sharded and replicated:
+                    _distributed.all_reduce_gradients_(replicated)
+                    if fsdp:  # these parts were scaled by W too
+                        for p in replicated:
+                            p.grad.div_(scale)
                 if scaler is not None:
                     scaler.unscale_(optim)
                 grad_norm = None
                 if max_grad_norm is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+                    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                        grad_norm = grad_norm.full_tensor()
                 learning_rates[step] = optim.param_groups[0]["lr"]
                 if scaler is None:
                     optim.step()

@@ -523,3 +523,30 @@ def test_gradient_checkpointing_and_accumulation_change_nothing_but_memory(
         losses[name] = json.loads((tmp_path / name / "report.json").read_text())["final_loss"]
     assert losses["checkpointing"] == pytest.approx(losses["plain"], abs=1e-6)
     assert losses["accumulation"] == pytest.approx(losses["plain"], abs=1e-6)
+
+
+def test_fsdp_under_torchrun_gives_the_single_process_model(tmp_path, model_folder, data_file):
+    """The model's layers sharded over two gloo processes (FSDP2): the same model as one
+    process, up to float32 rounding of the reordered sums."""
+    options = ["fit", str(data_file), "--model", str(model_folder), "--lr", "0.01",
+               "--epochs", "1", "--batch-size", "5", "--max-grad-norm", "0.5",
+               "--no-progress"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    done = subprocess.run(
+        [*launcher, "-m", "pbde", *options, "--fsdp", "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert pbde.cli.main([*options, "--out", str(tmp_path / "one")]) == 0
+    reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in ("two", "one")]
+    assert reports[0]["final_loss"] == pytest.approx(reports[1]["final_loss"], abs=1e-5)
+    assert reports[0]["heldout"]["loss"] == pytest.approx(reports[1]["heldout"]["loss"], abs=1e-5)
+    two, one = (
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / n / "model")
+        for n in ("two", "one")
+    )
+    for (name, a), b in zip(two.state_dict().items(), one.state_dict().values(), strict=True):
+        assert float((a - b).abs().max()) <= 1e-5, name
+    # without torchrun, --fsdp is a usage error
+    assert pbde.cli.main([*options, "--fsdp", "--out", str(tmp_path / "x")]) == 2
