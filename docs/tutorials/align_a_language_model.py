@@ -30,7 +30,7 @@
 #    length of the completions.
 #
 # Run it with `python docs/tutorials/align_a_language_model.py`: about 4 minutes on the
-# project's 2-core CPU shared with other work (249 s, 83 s of which pre-train π_ref).
+# project's 2-core CPU (223 s in the last run, 63 s of which pre-train π_ref).
 # `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much. Figures go to
 # `PBDE_FIGURES_DIR` (default `docs/images/tutorials`); the model folders and runs go to a
 # temporary folder.
@@ -381,14 +381,15 @@ plt.close(fig)
 #
 # | run | held-out loss | held-out accuracy |
 # |---|---|---|
-# | DPO (β = 0.1) | 0.693 → 0.609 | 0.54 → 0.75 |
-# | length-normalized (eq. 26) | 0.733 → 0.427 | 0.54 → 0.90 |
-# | DPO + γ·|x| in g | 9.20 → 8.97 | 0.785 → 0.787 |
+# | DPO (β = 0.1) | 0.693 → 0.609 | 0.500 → 0.751 |
+# | length-normalized (eq. 26) | 0.733 → 0.427 | 0.541 → 0.895 |
+# | DPO + γ·|x| in g | 9.20 → 8.97 | 0.787 → 0.787 |
 #
-# DPO starts at π_θ = π_ref, where its logits are zero up to float round-off (its "0.54" counts the
-# signs of that round-off); two epochs take it to 75 % held-out accuracy. The length-normalized
+# DPO starts at π_θ = π_ref, where every logit is zero (up to float round-off, which
+# `pbde.evaluate` counts as a tie): loss log 2, accuracy ½. Two epochs take it to 75 % held-out
+# accuracy. The length-normalized
 # model predicts the labels best (90 %). The third run is different in kind: its g alone,
-# γ·(|x_A| − |x_B|), orders 78.5 % of the held-out pairs right before any step, and it is
+# γ·(|x_A| − |x_B|), orders 78.7 % of the held-out pairs right before any step, and it is
 # confidently wrong, by tens of nats, on the pairs where the annotator chose the shorter
 # completion, hence a loss of 9. What is left for π_θ to learn is the annotator's other taste,
 # log π_ref: to score it, β·log(π_θ/π_ref) has to reach the size of log π_ref itself, tens of nats,
