@@ -154,7 +154,8 @@ def fit(
         optimizer: ``"adam"`` (default) or ``"adamw"`` (decoupled ``weight_decay``).
         weight_decay: AdamW's weight decay, >= 0 (only with ``optimizer="adamw"``).
         schedule: ``"cosine"`` (decay to 0), ``"linear"`` (decay to 0) or ``"constant"``.
-        warmup_steps: steps of linear warm-up from 0 to ``lr`` before the schedule, >= 0.
+        warmup_steps: steps of linear warm-up before the schedule, >= 0 (step t < W uses
+            ``lr·(t + 1)/(W + 1)``; the schedule then runs over the remaining steps).
         max_grad_norm: clip the gradients' global norm to this value (> 0); ``None``: no
             clipping. The norm before clipping is logged as ``grad_norm``.
         precision: ``None`` (the parameters' dtype), ``"bf16"`` (autocast to bfloat16, on the CPU
@@ -304,9 +305,8 @@ def evaluate(
     For an :class:`~pbde.Annotator`, a logit smaller than the floating-point resolution of the
     scores it is the difference of (``64·eps·(|f·log p| + |g|)`` of both items) is a tie: at
     π = π_ref a DPO logit is rounding noise, whose sign says nothing. Weighted data give
-    weighted means. For an :class:`~pbde.Annotator` the means of Ω and
-    log π of the preferred and of the other item are reported as ``rewards/…`` and ``logps/…``
-    (as :func:`fit` logs them).
+    weighted means. For an ``Annotator`` the means of Ω and log π of the preferred and of the
+    other item are reported as ``rewards/…`` and ``logps/…`` (as :func:`fit` logs them).
 
     Args:
         model: an annotator model.
