@@ -546,7 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     fit = commands.add_parser(
         "fit",
         help="fit an annotator model to a preference file (JSONL/CSV/Parquet)",
-        description="Fit an annotator model to the comparisons of DATA; write OUT/model.pt, "
+        description="Fit an annotator model to the comparisons of DATA. With --model DIR (a "
+        "local folder written by save_pretrained: a causal LM and its tokenizer), DATA holds "
+        "prompt/chosen/rejected text (JSON Lines, CSV or Parquet; chat messages too), the "
+        "default is DPO (beta 0.1) against the starting model, and the run writes OUT/model/ "
+        "(Hugging Face format), OUT/metrics.jsonl, OUT/training.png, OUT/report.json and "
+        "OUT/test.jsonl (docs/language_models.md). With --density, DATA holds item ids or "
+        "numbers, and the run writes OUT/model.pt, "
         "OUT/report.json and OUT/test.jsonl (the held-out split). For --behavior dpo, "
         "geometric and ipo, pi_ref is the density of --reference (a model file written by pbde "
         "fit or pbde.save_model) or, by default, the initial model: the uniform distribution "
