@@ -19,8 +19,8 @@ from pbde.data import Preferences, TextPreferences, sample_pairs
 from pbde.fit import FitResult, evaluate, fit, fit_ensemble, nll_regularizer
 from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
 from pbde.serialization import load_model, save_model
-from pbde.support import Grid, Support
-from pbde.theory import kl, optimal_density, tv
+from pbde.support import Grid, SequenceSupport, Support
+from pbde.theory import kl, mass_beyond, optimal_density, tv
 
 __version__ = "0.1.0"
 
@@ -59,11 +59,13 @@ __all__ = [
     "optimal_density",
     "kl",
     "tv",
+    "mass_beyond",
     "psipo_optimum",
     "ipo_population_loss",
     "preference_against",
     "Support",
     "Grid",
+    "SequenceSupport",
     "densities",
     "losses",
     "io",

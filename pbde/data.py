@@ -350,6 +350,8 @@ def sample_pairs(proposal, n: int, *, generator: torch.Generator | None = None):
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"'n' must be an int >= 1. Got {n!r} instead.")
+    if isinstance(proposal, Density) and hasattr(proposal, "sample_pairs"):
+        return proposal.sample_pairs(n, generator=generator)  # pairs that share a prompt
     if isinstance(proposal, Density):
         both = proposal.sample(2 * n, generator=generator)
         return both[:n], both[n:]

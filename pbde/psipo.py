@@ -58,7 +58,9 @@ def psipo_optimum(
         reference: π_ref, normalized on the support.
         proposal: μ, the behaviour policy of the second response: ``None`` (uniform on the
             support), a Density, or a tensor of masses of shape ``(n,)``.
-        support: a :class:`~pbde.Support`, :class:`~pbde.Grid` or tensor of items.
+        support: a :class:`~pbde.Support`, :class:`~pbde.Grid` or tensor of items. On a
+            :class:`~pbde.SequenceSupport` with prompts each prompt is solved on its own
+            (π(· | prompt), μ restricted to the prompt's completions and renormalized).
 
     Returns:
         A :class:`~pbde.densities.Tabulated` density on the support.
@@ -86,6 +88,15 @@ def psipo_optimum(
     check_density("reference", reference)
     support = as_support(support)
     _check_normalized(annotator, support, 1e-3)
+    if support.num_groups > 1:  # a conditional support: each prompt on its own
+        if isinstance(proposal, torch.Tensor) and proposal.shape != (len(support),):
+            _behaviour_masses(proposal, support)  # raises, naming the shape
+        log_density = torch.empty(len(support), dtype=torch.float64)
+        for index in support.groups():
+            part = proposal[index] if isinstance(proposal, torch.Tensor) else proposal
+            optimum = psipo_optimum(annotator, psi, tau, reference, part, support.subset(index))
+            log_density[index] = optimum.values
+        return Tabulated(support, log_density)
     mu = _behaviour_masses(proposal, support)
     with torch.no_grad():
         logits = _logit_matrix(annotator, support.points)

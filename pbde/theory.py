@@ -22,7 +22,6 @@ proof). So the optimum is found by convex minimization over w, then that map:
 
 from __future__ import annotations
 
-import math
 import sys
 
 import torch
@@ -55,7 +54,11 @@ def optimal_density(
             :class:`~pbde.MixtureAnnotator`, or any :class:`~pbde.annotators.PreferenceProcess`).
         behavior: the model's behavior Ω_π = f·log π + g (:class:`~pbde.PBDE`).
         support: a :class:`~pbde.Support` (finite: sums), a :class:`~pbde.Grid` (bounded
-            interval: trapezoid integrals), or a tensor of items.
+            interval: trapezoid integrals), a :class:`~pbde.SequenceSupport` (all sequences
+            up to a length), or a tensor of items. On a SequenceSupport with prompts the
+            densities are p(completion | prompt) and each prompt is solved on its own: pairs
+            compare completions of one prompt, the proposal is restricted to the prompt's items
+            (and renormalized), and the optimum is normalized prompt by prompt.
         proposal: the distribution q of pairs, needed when the optimum depends on it
             (misspecified models, non-BCE losses): a :class:`~pbde.densities.Density` (x_A, x_B
             drawn independently from it), a tensor of shape ``(n,)`` of masses on the support
@@ -94,6 +97,27 @@ def optimal_density(
     support = as_support(support)
     loss_fn = _losses.get(loss)
     _check_normalized(annotator, support, normalization_atol)
+    if support.num_groups == 1:
+        log_density = _optimal_log_density(
+            annotator, behavior, support, proposal, loss_fn, loss_kwargs
+        )
+    else:  # a conditional support: each prompt on its own (pairs share a prompt)
+        _check_proposal_shape(proposal, support)
+        log_density = torch.empty(len(support), dtype=torch.float64)
+        for index in support.groups():
+            log_density[index] = _optimal_log_density(
+                annotator,
+                behavior,
+                support.subset(index),
+                _proposal_of_group(proposal, index),
+                loss_fn,
+                loss_kwargs,
+            )
+    return Tabulated(support, log_density)  # normalized by construction; Tabulated checks it
+
+
+def _optimal_log_density(annotator, behavior, support, proposal, loss_fn, loss_kwargs):
+    """log π* on a support with one group: Lemma 1, or Newton's method on the scores."""
     points = support.points
     with torch.no_grad():
         if isinstance(annotator, Annotator) and loss_fn is _losses.bce:
@@ -102,27 +126,94 @@ def optimal_density(
             logits = _logit_matrix(annotator, points)
             weights = _pair_weights(proposal, support)
             scores = _minimize_scores(logits, weights, loss_fn, loss_kwargs)
-        log_density = _scores_to_log_density(scores, behavior, points, support)
-    return Tabulated(support, log_density)  # normalized by construction; Tabulated checks it
+        return _scores_to_log_density(scores, behavior, points, support)
 
 
-def kl(p: Density, q: Density, support: Support | torch.Tensor, *, atol: float = 1e-3) -> float:
+def _check_proposal_shape(proposal, support: Support) -> None:
+    n = len(support)
+    if isinstance(proposal, torch.Tensor) and proposal.shape not in ((n,), (n, n)):
+        raise ValueError(
+            f"'proposal' as a tensor must have shape ({n},) or ({n}, {n}). Got "
+            f"{tuple(proposal.shape)}."
+        )
+
+
+def _proposal_of_group(proposal, index: torch.Tensor):
+    """The proposal restricted to one prompt's items (masses renormalized later)."""
+    if isinstance(proposal, torch.Tensor):
+        return proposal[index] if proposal.ndim == 1 else proposal[index][:, index]
+    return proposal
+
+
+def kl(
+    p: Density,
+    q: Density,
+    support: Support | torch.Tensor,
+    *,
+    atol: float = 1e-3,
+    by_prompt: bool = False,
+) -> float | torch.Tensor:
     """KL(p ‖ q) = ∫ p log(p/q) on a support or grid.
 
     Both densities are evaluated on the support and renormalized there; each must already
     integrate to 1 within ``atol`` (otherwise the support does not cover it: ``ValueError``).
     Points where p is 0 contribute 0 (0·log 0 = 0); points where q is 0 and p is not make it inf.
+
+    On a conditional support (a :class:`~pbde.SequenceSupport` with prompts) both are
+    p(completion | prompt), normalized prompt by prompt: the result is the mean over prompts
+    of KL(p(· | prompt) ‖ q(· | prompt)) (prompts weighted equally), or with ``by_prompt=True``
+    a float64 tensor of shape ``(num_prompts,)`` of each prompt's KL.
     """
     log_p, log_q, support = _on_support(p, q, support, atol)
     mass = support.masses(log_p)
     terms = torch.where(mass > 0, mass * (log_p - log_q), torch.zeros_like(mass))
-    return float(terms.sum())
+    return _reduce_by_group(terms, support, by_prompt)
 
 
-def tv(p: Density, q: Density, support: Support | torch.Tensor, *, atol: float = 1e-3) -> float:
-    """Total variation ½ ∫ |p − q| on a support or grid (same normalization rules as :func:`kl`)."""
+def tv(
+    p: Density,
+    q: Density,
+    support: Support | torch.Tensor,
+    *,
+    atol: float = 1e-3,
+    by_prompt: bool = False,
+) -> float | torch.Tensor:
+    """Total variation ½ ∫ |p − q| on a support or grid (same normalization rules, and the same
+    mean over prompts on a conditional support, as :func:`kl`)."""
     log_p, log_q, support = _on_support(p, q, support, atol)
-    return float(0.5 * (support.masses(log_p) - support.masses(log_q)).abs().sum())
+    terms = 0.5 * (support.masses(log_p) - support.masses(log_q)).abs()
+    return _reduce_by_group(terms, support, by_prompt)
+
+
+def mass_beyond(
+    density: Density, support: Support, *, by_prompt: bool = False
+) -> float | torch.Tensor:
+    """The mass a language model puts outside a :class:`~pbde.SequenceSupport`: on sequences
+    longer than its ``max_length`` (and on tokens outside its vocabulary), 1 − Σ_x p(x).
+
+    A :class:`~pbde.densities.ForcedEOS` density is normalized on the support; for it this is
+    the mass its wrapped model puts beyond the maximum length, which the forced form gives to
+    the sequences of exactly ``max_length`` tokens. An :class:`~pbde.densities.Autoregressive`
+    of the support's ``max_length`` forces EOS itself: 0.
+
+    Args:
+        density: p, a sequence density (or a ForcedEOS wrapper of one).
+        support: a SequenceSupport of its items.
+        by_prompt: on a support with prompts, each prompt's mass beyond, a float64 tensor of
+            shape ``(num_prompts,)``, instead of their mean.
+
+    Returns:
+        A float in [0, 1] (up to round-off), or the tensor of ``by_prompt``.
+    """
+    from pbde.densities.sequence import ForcedEOS
+
+    check_density("density", density)
+    support = as_support(support)
+    if isinstance(density, ForcedEOS):
+        density = density.density
+    log_mass = support.log_integral_by_group(_log_density_on(density, support))
+    beyond = -torch.expm1(log_mass)
+    return beyond if by_prompt else float(beyond.mean())
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -133,32 +224,59 @@ def _log_density_on(density: Density, support: Support) -> torch.Tensor:
         return density.log_prob(support.points).to(torch.float64).cpu()
 
 
-def _check_mass(name: str, log_mass: float, atol: float) -> None:
-    mass = math.exp(log_mass)
-    if not abs(mass - 1.0) <= atol:
-        raise ValueError(
-            f"'{name}' must be normalized on the support (integral 1 within {atol}). Got "
-            f"{mass!r}: the support does not cover the density, or it is not normalized."
+def _check_mass(name: str, log_mass: torch.Tensor, atol: float, support: Support) -> None:
+    """Each group's integral (shape ``(num_groups,)``) must be 1 within ``atol``."""
+    from pbde.support import SequenceSupport
+
+    masses = log_mass.exp()
+    bad = ~((masses - 1.0).abs() <= atol)
+    if not bool(bad.any()):
+        return
+    group = int(bad.nonzero()[0])
+    where = f" for prompt {group}" if support.num_groups > 1 else ""
+    hint = "the support does not cover the density, or it is not normalized."
+    if isinstance(support, SequenceSupport):
+        hint = (
+            "a language model puts mass on sequences longer than the support's "
+            f"max_length={support.max_length}; wrap it in pbde.densities.ForcedEOS(model, "
+            f"{support.max_length}, eos={support.eos}) to force EOS there (pbde.mass_beyond "
+            "gives the mass beyond)."
         )
+    raise ValueError(
+        f"'{name}' must be normalized on the support (integral 1 within {atol}){where}. Got "
+        f"{float(masses[group])!r}: {hint}"
+    )
 
 
 def _check_normalized(process: PreferenceProcess, support: Support, atol: float) -> None:
     for module in process.modules():
         if isinstance(module, Annotator):
-            log_mass = float(support.log_integral(_log_density_on(module.density, support)))
-            _check_mass("annotator density", log_mass, atol)
+            log_density = _log_density_on(module.density, support)
+            _check_mass(
+                "annotator density", support.log_integral_by_group(log_density), atol, support
+            )
 
 
 def _on_support(p, q, support, atol):
     support = as_support(support)
+    index = support.group_index
     out = []
     for name, density in (("p", p), ("q", q)):
         check_density(name, density)
         log_d = _log_density_on(density, support)
-        log_mass = float(support.log_integral(log_d))
-        _check_mass(name, log_mass, atol)
-        out.append(log_d - log_mass)
+        log_mass = support.log_integral_by_group(log_d)
+        _check_mass(name, log_mass, atol, support)
+        out.append(log_d - log_mass[index])
     return out[0], out[1], support
+
+
+def _reduce_by_group(terms: torch.Tensor, support: Support, by_prompt: bool):
+    if support.num_groups == 1:
+        return terms.sum()[None] if by_prompt else float(terms.sum())
+    sums = torch.zeros(support.num_groups, dtype=terms.dtype).index_add_(
+        0, support.group_index, terms
+    )
+    return sums if by_prompt else float(sums.mean())
 
 
 def _logit_matrix(process: PreferenceProcess, points: torch.Tensor) -> torch.Tensor:

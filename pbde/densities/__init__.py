@@ -5,7 +5,7 @@ from pbde.densities.continuous import FromDistribution, Mixture, TruncatedNormal
 from pbde.densities.energy import EnergyModel, EnergyStack
 from pbde.densities.finite import Categorical, Precomputed, Tabulated
 from pbde.densities.hf import CausalLM
-from pbde.densities.sequence import Autoregressive
+from pbde.densities.sequence import Autoregressive, ForcedEOS
 
 __all__ = [
     "Density",
@@ -18,5 +18,6 @@ __all__ = [
     "EnergyModel",
     "EnergyStack",
     "Autoregressive",
+    "ForcedEOS",
     "CausalLM",
 ]

@@ -125,13 +125,17 @@ class Tabulated(Density):
         if bool(torch.isnan(log_density).any()):
             raise ValueError("'log_density' must not contain NaN.")
         log_density = log_density.detach().to(torch.float64)
-        log_total = self.support.log_integral(log_density)
+        # one normalization per group: per prompt on a conditional SequenceSupport
+        log_total = self.support.log_integral_by_group(log_density)
         if normalize:
-            log_density = log_density - log_total
-        elif abs(float(log_total)) > 1e-6:
+            log_density = log_density - log_total[self.support.group_index]
+        elif bool((log_total.abs() > 1e-6).any()):
+            group = int((log_total.abs() > 1e-6).nonzero()[0])
+            where = f" for prompt {group}" if self.support.num_groups > 1 else ""
             raise ValueError(
-                "'log_density' must be normalized on the support (integral 1). Got integral "
-                f"{float(log_total.exp())!r}; pass normalize=True to renormalize."
+                f"'log_density' must be normalized on the support (integral 1){where}. Got "
+                f"integral {float(log_total[group].exp())!r}; pass normalize=True to "
+                "renormalize."
             )
         self.register_buffer("values", log_density)
         self.event_shape = tuple(self.support.points.shape[1:])
@@ -169,6 +173,22 @@ class Tabulated(Density):
         masses = self.support.masses(self.values)
         index = torch.multinomial(masses / masses.sum(), n, replacement=True, generator=generator)
         return self.support.points[index]
+
+    def sample_pairs(self, n: int, *, generator: torch.Generator | None = None):
+        """``n`` pairs drawn independently from this density, shapes ``(n, *event_shape)``; on a
+        conditional support (prompts), a prompt drawn uniformly per pair, then both items from
+        that prompt's p(completion | prompt), so each pair shares its prompt (as in DPO data).
+        :func:`pbde.sample_pairs` calls it."""
+        if self.support.num_groups == 1:
+            both = self.sample(2 * n, generator=generator)
+            return both[:n], both[n:]
+        groups = torch.randint(self.support.num_groups, (n,), generator=generator)
+        masses = self.support.masses(self.values)
+        same = self.support.group_index[None, :] == groups[:, None]
+        probs = torch.where(same, masses[None, :], torch.zeros_like(masses)[None, :])
+        index = torch.multinomial(probs, 2, replacement=True, generator=generator)
+        points = self.support.points
+        return points[index[:, 0]], points[index[:, 1]]
 
 
 class Precomputed(Density):

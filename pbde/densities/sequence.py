@@ -28,7 +28,7 @@ from pbde._validation import check_positive_number, check_tensor, is_validation_
 from pbde.densities.base import Density
 from pbde.io import PAD_TOKEN
 
-__all__ = ["Autoregressive", "sequence_lengths"]
+__all__ = ["Autoregressive", "ForcedEOS", "sequence_lengths"]
 
 
 def sequence_lengths(x: torch.Tensor) -> torch.Tensor:
@@ -345,6 +345,120 @@ class Autoregressive(Density):
             early = torch.arange(tokens.shape[1], device=logits.device) < self.min_length - 1
             logits = logits.masked_fill(early[:, None] & is_eos, -math.inf)
         return logits
+
+
+class ForcedEOS(Density):
+    """A language model with EOS forced at a maximum length: normalized on the sequences of at
+    most ``max_length`` tokens (a :class:`~pbde.SequenceSupport`).
+
+    For a sequence ``x`` of ``|x| ≤ max_length`` tokens ending with EOS,
+
+        log p_L(x) = log p(x)                       if |x| < max_length,
+        log p_L(x) = Σ_{t < max_length} log p(x_t | x_<t)   if |x| = max_length,
+
+    i.e. the conditional at position ``max_length`` is a point mass on EOS: a sequence that
+    reaches the maximum length stops there and gets the mass of all its longer continuations.
+    The probabilities of all sequences of the support sum to exactly 1 (when the model's
+    vocabulary is the support's). This is what :class:`Autoregressive` does by construction, and
+    what a model generating with a length limit does. Computed item by item, with gradients:
+    train it with :func:`pbde.fit` like the model it wraps (its parameters are the wrapped
+    model's). Why this form rather than renormalizing on the support: see
+    :class:`~pbde.SequenceSupport`; the mass the wrapped model puts beyond ``max_length``
+    is :func:`pbde.mass_beyond`.
+
+    Items: those of the wrapped density — ``(batch, width)`` token rows for
+    :class:`Autoregressive` (whose own ``max_length`` must be >= this one), ``(batch, 2, width)``
+    prompt/completion items for :class:`~pbde.densities.CausalLM` (the completion row is the
+    sequence).
+
+    Args:
+        density: an :class:`Autoregressive` or a :class:`~pbde.densities.CausalLM`.
+        max_length: most tokens of a sequence (of a completion), EOS included, >= 1.
+        eos: the end-of-sequence token id.
+
+    Raises:
+        TypeError: if ``density`` is neither.
+        ValueError: on an invalid ``max_length`` or ``eos``; from ``log_prob``, on sequences
+            that do not end with EOS or are longer than ``max_length``.
+
+    Example:
+        >>> import pbde
+        >>> lm = Autoregressive(vocab_size=3, max_length=6)
+        >>> p = ForcedEOS(lm, 3, eos=0)
+        >>> support = pbde.SequenceSupport(3, 3)
+        >>> round(float(p.log_prob(support.points).exp().sum()), 6)
+        1.0
+    """
+
+    def __init__(self, density: Density, max_length: int, *, eos: int):
+        super().__init__()
+        from pbde.densities.hf import CausalLM
+
+        if not isinstance(density, (Autoregressive, CausalLM)):
+            raise TypeError(
+                "'density' must be a pbde.densities.Autoregressive or CausalLM. Got "
+                f"{type(density).__name__}."
+            )
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"'max_length' must be an int >= 1. Got {max_length!r}.")
+        if isinstance(density, Autoregressive) and density.max_length < max_length:
+            raise ValueError(
+                f"'max_length' must be at most the Autoregressive density's own max_length="
+                f"{density.max_length}. Got {max_length}."
+            )
+        vocab_size = density.vocab_size
+        if isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < vocab_size:
+            raise ValueError(f"'eos' must be a token id in [0, {vocab_size - 1}]. Got {eos!r}.")
+        if isinstance(density, Autoregressive) and eos != density.eos:
+            raise ValueError(
+                f"'eos' must be the Autoregressive density's eos={density.eos}. Got {eos}."
+            )
+        self.density = density
+        self.max_length, self.eos, self.vocab_size = max_length, eos, vocab_size
+        self.conditional = isinstance(density, CausalLM)
+        self.event_shape = density.event_shape if self.conditional else (max_length,)
+
+    def __repr__(self) -> str:
+        return f"ForcedEOS({self.density!r}, max_length={self.max_length}, eos={self.eos})"
+
+    def length(self, x: torch.Tensor) -> torch.Tensor:
+        """Number of tokens of each sequence (completion), EOS included, shape ``(batch,)``."""
+        check_tensor("x", x)
+        if is_validation_enabled():
+            self._validate_items(x)
+        return sequence_lengths(x[:, 1] if self.conditional else x)
+
+    def _validate_items(self, x: torch.Tensor) -> None:
+        self.density._validate_items(x)
+        rows = x[:, 1] if self.conditional else x
+        role = " (the completions)" if self.conditional else ""
+        name = "x[:, 1]" if self.conditional else "x"
+        _check_padded_sequences(name, rows, self.vocab_size, self.eos, self.max_length, role)
+
+    def _param_device(self) -> torch.device:
+        return self.density._param_device()
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 1] if self.conditional else x
+        lengths = sequence_lengths(rows)
+        at_limit = lengths == self.max_length
+        if self.max_length == 1:  # the only sequence is EOS alone, with probability 1
+            return torch.zeros(x.shape[0], device=x.device)
+        # the EOS of a sequence at the limit is forced: score only the tokens before it
+        last = torch.arange(rows.shape[1], device=x.device) == (lengths - 1)[:, None]
+        rows = rows.masked_fill(last & at_limit[:, None], PAD_TOKEN)
+        if self.conditional:
+            x = torch.stack([x[:, 0], rows], dim=1)
+            return self.density._log_prob(x)
+        return self.density._log_prob(rows)
+
+    def _sample(self, n, generator):
+        if not self.conditional and self.density.max_length == self.max_length:
+            return self.density._sample(n, generator)
+        raise NotImplementedError(
+            "ForcedEOS samples only an Autoregressive density of the same max_length; sample a "
+            "pbde.densities.Tabulated of it on a pbde.SequenceSupport instead."
+        )
 
 
 def _check_padded_sequences(

@@ -43,6 +43,12 @@ _REGISTRY = {
         "#5's open problem: a latent-annotator mixture (Pyro) on eq. 27 sequence data, "
         "without and with annotator IDs",
     ),
+    "lm-theory": (
+        "lm_theory",
+        False,
+        "Exact optima on all sequences up to a length: DPO (β ∈ {0.5, 1, 4}), IPO and the "
+        "length-normalized rule fitted on a tiny GPT-2, each next to its optimum",
+    ),
     "online": (
         "online",
         False,
