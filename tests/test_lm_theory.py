@@ -19,11 +19,10 @@ def result():
 def test_fits_reach_their_optimum(result):
     kl = result.metrics["kl_to_optimum"]
     assert set(kl) == {"DPO β=0.5", "DPO β=1", "DPO β=4", "IPO", "length-normalized"}
-    for name in ("DPO β=0.5", "DPO β=1", "DPO β=4", "IPO"):
-        assert kl[name] < 0.05, (name, kl[name])
-    # the length-normalized optimum is far from π_ref (KL > 3 nats); quick mode gets most of
-    # the way (the full run reaches ~0.003)
-    assert kl["length-normalized"] < 0.2
+    for name, value in kl.items():  # quick mode's target for every member
+        assert value < 0.05, (name, value)
+    # the length-normalized optimum is far from π_ref (KL > 3 nats) and still reached
+    assert result.metrics["kl_optimum_to_reference"]["length-normalized"] > 3
     moved = result.metrics["kl_optimum_to_reference"]
     assert moved["DPO β=0.5"] > moved["DPO β=1"] > moved["DPO β=4"]  # eq. 16: 1/β
 
