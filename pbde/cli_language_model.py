@@ -111,15 +111,13 @@ def check_options(args: argparse.Namespace, usage_error) -> None:
 
 def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     """The language-model run of ``pbde fit`` (see the module docstring)."""
-    import transformers
 
     import pbde
     from pbde.densities import CausalLM, Precomputed
     from pbde.distributed import is_main_process, rank_and_world_size, shard_model_
     from pbde.io import read_preferences, write_preferences
 
-    transformers.logging.set_verbosity_error()  # pbde reports what matters, in one place
-    transformers.utils.logging.disable_progress_bar()
+    _quiet_libraries()
     began = time.perf_counter()
     behavior_name = args.behavior or DEFAULTS["behavior"]
     progress = False if args.no_progress else None
@@ -344,6 +342,19 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """pbde reports what matters, in one place: no logging, progress bars or deprecation notices
+    of the libraries' internals (transformers, peft) on the command line."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft)(\.|$)")
+
+
 def _check_fsdp_batches(args, n: int, batch_size: int, usage_error) -> None:
     """Under FSDP every process must compute in every micro-batch (the layers gather their
     parameters collectively): each micro-batch needs at least one pair per process."""
@@ -458,15 +469,13 @@ def plot_training(records: list[dict], path: Path) -> None:
 def evaluate_language_model(args: argparse.Namespace, usage_error) -> int:
     """``pbde evaluate RUN DATA`` for a language-model run (or its ``model/`` folder): the held-out
     metrics of :func:`pbde.evaluate` on DATA, tokenized as the run was."""
-    import transformers
 
     import pbde
     from pbde.densities import CausalLM
     from pbde.io import read_preferences
     from pbde.serialization import LM_RECORD, load_model
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    _quiet_libraries()
     folder = args.model / "model" if (args.model / "model" / LM_RECORD).exists() else args.model
     settings = {}
     report_path = folder.parent / "report.json"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -268,7 +269,9 @@ class CausalLM(Density):
                 if lora_target_modules is None
                 else list(lora_target_modules),
             }
-            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+            with warnings.catch_warnings():  # peft sets fan_in_fan_out itself for GPT-2's Conv1D
+                warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+                model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
         density = cls(model, tokenizer=loaded_tokenizer)
         density.source = os.path.abspath(folder)
         density.lora = lora
