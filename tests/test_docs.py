@@ -122,3 +122,20 @@ def test_no_formula_is_swallowed_by_emphasis(site):
             if formula.search(em):
                 swallowed.append(f"{html.relative_to(site)}: <em>{em[:80]}</em>")
     assert not swallowed, "emphasis around formulas (an unescaped *):\n" + "\n".join(swallowed)
+
+
+def test_api_pages_render_cross_references_not_sphinx_roles(site):
+    """Docstrings use Sphinx roles (:class:`~pbde.Annotator`); the site must show them as code
+    linked to their targets (docs/hooks/sphinx_roles.py), never as raw role text."""
+    raw = re.compile(r":(?:class|func|mod|meth|attr|data|exc|obj):(?:`|<code>)")
+    pages = sorted((site / "api").rglob("*.html"))
+    assert pages
+    found = [
+        f"{page.relative_to(site)}: {match.group(0)}"
+        for page in pages
+        for match in raw.finditer(page.read_text(encoding="utf-8"))
+    ]
+    assert not found, "raw Sphinx roles on API pages:\n" + "\n".join(found[:20])
+    fit_page = (site / "api" / "fit" / "index.html").read_text(encoding="utf-8")
+    # `:class:`~pbde.Annotator`` in pbde.fit's docstrings links to the annotators page
+    assert 'href="../annotators/#pbde.annotators.Annotator"' in fit_page
