@@ -1,5 +1,6 @@
-"""Griffe extension: the Sphinx roles of pbde's docstrings as mkdocstrings cross-references.
+"""Griffe extension: pbde's docstrings, written for ``help()`` and doctest, as the site's Markdown.
 
+**Sphinx roles as cross-references.**
 pbde's docstrings use the Sphinx roles that Python programmers read in source and in ``help()``
 (``:class:`~pbde.Annotator```, ``:func:`pbde.fit```); mkdocstrings renders Markdown and would
 print them raw. This extension rewrites each role, before rendering, into a code span linked to
@@ -7,6 +8,9 @@ its target, the leading ``~`` keeping only the last name as the text, as Sphinx 
 named relative to the object (``:func:`fit``` inside ``pbde.fit``) is resolved in the object's
 scope, as Python would. Targets the site does not document (private helpers, attributes listed
 in an "Attributes" section) stay plain code: the links are optional autorefs.
+
+**Doctest examples as code.** An example's ``>>>`` lines and the output under them become one
+fenced ``pycon`` block (Markdown would read ``>>>`` as three nested block quotes).
 """
 
 from __future__ import annotations
@@ -48,9 +52,29 @@ def _reference(obj: griffe.Object, match: re.Match) -> str:
     )
 
 
+def fence_doctests(text: str) -> str:
+    """Wrap each run of doctest lines (``>>>``, ``...`` and the output below, up to a blank line)
+    in a fenced ``pycon`` block at the run's indentation."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        stripped = lines[i].lstrip()
+        if not stripped.startswith(">>>"):
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = lines[i][: len(lines[i]) - len(stripped)]
+        block = []
+        while i < len(lines) and lines[i].strip():
+            block.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
+            i += 1
+        out += [f"{indent}```pycon", *(indent + line for line in block), f"{indent}```"]
+    return "\n".join(out)
+
+
 class SphinxRoles(griffe.Extension):
-    """Rewrite Sphinx roles in every docstring (see the module docstring)."""
+    """Rewrite every docstring for the site (see the module docstring)."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = ROLE.sub(lambda m: _reference(obj, m), obj.docstring.value)
+            text = ROLE.sub(lambda m: _reference(obj, m), obj.docstring.value)
+            obj.docstring.value = fence_doctests(text)

@@ -189,7 +189,7 @@ class Autoregressive(Density):
 
         Args:
             n: number of sequences, >= 1.
-            temperature: > 0.
+            temperature: the softmax temperature, > 0.
             generator: optional ``torch.Generator`` for reproducibility.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
