@@ -139,3 +139,14 @@ def test_api_pages_render_cross_references_not_sphinx_roles(site):
     fit_page = (site / "api" / "fit" / "index.html").read_text(encoding="utf-8")
     # `:class:`~pbde.Annotator`` in pbde.fit's docstrings links to the annotators page
     assert 'href="../annotators/#pbde.annotators.Annotator"' in fit_page
+
+
+def test_the_api_landing_page_lists_every_public_name(site):
+    import pbde
+
+    page = (site / "api" / "pbde" / "index.html").read_text(encoding="utf-8")
+    table = page[page.index('<div class="public-names"') :]
+    table = table[: table.index("</table>")]
+    listed = re.findall(r"<tr><td>.*?<code>([^<]+)</code>", table)
+    assert listed == list(pbde.__all__)
+    assert 'href="../annotators/#pbde.annotators.Annotator"' in table  # names link to their pages

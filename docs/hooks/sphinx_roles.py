@@ -47,8 +47,7 @@ def _reference(obj: griffe.Object, match: re.Match) -> str:
     text = target.rsplit(".", 1)[-1] if short else target
     identifier = target if target.startswith("pbde") else _resolve(obj, target)
     return (
-        f'<autoref identifier="{escape(identifier)}" optional><code>{escape(text)}</code>'
-        "</autoref>"
+        f'<autoref identifier="{escape(identifier)}" optional><code>{escape(text)}</code></autoref>'
     )
 
 
