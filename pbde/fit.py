@@ -681,11 +681,15 @@ class _PairData:
             _check_int("batch_size", batch_size, 1)
         self.prefs = prefs = prefs.to(device)
         if prefs.weight is not None:
-            # only relative weights matter (weighted means): scaled to a maximum of 1, so that
-            # subnormal weights (1e-45) do not make the step's size underflow to NaN
-            prefs = self.prefs = Preferences._trusted(
-                prefs.xa, prefs.xb, prefs.y, prefs.annotator_id, prefs.weight / prefs.weight.max()
-            )
+            # only relative weights matter (weighted means): scaled by a power of 2 (exactly:
+            # the means do not change by a bit) to a maximum in [0.5, 1), so that subnormal
+            # weights (1e-45) do not make the step's size underflow to NaN
+            exponent = int(torch.frexp(prefs.weight.max().double()).exponent)
+            if exponent != 0:
+                weight = (prefs.weight.double() * 2.0**-exponent).to(prefs.weight.dtype)
+                prefs = self.prefs = Preferences._trusted(
+                    prefs.xa, prefs.xb, prefs.y, prefs.annotator_id, weight
+                )
         self.n = n = len(prefs)
         self.batch_size = batch_size
         if not isinstance(replacement, bool):
@@ -742,7 +746,7 @@ class _PairData:
         seed and the epoch's number, so a resumed run continues the same epoch."""
         epoch, position = divmod(self._step, self.batches_per_epoch)
         if self._epoch != epoch:
-            generator = torch.Generator().manual_seed(self._seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed((self._seed * 1_000_003 + epoch) % 2**64)
             self._epoch, self._permutation = epoch, torch.randperm(self.n, generator=generator)
         self._step += 1
         return self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
@@ -942,6 +946,8 @@ def optimize(
     if max_grad_norm is not None:
         max_grad_norm = check_positive_number("max_grad_norm", max_grad_norm)
     _check_int("checkpoint_every", checkpoint_every, 1)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"'seed' must be an int in [-2**63, 2**64 - 1]. Got {seed!r}.")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"'progress' must be True, False or None. Got {progress!r}.")
     if checkpoint is not None:
