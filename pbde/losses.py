@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pbde._validation import check_positive_number
+from pbde._validation import check_positive_number, is_validation_enabled
 
 __all__ = ["bce", "ipo", "hinge", "rrhf", "rrhf_ranking", "get"]
 
@@ -53,6 +53,20 @@ def _weighted(weight: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
     return torch.where((weight == 0) & torch.isinf(term), 0.0, weight * term)
 
 
+def _check_overflow(value, logits, name: str, parameter: float):
+    """Raise ``ValueError`` where finite logits gave an infinite loss (while validation is on):
+    the parameter, or the logits, overflow the dtype."""
+    if is_validation_enabled() and isinstance(value, torch.Tensor):
+        overflow = torch.isinf(value) & torch.isfinite(logits)
+        if bool(overflow.any()):
+            raise ValueError(
+                f"The loss overflowed {value.dtype} at finite logits (e.g. "
+                f"{float(logits[overflow].reshape(-1)[0])!r}) with '{name}'={parameter!r}: use a "
+                "more moderate value or float64 logits."
+            )
+    return value
+
+
 def _at_least_float32(value):
     if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
         return value.float()
@@ -74,7 +88,8 @@ def ipo(logits: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     tau = check_positive_number("tau", tau)
     target = 1.0 / (2.0 * tau)
     logits, y = _at_least_float32(logits), _at_least_float32(y)
-    return _weighted(y, (logits - target) ** 2) + _weighted(1 - y, (logits + target) ** 2)
+    value = _weighted(y, (logits - target) ** 2) + _weighted(1 - y, (logits + target) ** 2)
+    return _check_overflow(value, logits, "tau", tau)
 
 
 def hinge(logits: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
@@ -90,7 +105,8 @@ def hinge(logits: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Te
     """
     delta = check_positive_number("delta", delta, allow_zero=True)
     logits, y = _at_least_float32(logits), _at_least_float32(y)
-    return _weighted(y, F.relu(delta - logits)) + _weighted(1 - y, F.relu(delta + logits))
+    value = _weighted(y, F.relu(delta - logits)) + _weighted(1 - y, F.relu(delta + logits))
+    return _check_overflow(value, logits, "delta", delta)
 
 
 def rrhf(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

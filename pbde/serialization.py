@@ -158,7 +158,7 @@ def load_model(
         model.load_state_dict(state, assign=True)
         _check_loaded(model)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
-        detail = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(f"{where!r} is a damaged pbde model file: {detail}") from None
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name not in config.get("frozen", []))
