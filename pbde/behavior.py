@@ -137,8 +137,9 @@ class PBDE:
             bad = torch.isnan(omega) | (torch.isinf(omega) & torch.isfinite(log_p))
             if bool(bad.any()):
                 i = int(torch.nonzero(bad.reshape(-1))[0])
-                f_i = f if isinstance(f, float) else float(f.reshape(-1)[i])
-                g_i = g if isinstance(g, float) else float(g.reshape(-1)[i])
+                omega, log_p = omega.detach(), log_p.detach()
+                f_i = f if isinstance(f, float) else float(f.detach().reshape(-1)[i])
+                g_i = g if isinstance(g, float) else float(g.detach().reshape(-1)[i])
                 raise ValueError(
                     f"Ω(x) = f(x)·log p(x) + g(x) of {self!r} is {float(omega[i])} at item {i} "
                     f"of the batch (f = {f_i!r}, log p = {float(log_p[i])!r}, g = {g_i!r}): "

@@ -1139,9 +1139,13 @@ def test_subnormal_weights_fit_like_unit_weights():
 
 
 def test_validation_off_skips_the_whole_data_check():
-    bad = pbde.Preferences(t([0, 1, 2, 3] * 8), t([1, 2, 3, 1] * 8), torch.ones(32))
-    with pbde.validation(False):
-        pbde.fit(annotator(), bad, steps=2, batch_size=2, progress=False)  # valid data: runs
+    """Like validate_args: switched off, nothing is checked (the caller vouches for the data)."""
+    bad = pbde.Preferences(t([0, 1, 2, 3] * 8), t([1, 2, 3, -1] * 8), torch.ones(32))
+    with pytest.raises(ValueError, match="-1"):
+        pbde.fit(annotator(), bad, steps=2, batch_size=2, progress=False)
+    with pbde.validation(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore", pbde.SeparationWarning)
+        pbde.fit(annotator(), bad, steps=2, batch_size=2, progress=False)
 
 
 # -- fuzzing: finite in, finite out (or a clear error) -------------------------------------------
