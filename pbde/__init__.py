@@ -16,7 +16,14 @@ from pbde.annotators import (
 )
 from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
 from pbde.data import Preferences, TextPreferences, sample_pairs
-from pbde.fit import FitResult, evaluate, fit, fit_ensemble, nll_regularizer
+from pbde.fit import (
+    FitResult,
+    SeparationWarning,
+    evaluate,
+    fit,
+    fit_ensemble,
+    nll_regularizer,
+)
 from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
 from pbde.serialization import load_model, save_model
 from pbde.support import Grid, SequenceSupport, Support
@@ -53,6 +60,7 @@ __all__ = [
     "fit_ensemble",
     "evaluate",
     "FitResult",
+    "SeparationWarning",
     "save_model",
     "load_model",
     "nll_regularizer",

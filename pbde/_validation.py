@@ -74,8 +74,40 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
+def as_tensor(name: str, value: object) -> torch.Tensor:
+    """``torch.as_tensor(value)``, with torch's conversion errors (strings, ragged lists, numbers
+    too large for any dtype) turned into a ``TypeError`` or ``ValueError`` naming ``name``."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"'{name}' must be a tensor of numbers. Got the string {value!r}.")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(
+            f"'{name}' must be convertible to a tensor of numbers. Got {_short(value)} "
+            f"({str(error).splitlines()[0]})."
+        ) from None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_real(name: str, value: torch.Tensor) -> None:
+    """Raise ``TypeError`` if a tensor is complex: its imaginary part would be dropped silently."""
+    if value.is_complex():
+        raise TypeError(
+            f"'{name}' must hold real numbers. Got dtype {value.dtype} (complex), e.g. "
+            f"{value.reshape(-1)[0].item()!r}."
+        )
+
+
 def check_finite(name: str, value: torch.Tensor) -> None:
-    """Raise ``ValueError`` if a floating tensor holds NaN or infinity."""
+    """Raise ``ValueError`` if a floating tensor holds NaN or infinity (``TypeError`` if it is
+    complex)."""
+    check_real(name, value)
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         bad = value[~torch.isfinite(value)]
         raise ValueError(

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pbde._validation import check_tensor, mixture_log_weights
+from pbde._validation import check_tensor, is_validation_enabled, mixture_log_weights
 from pbde.behavior import PBDE, luce
 from pbde.data import Preferences
 from pbde.densities.base import Density, check_density
@@ -30,9 +30,13 @@ class PreferenceProcess(nn.Module):
         """Preference logits, shape ``(n,)``, for pairs given as two batches of shape
         ``(n, *event_shape)``.
 
+        Infinite logits are legal (a :class:`DeterministicAnnotator`'s are ±inf; an item of
+        zero density loses with logit −inf); NaN never is.
+
         Raises:
             TypeError, ValueError: if ``xa``/``xb`` are not tensors of the same non-empty shape
-                (and, while validation is on, if the density rejects the items).
+                (and, while validation is on, if the density rejects the items or a logit is
+                NaN).
         """
         check_tensor("xa", xa)
         check_tensor("xb", xb)
@@ -41,7 +45,10 @@ class PreferenceProcess(nn.Module):
                 "'xa' and 'xb' must be non-empty batches of the same shape. Got "
                 f"{tuple(xa.shape)} and {tuple(xb.shape)}."
             )
-        return self._logits(xa, xb)
+        logits = self._logits(xa, xb)
+        if is_validation_enabled():
+            _check_no_nan(logits)
+        return logits
 
     def prob(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """P(x_A ≻ x_B), shape ``(n,)``."""
@@ -57,6 +64,7 @@ class PreferenceProcess(nn.Module):
         """
         with torch.no_grad():
             probs = self.prob(xa, xb)
+            _check_no_nan(probs)  # a NaN probability would become the label 0
             u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype).to(probs.device)
         return Preferences(xa, xb, (u < probs).to(torch.get_default_dtype()))
 
@@ -79,6 +87,16 @@ class PreferenceProcess(nn.Module):
         evaluates each distinct item once, however many pairs it is in.
         """
         return self._logits(items[ia], items[ib])
+
+
+def _check_no_nan(logits: torch.Tensor) -> None:
+    nan = torch.isnan(logits)
+    if bool(nan.any()):
+        raise ValueError(
+            f"The preference logits are NaN for {int(nan.sum())} of {logits.shape[0]} pairs "
+            f"(e.g. pair {int(torch.nonzero(nan)[0, 0])}): the model's scores are not finite "
+            "there (Ω = ±inf on both sides, or an overflow)."
+        )
 
 
 class Annotator(PreferenceProcess):
@@ -204,6 +222,7 @@ class MixtureAnnotator(PreferenceProcess):
             )
             who = who.to(h.device)
             probs = torch.sigmoid(h.gather(1, who[:, None]).squeeze(1))
+            _check_no_nan(probs)
             u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype).to(probs.device)
         y = (u < probs).to(torch.get_default_dtype())
         return Preferences(xa, xb, y, annotator_id=who)

@@ -11,12 +11,20 @@ the annotator's implicit preference distribution p* or with a model π_θ (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from numbers import Real
 
 import torch
 
-from pbde._validation import check_all_positive, check_positive_number, is_validation_enabled
+from pbde._validation import (
+    as_tensor,
+    check_all_positive,
+    check_finite,
+    check_positive_number,
+    check_real,
+    is_validation_enabled,
+)
 
 FunctionOfX = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,8 +49,10 @@ class PBDE:
 
     Raises:
         TypeError: if ``f`` or ``g`` is neither a number nor a callable.
-        ValueError: if a constant ``f`` is not > 0; when evaluated (validation on), if ``f(x)``
-            is not > 0 at some ``x``.
+        ValueError: if a constant ``f`` is not finite and > 0 or a constant ``g`` not finite;
+            when evaluated (validation on), if ``f(x)`` is not finite and > 0 or ``g(x)`` not
+            finite at some ``x``, or if Ω(x) is NaN, or infinite where log p(x) is finite (an
+            overflow, e.g. of ``dpo(1e308, ...)``). Ω(x) = −inf where p(x) = 0 is legal.
 
     Example:
         >>> import torch, pbde
@@ -70,6 +80,8 @@ class PBDE:
         else:
             if not isinstance(g, Real) or isinstance(g, bool):
                 raise TypeError(f"'g' must be a number or a callable of x. Got {g!r} instead.")
+            if not math.isfinite(float(g)):
+                raise ValueError(f"'g' must be finite. Got {g!r} instead.")
             self._g = float(g)
         self.name = name or "PBDE"
         self.references = tuple(references)
@@ -97,14 +109,18 @@ class PBDE:
         return value
 
     def g(self, x: torch.Tensor) -> torch.Tensor:
-        """g evaluated on a batch of items, shape ``(batch,)``."""
-        return self._evaluate("g", self._g, x)
+        """g evaluated on a batch of items, shape ``(batch,)``; checked to be finite."""
+        value = self._evaluate("g", self._g, x)
+        if not isinstance(self._g, float) and is_validation_enabled():
+            check_finite("g(x)", value)
+        return value
 
     @staticmethod
     def _evaluate(name: str, fn: float | FunctionOfX, x: torch.Tensor) -> torch.Tensor:
         if isinstance(fn, float):
             return torch.full((x.shape[0],), fn, dtype=torch.get_default_dtype(), device=x.device)
-        value = torch.as_tensor(fn(x))
+        value = as_tensor(f"{name}(x)", fn(x))
+        check_real(f"{name}(x)", value)
         if value.shape != (x.shape[0],):
             raise ValueError(
                 f"{name}(x) must return shape ({x.shape[0]},) for a batch of {x.shape[0]} items. "
@@ -116,11 +132,37 @@ class PBDE:
         """Ω(x) = f(x)·log p(x) + g(x) given ``log_p = log p(x)``, shape ``(batch,)``."""
         f = self.f(x) if self.constant_f is None else self.constant_f
         g = self.g(x) if not isinstance(self._g, float) else self._g
-        return f * log_p + g
+        omega = f * log_p + g
+        if is_validation_enabled():
+            bad = torch.isnan(omega) | (torch.isinf(omega) & torch.isfinite(log_p))
+            if bool(bad.any()):
+                i = int(torch.nonzero(bad.reshape(-1))[0])
+                omega, log_p = omega.detach(), log_p.detach()
+                f_i = f if isinstance(f, float) else float(f.detach().reshape(-1)[i])
+                g_i = g if isinstance(g, float) else float(g.detach().reshape(-1)[i])
+                raise ValueError(
+                    f"Ω(x) = f(x)·log p(x) + g(x) of {self!r} is {float(omega[i])} at item {i} "
+                    f"of the batch (f = {f_i!r}, log p = {float(log_p[i])!r}, g = {g_i!r}): "
+                    f"not representable in {omega.dtype}. Use a smaller f or g (e.g. beta, "
+                    "1/alpha) or a wider dtype."
+                )
+        return omega
 
     def invert(self, omega: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The log-density that gives score ``omega``: (Ω(x) − g(x)) / f(x)."""
         return (omega - self.g(x).to(omega)) / self.f(x).to(omega)
+
+
+def _representable(name: str, value: float, *coefficients: float) -> None:
+    """Raise ``ValueError`` if a coefficient derived from ``value`` (f or g's factor) is not a
+    finite number of the default dtype: ``dpo(1e308, ...)`` in float32 would score inf."""
+    dtype = torch.get_default_dtype()
+    largest = torch.finfo(dtype).max
+    if not all(math.isfinite(c) and abs(c) <= largest for c in coefficients):
+        raise ValueError(
+            f"'{name}' gives f or g coefficients ({', '.join(f'{c:g}' for c in coefficients)}) "
+            f"that are not finite in {dtype} (largest {largest:g}). Got {value!r}."
+        )
 
 
 def luce() -> PBDE:
@@ -195,6 +237,7 @@ def dpo(beta: float, reference, *, length: FunctionOfX | None = None) -> PBDE:
         tensor([-1.3863, -1.3863])
     """
     beta = check_positive_number("beta", beta)
+    _representable("beta", beta, beta)
     if length is not None and not callable(length):
         raise TypeError(f"'length' must be None or a callable of x. Got {length!r} instead.")
     ref = _frozen(reference)
@@ -248,6 +291,7 @@ def geometric(alpha: float, reference) -> PBDE:
     alpha = check_positive_number("alpha", alpha)
     ref = _frozen(reference)
     coefficient = 1.0 - 1.0 / alpha
+    _representable("alpha", alpha, 1.0 / alpha, coefficient)
 
     def scaled_log_ref(x: torch.Tensor) -> torch.Tensor:
         return coefficient * ref.log_prob(x)

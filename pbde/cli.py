@@ -62,6 +62,83 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _grid_size(text: str) -> int:
+    value = int(text)
+    if not 2 <= value <= 2**24:
+        raise argparse.ArgumentTypeError(f"must be an int in [2, 16777216], got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _check_device(device: str | None) -> None:
+    """A --device that this torch can use, before any work."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(
+            f"--device must be a torch device such as cpu, cuda or cuda:1; got {device!r}"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {device}: this torch sees no CUDA device (torch.cuda.is_available() "
+                "is False)"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UsageError(f"--device {device}: this torch has no MPS device")
+    elif parsed.type != "cpu":
+        raise UsageError(f"--device must be cpu, cuda[:N] or mps; got {device!r}")
+
+
+def _check_out_folder(out: Path | None, option: str = "--out") -> None:
+    """--out names a folder that exists or can be created, before any work."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{option} must be a folder; {str(out)!r} is a file")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {str(out)!r} cannot be created: {str(parent)!r} is a file")
+
+
+def _check_checkpoint(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--checkpoint must be a file path; {str(path)!r} is a folder")
+    if not path.parent.is_dir():
+        raise UsageError(f"--checkpoint {str(path)!r}: its folder does not exist")
+
+
 _LM_ONLY = (
     "max_length", "max_prompt_length", "lora_r", "lora_alpha", "epochs", "warmup_steps",
     "warmup_ratio", "schedule", "weight_decay", "max_grad_norm", "precision", "log_every",
@@ -79,6 +156,8 @@ def _check_fit_options(args: argparse.Namespace) -> None:
         raise UsageError("--delta applies only to --loss hinge")
     if args.test_fraction is not None and not 0.0 <= args.test_fraction < 1.0:
         raise UsageError(f"--test-fraction must be in [0, 1), got {args.test_fraction:g}")
+    _check_out_folder(args.out)
+    _check_checkpoint(args.checkpoint)
     if args.model is not None:
         from pbde.cli_language_model import check_options
 
@@ -328,7 +407,7 @@ def _fit_and_report(args: argparse.Namespace) -> int:
         )
     except FloatingPointError as error:
         print(f"pbde fit: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     model.to("cpu")
     heldout = None if test is None else evaluate_model(model, test)
     settings = {
@@ -467,6 +546,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate_model(model, prefs)
     except (ValueError, TypeError) as error:
         raise UsageError(f"DATA does not fit MODEL: {str(error).splitlines()[0]}") from None
+    if metrics["log_likelihood"] != metrics["log_likelihood"]:
+        raise UsageError(f"MODEL {str(args.model)!r} gives a NaN log-likelihood on DATA")
     metrics["dropped_rows"] = read.dropped
     if args.json:
         print(json.dumps(metrics))
@@ -531,11 +612,13 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="fit DPO to a synthetic Luce annotator and compare with the theory (Fig. 3)"
     )
-    demo.add_argument("--beta", type=float, default=4.0, help="DPO inverse temperature (> 0)")
-    demo.add_argument("--steps", type=int, default=300, help="training steps")
-    demo.add_argument("--pairs", type=int, default=2**13, help="annotator queries")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--grid-size", type=int, default=2**11, help="energy normalizer grid")
+    demo.add_argument("--beta", type=_positive_float, default=4.0,
+                      help="DPO inverse temperature (> 0)")  # fmt: skip
+    demo.add_argument("--steps", type=_positive_int, default=300, help="training steps")
+    demo.add_argument("--pairs", type=_positive_int, default=2**13, help="annotator queries")
+    demo.add_argument("--seed", type=_seed, default=0)
+    demo.add_argument("--grid-size", type=_grid_size, default=2**11,
+                      help="energy normalizer grid")  # fmt: skip
     demo.add_argument("--device", default="cpu", help="where to fit, e.g. cuda")
     demo.add_argument("--out", type=Path, default=None, help="folder for demo.png and demo.json")
     demo.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
@@ -564,9 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--density", choices=["categorical", "energy"],
                      help="the 1-D model to fit (instead of --model)")  # fmt: skip
     fit.add_argument("--items", type=_positive_int, help="number of items (categorical)")
-    fit.add_argument("--low", type=float, help="left end of the domain (energy)")
-    fit.add_argument("--high", type=float, help="right end of the domain (energy)")
-    fit.add_argument("--grid-size", type=_positive_int, help="normalizer grid (energy; 65536)")
+    fit.add_argument("--low", type=_finite_float, help="left end of the domain (energy)")
+    fit.add_argument("--high", type=_finite_float, help="right end of the domain (energy)")
+    fit.add_argument("--grid-size", type=_grid_size, help="normalizer grid (energy; 65536)")
     fit.add_argument("--behavior", choices=["luce", "dpo", "geometric", "ipo", "length-normalized"],
                      help="the annotator model (luce; dpo with --model)")  # fmt: skip
     fit.add_argument("--per-token", action="store_true",
@@ -577,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="pi_ref: a model file, or a model folder with --model")  # fmt: skip
     fit.add_argument("--loss", choices=["bce", "ipo", "hinge", "rrhf"], default="bce")
     fit.add_argument("--tau", type=_positive_float, help="IPO regularization (--loss ipo)")
-    fit.add_argument("--delta", type=float, help="hinge margin (--loss hinge; default 1)")
+    fit.add_argument("--delta", type=_non_negative_float,
+                     help="hinge margin (--loss hinge; default 1)")  # fmt: skip
     fit.add_argument("--steps", type=_positive_int, help="optimizer steps")
     fit.add_argument("--epochs", type=_positive_int, help="passes over the data (--model; 1)")
     fit.add_argument("--lr", type=_positive_float, help="peak learning rate (--model: 1e-6)")
@@ -605,8 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--log-every", type=_positive_int, help="steps between metrics records (10)")
     fit.add_argument("--eval-every", type=_positive_int,
                      help="steps between held-out evaluations (at the end)")  # fmt: skip
-    fit.add_argument("--seed", type=int, default=0, help="split, batches, MLP initialization")
-    fit.add_argument("--test-fraction", type=float, help="held-out fraction (0.2; 0: none)")
+    fit.add_argument("--seed", type=_seed, default=0, help="split, batches, MLP initialization")
+    fit.add_argument("--test-fraction", type=_finite_float,
+                     help="held-out fraction (0.2; 0: none)")  # fmt: skip
     fit.add_argument("--checkpoint", type=Path, help="checkpoint file (resumes if it exists)")
     fit.add_argument("--on-error", choices=["raise", "drop"], default="raise",
                      help="bad rows of DATA: stop (default) or drop them")  # fmt: skip
@@ -647,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--fast", action="store_true", help="the faster recipe (documented)")
     reproduce.add_argument("--out", type=Path, default=Path("reproduce"), help="output folder")
     reproduce.add_argument(
-        "--seed", type=int, default=None, help="seed (default: the experiment's own, usually 0)"
+        "--seed", type=_seed, default=None, help="seed (default: the experiment's own, usually 0)"
     )
     reproduce.add_argument("--steps", type=_positive_int, default=None, help="training steps")
     reproduce.add_argument(
@@ -664,13 +749,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         command = f"pbde {args.command}"
+        _check_device(getattr(args, "device", None))
+        if args.command in ("demo", "reproduce"):
+            _check_out_folder(args.out)
         return args.handler(args)
     except UsageError as error:
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:
-        print(f"{command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"{command}: error: {_first_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # never a traceback: one line, naming what failed
+        print(f"{command}: error: {type(error).__name__}: {_first_line(error)}", file=sys.stderr)
+        return 2
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from pbde._validation import check_finite, check_labels
+from pbde._validation import as_tensor, check_finite, check_labels, check_real
 
 PairSampler = Callable[[int, "torch.Generator | None"], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -29,7 +29,8 @@ class Preferences:
         ValueError: on empty data, mismatched lengths or shapes, non-finite items or labels,
             labels outside [0, 1], negative annotator ids, or negative / non-finite / all-zero
             weights.
-        TypeError: if ``annotator_id`` is not integer.
+        TypeError: if ``annotator_id`` is not integer, or the items, labels or weights are
+            strings or complex numbers (an imaginary part is never dropped silently).
 
     Example:
         >>> prefs = Preferences(torch.tensor([0, 1]), torch.tensor([2, 2]), torch.tensor([1.0, 0.0]))
@@ -38,8 +39,10 @@ class Preferences:
     """
 
     def __init__(self, xa, xb, y, annotator_id=None, weight=None):
-        xa, xb = torch.as_tensor(xa), torch.as_tensor(xb)
-        y = torch.as_tensor(y)
+        xa, xb = as_tensor("xa", xa), as_tensor("xb", xb)
+        y = as_tensor("y", y)
+        for name, value in (("xa", xa), ("xb", xb), ("y", y)):
+            check_real(name, value)
         if xa.ndim == 0 or xa.shape[0] == 0:
             raise ValueError(
                 f"'xa' must hold at least one comparison. Got shape {tuple(xa.shape)}."
@@ -58,8 +61,12 @@ class Preferences:
         y = y.to(torch.get_default_dtype()) if not y.is_floating_point() else y
         check_labels("y", y)
         if annotator_id is not None:
-            annotator_id = torch.as_tensor(annotator_id)
-            if annotator_id.is_floating_point() or annotator_id.dtype == torch.bool:
+            annotator_id = as_tensor("annotator_id", annotator_id)
+            if (
+                annotator_id.is_floating_point()
+                or annotator_id.is_complex()
+                or annotator_id.dtype == torch.bool
+            ):
                 raise TypeError(
                     f"'annotator_id' must hold integers. Got dtype {annotator_id.dtype}."
                 )
@@ -71,7 +78,8 @@ class Preferences:
             if bool((annotator_id < 0).any()):
                 raise ValueError(f"'annotator_id' must be >= 0. Got {int(annotator_id.min())}.")
         if weight is not None:
-            weight = torch.as_tensor(weight)
+            weight = as_tensor("weight", weight)
+            check_real("weight", weight)
             weight = weight if weight.is_floating_point() else weight.to(torch.get_default_dtype())
             if weight.shape != y.shape:
                 raise ValueError(

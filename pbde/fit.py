@@ -132,6 +132,11 @@ def fit(
     precision, epochs of shuffled mini-batches, metrics logging, periodic evaluation) are options
     of this same loop, for every density.
 
+    Before training, while validation is on (:func:`pbde.validation`), every distinct item of
+    ``prefs`` goes once through the checks of the model's densities and behaviors (the loop
+    itself validates only its first step): an item outside a density's domain or an f(x) <= 0
+    anywhere in the data stops the fit before it starts.
+
     Args:
         model: an :class:`~pbde.Annotator` or :class:`~pbde.MixtureAnnotator` whose parameters
             are trained in place.
@@ -166,10 +171,14 @@ def fit(
             :func:`nll_regularizer` for SLiC-HF's λ term).
         device: where to train (e.g. ``"cuda"``); the model and data are moved there. Default:
             the model's device.
-        checkpoint: a file path. Every ``checkpoint_every`` steps the model (without its frozen
-            reference densities), optimizer, scheduler, sampler state, loss and learning-rate
-            histories are saved there; if the file exists when ``fit`` starts, training resumes
-            from it.
+        checkpoint: a file path (its folder must exist). Every ``checkpoint_every`` steps the
+            model (without its frozen reference densities), optimizer, scheduler, sampler state,
+            loss and learning-rate histories are saved there, with a fingerprint of the run (a
+            hash of the data, the model's kinds and parameter shapes, the behavior and the
+            arguments that shape the training: loss and its parameters, steps/epochs, lr,
+            batching, optimizer, schedule, clipping, precision, seed; not the regularizer, which
+            is code, nor the device or logging); if the file exists when ``fit`` starts,
+            training resumes from it — only if it is a pbde checkpoint of the same run.
         checkpoint_every: steps between checkpoints, >= 1.
         log_every: every this many steps, record the training metrics averaged since the last
             record: ``loss``, ``learning_rate``, ``grad_norm`` (with clipping), ``rewards/chosen``,
@@ -189,10 +198,17 @@ def fit(
     Returns:
         :class:`FitResult`.
 
+    Warns:
+        SeparationWarning: with the ``"bce"`` loss and categorical densities, when the
+            comparisons separate the items (some never lost to the others; see
+            :func:`separated_items`): the maximum-likelihood fit then has no finite answer.
+
     Raises:
         TypeError: bad types, or loss parameters the loss does not take / lacks.
-        ValueError: bad values (steps, lr, batch_size, schedule, …), or a checkpoint written by a
-            run with a different number of steps.
+        ValueError: bad values (steps, lr, batch_size, schedule, …), items the model rejects, a
+            loss that does not return one value per pair, a checkpoint path in a missing folder
+            or naming a directory, or a checkpoint file that is not a pbde checkpoint or belongs
+            to a different run (the message names the file).
         FloatingPointError: if the objective becomes NaN or infinite; names the step. The model
             keeps the parameters of the last good step, and the last checkpoint (if any) is left
             as it was.
@@ -231,6 +247,22 @@ def fit(
         log_every = 10
     data.collect_stats = log_every is not None
     model.to(data.prefs.device)
+    if is_validation_enabled():
+        check_data_against_model(model, data.items)
+    if loss_fn.loss == "bce" or loss_fn.loss is _losses.bce:
+        warn_if_separated(model, data.prefs)
+    fingerprint = None
+    if checkpoint is not None:
+        fingerprint = _fingerprint(
+            data.prefs,
+            model,
+            loss=loss_fn.loss,
+            loss_kwargs=loss_kwargs,
+            epochs=epochs,
+            batch_size=batch_size,
+            replacement=replacement,
+            gradient_accumulation=accumulation,
+        )
 
     def objective(generator: torch.Generator):
         drawn = data.draw(generator)
@@ -266,13 +298,132 @@ def fit(
         statistics=data.take_stats if log_every is not None else None,
         evaluate=evaluation if eval_prefs is not None else None,
         eval_every=eval_every,
+        fingerprint=fingerprint,
     )
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"'{name}' must be an int >= {minimum}. Got {value!r}.")
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    # ValueError also for a non-int (1.5): the convention of pbde's int arguments
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < minimum
+    if bad or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"'{name}' must be an int {bound}. Got {value!r}.")
     return value
+
+
+#: the most optimization steps of one run (its loss history takes 16 bytes per step)
+MAX_STEPS = 2**31
+
+
+def check_data_against_model(model: nn.Module, items: torch.Tensor) -> None:
+    """Every distinct item of a data set through the checks of the model's densities and
+    behaviors, once, before training: the training loop validates only its first step, so an
+    item outside a density's domain (or an f(x) <= 0) in a later mini-batch would otherwise pass
+    unnoticed. Vectorized and without gradient: the items' shapes, dtypes and domains for each
+    density and reference density, and the behaviors' f (and, for items that are not token
+    sequences, g) on them. A language model's reference is not run here (its g is checked batch
+    by batch while validation is on, and a non-finite objective stops the fit).
+
+    Raises:
+        TypeError, ValueError: what the density or behavior raises, naming the items.
+    """
+    token_items = items.ndim >= 2 and not items.is_floating_point()
+    with torch.no_grad():
+        for annotator in _annotators(model):
+            x = items.to(annotator.density._param_device())
+            annotator.density._validate_items(x)
+            behavior = annotator.behavior
+            for reference in behavior.references:
+                reference._validate_items(x.to(reference._param_device()))
+            if behavior.constant_f is None:
+                behavior.f(x)
+            if not token_items and not isinstance(behavior._g, float):
+                behavior.g(x)
+
+
+def _annotators(model) -> list[Annotator]:
+    if isinstance(model, Annotator):
+        return [model]
+    return [a for sub in getattr(model, "annotators", ()) for a in _annotators(sub)]
+
+
+class SeparationWarning(RuntimeWarning):
+    """The comparisons separate the items: the maximum-likelihood fit has no finite answer."""
+
+
+def separated_items(prefs: Preferences) -> tuple[list, list] | None:
+    """The items of integer-id comparisons that the data separate from the rest, or ``None``.
+
+    In the directed graph of wins (an edge winner → loser for each comparison whose label gives
+    the winner a positive probability; a soft label gives both edges), the Bradley–Terry / Luce
+    maximum-likelihood estimate is finite exactly when the graph is strongly connected (Zermelo,
+    1929; Ford, 1957). Otherwise some group of items never lost to the others (their
+    log-strengths grow without bound under the likelihood) and some group never beat them.
+
+    Returns:
+        ``(never_lost, never_won)``: the items of the groups that no other item beat, and of
+        those that beat no other item; ``None`` when the graph is strongly connected (or the
+        items are not integer ids).
+    """
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if prefs.xa.ndim != 1 or prefs.xa.is_floating_point() or prefs.xa.dtype == torch.bool:
+        return None
+    keep = torch.ones_like(prefs.y, dtype=torch.bool)
+    if prefs.weight is not None:
+        keep = prefs.weight > 0
+    xa, xb, y = prefs.xa[keep].cpu(), prefs.xb[keep].cpu(), prefs.y[keep].cpu()
+    items, inverse = torch.unique(torch.cat([xa, xb]), return_inverse=True)
+    n, m = items.shape[0], xa.shape[0]
+    if n < 2:
+        return None
+    a, b = inverse[:m], inverse[m:]
+    winners = torch.cat([a[y > 0], b[y < 1]]).numpy()
+    losers = torch.cat([b[y > 0], a[y < 1]]).numpy()
+    graph = coo_matrix((np.ones(winners.shape[0]), (winners, losers)), shape=(n, n)).tocsr()
+    count, label = connected_components(graph, directed=True, connection="strong")
+    if count == 1:
+        return None
+    beaten = np.zeros(count, dtype=bool)  # a component with an edge into it from outside
+    beats = np.zeros(count, dtype=bool)  # with an edge out of it
+    between = label[winners] != label[losers]
+    beaten[label[losers][between]] = True
+    beats[label[winners][between]] = True
+    never_lost = items[torch.as_tensor(~beaten[label])].tolist()
+    never_won = items[torch.as_tensor(~beats[label])].tolist()
+    return never_lost, never_won
+
+
+def warn_if_separated(model, prefs: Preferences) -> None:
+    """Warn (:class:`SeparationWarning`) when a categorical model is fitted by maximum
+    likelihood to comparisons that separate its items (see :func:`separated_items`)."""
+    from pbde.densities.finite import Categorical
+
+    annotators = _annotators(model)
+    if not annotators or not all(isinstance(a.density, Categorical) for a in annotators):
+        return
+    found = separated_items(prefs)
+    if found is None:
+        return
+    never_lost, never_won = found
+
+    def listed(values):
+        more = f" and {len(values) - 8} more" if len(values) > 8 else ""
+        return ", ".join(map(str, values[:8])) + more
+
+    import warnings
+
+    warnings.warn(
+        f"The comparisons separate the items: item(s) {listed(never_lost)} never lost to the "
+        f"other items and item(s) {listed(never_won)} never beat them. The maximum-likelihood "
+        "fit has no finite answer: the loss tends to 0 while those log-probabilities grow "
+        "without bound, so the result depends on 'steps' and 'lr'. Add comparisons, a "
+        "regularizer (pbde.nll_regularizer), or use a bounded loss ('ipo').",
+        SeparationWarning,
+        stacklevel=3,
+    )
 
 
 def _resolve_steps(steps, epochs, data: _PairData) -> int:
@@ -446,6 +597,8 @@ def fit_ensemble(
     data = _PairData(prefs, batch_size, target, replacement)
     for m in models:
         m.to(data.prefs.device)
+        if is_validation_enabled():
+            check_data_against_model(m, data.items)
     stack = EnergyStack(densities)
     # a member that needs its normalizer every step (a regularizer on log π, a non-constant f)
     # has the whole grid evaluated anyway: it reads the items that lie on it from there
@@ -527,6 +680,16 @@ class _PairData:
         if batch_size is not None:
             _check_int("batch_size", batch_size, 1)
         self.prefs = prefs = prefs.to(device)
+        if prefs.weight is not None:
+            # only relative weights matter (weighted means): scaled by a power of 2 (exactly:
+            # the means do not change by a bit) to a maximum in [0.5, 1), so that subnormal
+            # weights (1e-45) do not make the step's size underflow to NaN
+            exponent = int(torch.frexp(prefs.weight.max().double()).exponent)
+            if exponent != 0:
+                weight = (prefs.weight.double() * 2.0**-exponent).to(prefs.weight.dtype)
+                prefs = self.prefs = Preferences._trusted(
+                    prefs.xa, prefs.xb, prefs.y, prefs.annotator_id, weight
+                )
         self.n = n = len(prefs)
         self.batch_size = batch_size
         if not isinstance(replacement, bool):
@@ -583,7 +746,7 @@ class _PairData:
         seed and the epoch's number, so a resumed run continues the same epoch."""
         epoch, position = divmod(self._step, self.batches_per_epoch)
         if self._epoch != epoch:
-            generator = torch.Generator().manual_seed(self._seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed((self._seed * 1_000_003 + epoch) % 2**64)
             self._epoch, self._permutation = epoch, torch.randperm(self.n, generator=generator)
         self._step += 1
         return self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
@@ -736,6 +899,7 @@ def optimize(
     statistics: Callable[[], dict] | None = None,
     evaluate: Callable[[], dict] | None = None,
     eval_every: int | None = None,
+    fingerprint: str | None = None,
 ) -> FitResult:
     """The one optimization loop of pbde (used by :func:`fit` and by density pre-training).
 
@@ -754,8 +918,14 @@ def optimize(
     parts of all processes summing to it (see :mod:`pbde.distributed`): the parameters start
     from rank 0's values, and each step sums the values and gradients over the processes before
     the identical optimizer step everywhere.
+
+    A checkpoint records a fingerprint of the run: ``fingerprint`` (the caller's hash of its
+    data and settings; :func:`fit` hashes the data, the loss and the batching), the module's
+    kinds and parameter shapes and this loop's settings (``steps`` … ``seed``). A checkpoint
+    file of a different run is refused (``ValueError`` naming the file); so is a file that is
+    not a complete, consistent pbde checkpoint.
     """
-    _check_int("steps", steps, 1)
+    _check_int("steps", steps, 1, MAX_STEPS)
     lr = check_positive_number("lr", lr)
     if optimizer not in ("adam", "adamw"):
         raise ValueError(f"'optimizer' must be 'adam' or 'adamw'. Got {optimizer!r}.")
@@ -776,6 +946,12 @@ def optimize(
     if max_grad_norm is not None:
         max_grad_norm = check_positive_number("max_grad_norm", max_grad_norm)
     _check_int("checkpoint_every", checkpoint_every, 1)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"'seed' must be an int in [-2**63, 2**64 - 1]. Got {seed!r}.")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"'progress' must be True, False or None. Got {progress!r}.")
+    if checkpoint is not None:
+        _check_checkpoint_path(checkpoint)
     parameters = [p for p in module.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("The model has no trainable parameters to fit.")
@@ -789,9 +965,31 @@ def optimize(
     history = torch.full((steps,), math.nan, dtype=torch.float64)
     learning_rates = torch.full((steps,), math.nan, dtype=torch.float64)
     start = 0
+    if checkpoint is not None:
+        fingerprint = _run_fingerprint(
+            fingerprint,
+            module,
+            steps=steps,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            max_grad_norm=max_grad_norm,
+            precision=precision,
+            seed=seed,
+        )
     if checkpoint is not None and os.path.exists(checkpoint):
         start = _load_checkpoint(
-            checkpoint, module, optim, scheduler, generator, history, learning_rates, steps
+            checkpoint,
+            module,
+            optim,
+            scheduler,
+            generator,
+            history,
+            learning_rates,
+            steps,
+            fingerprint,
         )
     if on_start is not None:
         on_start(start)
@@ -879,6 +1077,7 @@ def optimize(
                     generator,
                     history,
                     learning_rates,
+                    fingerprint,
                     step + 1,
                 )
             bar.update(1)
@@ -983,10 +1182,20 @@ def _bind_loss(loss, loss_kwargs):
             f"The loss {name!r} cannot take the parameters {sorted(loss_kwargs)}: {error}"
         ) from None
 
+    name = getattr(loss_fn, "__name__", repr(loss_fn))
+
     def bound(logits, y):
-        return loss_fn(logits, y, **loss_kwargs)
+        value = loss_fn(logits, y, **loss_kwargs)
+        if not isinstance(value, torch.Tensor) or value.shape != logits.shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"The loss {name!r} must return one value per pair, shape "
+                f"{tuple(logits.shape)} (unreduced: pbde reduces). Got {got}."
+            )
+        return value
 
     bound._pbde_bound = True
+    bound.loss = loss
 
     return bound
 
@@ -1002,7 +1211,64 @@ def _trainable_state(module: nn.Module) -> dict:
     return {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(frozen))}
 
 
-def _save_checkpoint(path, module, optimizer, scheduler, generator, history, learning_rates, step):
+def _fingerprint(prefs: Preferences, model: nn.Module, **settings) -> str:
+    """A hash of the training data and of :func:`fit`'s settings that shape the run (the
+    module's kinds and shapes and the optimizer's settings are added by :func:`optimize`)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in (prefs.xa, prefs.xb, prefs.y, prefs.weight, prefs.annotator_id):
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for annotator in _annotators(model):
+        digest.update(repr(annotator.behavior).encode())
+    for key, value in sorted(settings.items()):
+        if callable(value) and not isinstance(value, str):
+            value = getattr(value, "__qualname__", type(value).__qualname__)
+        digest.update(f"{key}={value!r};".encode())
+    return digest.hexdigest()
+
+
+def _run_fingerprint(fingerprint: str | None, module: nn.Module, **settings) -> str:
+    import hashlib
+
+    digest = hashlib.sha256((fingerprint or "").encode())
+    for name, sub in module.named_modules():
+        digest.update(f"{name}:{type(sub).__qualname__};".encode())
+    for name, tensor in _trainable_state(module).items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    for key, value in sorted(settings.items()):
+        digest.update(f"{key}={value!r};".encode())
+    return digest.hexdigest()
+
+
+def _check_checkpoint_path(path) -> None:
+    """Before any work: the checkpoint can be written where it is asked for."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"'checkpoint' must be a file path or None. Got {path!r}.")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"'checkpoint' must be a file path. Got {path!r}, which is a directory.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"'checkpoint' {path!r} is in a folder that does not exist ({folder!r}); create it "
+            "first."
+        )
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"'checkpoint' {path!r} cannot be written: {folder!r} is read-only.")
+
+
+_START_OVER = "Delete it, or pass another 'checkpoint' path, to start a new run."
+
+
+def _save_checkpoint(
+    path, module, optimizer, scheduler, generator, history, learning_rates, fingerprint, step
+):
     state = {
         "model": _trainable_state(module),
         "optimizer": optimizer.state_dict(),
@@ -1012,6 +1278,7 @@ def _save_checkpoint(path, module, optimizer, scheduler, generator, history, lea
         "learning_rates": learning_rates,
         "step": step,
         "steps": history.shape[0],
+        "fingerprint": fingerprint,
     }
     tmp = f"{os.fspath(path)}.tmp"
     torch.save(state, tmp)
@@ -1019,26 +1286,85 @@ def _save_checkpoint(path, module, optimizer, scheduler, generator, history, lea
 
 
 def _load_checkpoint(
-    path, module, optimizer, scheduler, generator, history, learning_rates, steps
+    path, module, optimizer, scheduler, generator, history, learning_rates, steps, fingerprint
 ) -> int:
-    state = torch.load(path, map_location=device_of(module), weights_only=True)
-    if state["steps"] != steps:
+    where = f"The checkpoint {os.fspath(path)!r}"
+    try:
+        state = torch.load(path, map_location=device_of(module), weights_only=True)
+    except Exception as error:  # EOFError, UnpicklingError, RuntimeError, OSError, ...
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
-            f"The checkpoint {os.fspath(path)!r} belongs to a run of {state['steps']} steps; "
-            f"this run asks for steps={steps}. Use another checkpoint path."
+            f"{where} cannot be read as a pbde checkpoint ({type(error).__name__}: {detail}). "
+            f"{_START_OVER}"
+        ) from None
+    required = {
+        "model": dict,
+        "optimizer": dict,
+        "scheduler": dict,
+        "generator": torch.Tensor,
+        "history": torch.Tensor,
+        "step": int,
+        "steps": int,
+    }
+    if not isinstance(state, dict) or any(
+        not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)
+        for key, kind in required.items()
+    ):
+        raise ValueError(
+            f"{where} is not a pbde checkpoint (it must be a dict with "
+            f"{', '.join(repr(k) for k in required)}). {_START_OVER}"
         )
-    expected = _trainable_state(module).keys()
+    if state.get("fingerprint") != fingerprint:
+        if state.get("fingerprint") is None:
+            cause = "was written by an earlier pbde that did not record its run"
+        else:
+            other = state["steps"]
+            example = f", e.g. {other} steps, not {steps}" if other != steps else ""
+            cause = f"belongs to a different run (other data, model or settings{example})"
+        raise ValueError(f"{where} {cause}; it cannot be resumed here. {_START_OVER}")
+    step = state["step"]
+    if state["steps"] != steps or not 1 <= step <= steps:
+        raise ValueError(
+            f"{where} is damaged: step {step!r} of {state['steps']!r}, for a run of {steps} "
+            f"steps. {_START_OVER}"
+        )
+    for key, target in (("history", history), ("learning_rates", learning_rates)):
+        value = state.get(key)
+        if not isinstance(value, torch.Tensor) or value.shape != target.shape:
+            raise ValueError(
+                f"{where} is damaged: its {key!r} is not a tensor of shape "
+                f"{tuple(target.shape)}. {_START_OVER}"
+            )
+        if not bool(torch.isfinite(value[:step]).all()):
+            raise ValueError(
+                f"{where} is damaged: its {key!r} is not finite before step {step}. {_START_OVER}"
+            )
+    expected = _trainable_state(module)
     if set(state["model"]) != set(expected):
         raise ValueError(
-            f"The checkpoint {os.fspath(path)!r} holds another model's parameters "
-            f"({len(state['model'])} tensors, this model has {len(expected)}). Use another "
-            "checkpoint path."
+            f"{where} holds another model's parameters ({len(state['model'])} tensors, this "
+            f"model has {len(expected)}). {_START_OVER}"
         )
-    module.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"].cpu())
+    for name, value in state["model"].items():
+        if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
+            raise ValueError(
+                f"{where} is damaged: its parameter {name!r} is not a tensor of shape "
+                f"{tuple(expected[name].shape)}. {_START_OVER}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"{where} is damaged: its parameter {name!r} is not finite. {_START_OVER}"
+            )
+    try:
+        module.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"].cpu())
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"{where} is damaged ({type(error).__name__}: {str(error).splitlines()[0]}). "
+            f"{_START_OVER}"
+        ) from None
     history.copy_(state["history"].cpu())
-    if "learning_rates" in state:  # absent from checkpoints of earlier versions
-        learning_rates.copy_(state["learning_rates"].cpu())
-    return int(state["step"])
+    learning_rates.copy_(state["learning_rates"].cpu())
+    return step

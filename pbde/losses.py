@@ -9,6 +9,13 @@ pair whose first item won. So a soft label is the expectation over hard labels, 
 objective under an annotator is the same function evaluated at the annotator's preference
 probability; :func:`pbde.optimal_density` relies on this.
 
+Infinite logits are legal input (a :class:`~pbde.DeterministicAnnotator`'s logits are ±inf):
+a loss is then 0 where the label agrees with the logit's sign, +inf where it contradicts it
+(``bce``, ``hinge``, ``rrhf``) — ``ipo`` is +inf at any infinite logit, the squared distance to a
+finite target — and a weight ``y = 0`` or ``1 − y = 0`` times an infinite term counts as 0, never
+NaN. NaN logits give NaN. Half-precision logits are computed in float32 (``ipo``'s squares
+overflow float16 from |h| ≈ 256) and returned in float32.
+
 Losses are orthogonal to behaviors: DPO is ``bce`` with :func:`pbde.dpo`, IPO is ``ipo`` with
 ``pbde.dpo(1.0, reference)``, SLiC-HF-direct is ``hinge`` with :func:`pbde.luce`, RSO's variant is
 ``hinge`` with ``pbde.dpo(1.0, reference)``.
@@ -19,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pbde._validation import check_positive_number
+from pbde._validation import check_positive_number, is_validation_enabled
 
 __all__ = ["bce", "ipo", "hinge", "rrhf", "rrhf_ranking", "get"]
 
@@ -40,10 +47,30 @@ def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(_weighted(y, F.logsigmoid(logits)) + _weighted(1 - y, F.logsigmoid(-logits)))
 
 
-def _weighted(weight: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    """weight·log_p with 0·(−inf) = 0, so a deterministic annotator's infinite logits give a
-    log-likelihood of 0 or −inf, never NaN (derivatives at finite logits are unchanged)."""
-    return torch.where((weight == 0) & torch.isneginf(log_p), 0.0, weight * log_p)
+def _weighted(weight: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+    """weight·term with 0·(±inf) = 0, so a deterministic annotator's infinite logits give a
+    loss of 0 or +inf, never NaN (derivatives at finite logits are unchanged)."""
+    return torch.where((weight == 0) & torch.isinf(term), 0.0, weight * term)
+
+
+def _check_overflow(value, logits, name: str, parameter: float):
+    """Raise ``ValueError`` where finite logits gave an infinite loss (while validation is on):
+    the parameter, or the logits, overflow the dtype."""
+    if is_validation_enabled() and isinstance(value, torch.Tensor):
+        overflow = torch.isinf(value) & torch.isfinite(logits)
+        if bool(overflow.any()):
+            raise ValueError(
+                f"The loss overflowed {value.dtype} at finite logits (e.g. "
+                f"{float(logits[overflow].reshape(-1)[0])!r}) with '{name}'={parameter!r}: use a "
+                "more moderate value or float64 logits."
+            )
+    return value
+
+
+def _at_least_float32(value):
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
 
 
 def ipo(logits: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
@@ -60,7 +87,9 @@ def ipo(logits: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """
     tau = check_positive_number("tau", tau)
     target = 1.0 / (2.0 * tau)
-    return y * (logits - target) ** 2 + (1 - y) * (logits + target) ** 2
+    logits, y = _at_least_float32(logits), _at_least_float32(y)
+    value = _weighted(y, (logits - target) ** 2) + _weighted(1 - y, (logits + target) ** 2)
+    return _check_overflow(value, logits, "tau", tau)
 
 
 def hinge(logits: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
@@ -75,7 +104,9 @@ def hinge(logits: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Te
         delta: margin δ >= 0.
     """
     delta = check_positive_number("delta", delta, allow_zero=True)
-    return y * F.relu(delta - logits) + (1 - y) * F.relu(delta + logits)
+    logits, y = _at_least_float32(logits), _at_least_float32(y)
+    value = _weighted(y, F.relu(delta - logits)) + _weighted(1 - y, F.relu(delta + logits))
+    return _check_overflow(value, logits, "delta", delta)
 
 
 def rrhf(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

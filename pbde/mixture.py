@@ -702,6 +702,8 @@ class Misspecification:
     gap_standard_error: float
     held_out_comparisons: int
     selection: KSelection
+    #: the K >= 2 of the best mixture, the one ``gap`` compares with K = 1
+    mixture_k: int = 2
 
     @classmethod
     def from_selection(cls, selection: KSelection) -> Misspecification:
@@ -730,23 +732,29 @@ class Misspecification:
             gap_standard_error=selection.standard_error[paired],
             held_out_comparisons=selection.held_out_comparisons,
             selection=selection,
+            mixture_k=mixture_k,
         )
 
     def __str__(self) -> str:
         scores = ", ".join(f"K={k}: {v:.4f}" for k, v in self.held_out_log_likelihood.items())
         if self.verdict == "several":
+            chosen = (
+                f"a mixture of K={self.k} annotator types"
+                if self.k == self.mixture_k
+                else f"K={self.k} annotator types are chosen (the best mixture, K={self.mixture_k},"
+            )
             lead = (
-                f"The data look like several annotators: a mixture of K={self.k} annotator "
-                f"types predicts the {self.held_out_comparisons} held-out comparisons better "
-                f"than a single annotator by {self.gap:.4f} nats per comparison "
-                f"(± {self.gap_standard_error:.4f})"
+                f"The data look like several annotators: {chosen} predicts the "
+                f"{self.held_out_comparisons} held-out comparisons better than a single "
+                f"annotator by {self.gap:.4f} nats per comparison (± "
+                f"{self.gap_standard_error:.4f})" + ("" if self.k == self.mixture_k else ")")
             )
         else:
             lead = (
                 "The data look like one annotator: no mixture predicts the "
                 f"{self.held_out_comparisons} held-out comparisons significantly better than "
                 f"a single annotator (best mixture's gain {self.gap:+.4f} ± "
-                f"{self.gap_standard_error:.4f} nats per comparison)"
+                f"{self.gap_standard_error:.4f} nats per comparison, at K={self.mixture_k})"
             )
         return f"{lead}; held-out log-likelihood per comparison: {scores}."
 

@@ -21,6 +21,7 @@ Hugging Face way (``model.model.save_pretrained``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -93,9 +94,15 @@ def load_model(
     Returns:
         The model, in eval mode, with the saved parameters (same dtypes as when saved).
 
+    Everything in the file is checked before use: the configuration's types and ranges (a
+    size is an int, a bound a finite number, a grid at most :data:`MAX_GRID_SIZE` points and no
+    larger than the tensors the file holds), the tensors' shapes and finiteness, and a
+    tabulated density's normalization (within 1e-6).
+
     Raises:
-        ValueError: if the file is not a pbde model file, or holds anything but tensors and plain
-            data.
+        ValueError: if the file is not a pbde model file, holds anything but tensors and plain
+            data, or holds a configuration or tensors that fail those checks; the message names
+            the file.
         OSError: if the file cannot be read.
     """
     if os.path.isdir(path):
@@ -110,9 +117,12 @@ def load_model(
             "pbde refuses to unpickle anything but tensors and plain data, which could run code "
             "from the file."
         ) from None
-    except (RuntimeError, EOFError) as error:
+    except OSError:
+        raise
+    except Exception as error:  # RuntimeError, EOFError (an empty file), ...
+        detail = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
-            f"{os.fspath(path)!r} is not a pbde model file (unreadable as a torch file: {error})."
+            f"{os.fspath(path)!r} is not a pbde model file (unreadable as a torch file: {detail})."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a pbde model file (no 'format' tag).")
@@ -121,14 +131,35 @@ def load_model(
             f"{os.fspath(path)!r} is a pbde model file of version {payload.get('version')!r}; "
             f"this pbde reads version {VERSION}."
         )
-    config, state = payload["config"], payload["state"]
+    config, state = payload.get("config"), payload.get("state")
+    where = os.fspath(path)
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise ValueError(f"{where!r} is a damaged pbde model file: no 'config' or 'state' dict.")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(
+                f"{where!r} is a damaged pbde model file: state entry {name!r} is a "
+                f"{type(tensor).__name__}, not a tensor."
+            )
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+            torch.isfinite(tensor).all()
+        ):
+            raise ValueError(
+                f"{where!r} is a damaged pbde model file: the tensor {name!r} holds NaN or "
+                "infinite values."
+            )
+    # a size in the configuration allocates memory before the state is read: bounded by what
+    # the file holds (a 1.5 KB file may not ask for a 2^27-point grid)
+    _limit[0] = max(sum(t.numel() for t in state.values()), 2**16)
     try:
         model = _build_process(config)
         # assign=True keeps the saved dtypes (a float64 model stays float64); the closures of
         # dpo/geometric hold the same reference modules, which get the saved weights here
         model.load_state_dict(state, assign=True)
-    except (KeyError, TypeError, RuntimeError) as error:
-        raise ValueError(f"{os.fspath(path)!r} is a damaged pbde model file: {error}") from None
+        _check_loaded(model)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"{where!r} is a damaged pbde model file: {detail}") from None
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name not in config.get("frozen", []))
     model.eval()
@@ -273,6 +304,51 @@ def _describe_density(density: Density, where: str) -> dict:
 
 # -- config -> model (placeholder values; the state dict fills them in) -------------------------
 
+#: the most points of an energy model's normalizer grid that :func:`load_model` builds from a
+#: file's configuration (the grid is not stored: 2^24 float32 points are 64 MiB)
+MAX_GRID_SIZE = 2**24
+# the largest size the file being loaded may ask for: the number of values its tensors hold
+# (at least 2^16, which costs nothing)
+_limit = [2**16]
+
+
+def _int(config: dict, key: str, minimum: int = 0, maximum: int | None = None) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key!r} must be an int. Got {value!r}.")
+    maximum = _limit[0] if maximum is None else maximum
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{key!r} must be an int in [{minimum}, {maximum}]. Got {value!r}.")
+    return value
+
+
+def _real(config: dict, key: str) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key!r} must be a number. Got {value!r}.")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{key!r} must be finite. Got {value!r}.")
+    return float(value)
+
+
+def _flag(config: dict, key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise TypeError(f"{key!r} must be true or false. Got {value!r}.")
+    return value
+
+
+def _check_loaded(model) -> None:
+    """What the constructors check of values the state dict assigned afterwards."""
+    for module in model.modules():
+        if type(module) is Tabulated:
+            log_total = float(module.support.log_integral(module.values.to(torch.float64)))
+            if not abs(log_total) <= 1e-6:
+                raise ValueError(
+                    "a Tabulated density is not normalized (its integral is "
+                    f"{math.exp(log_total) if log_total < 700 else math.inf!r}, not 1)."
+                )
+
 
 def _build_process(config: dict):
     if config["kind"] == "annotator":
@@ -281,7 +357,7 @@ def _build_process(config: dict):
     if config["kind"] == "mixture_annotator":
         return MixtureAnnotator(
             [_build_process(c) for c in config["annotators"]],
-            learn_weights=bool(config["learn_weights"]),
+            learn_weights=_flag(config, "learn_weights"),
         )
     raise TypeError(f"unknown model kind {config['kind']!r}")
 
@@ -296,43 +372,43 @@ def _build_behavior(config: dict, density: Density, build_reference=None) -> PBD
     build_reference = build_reference or _build_density
     if name == "dpo":
         length = tokens if config.get("length_normalized", False) else None
-        return dpo(float(config["beta"]), build_reference(config["reference"]), length=length)
+        return dpo(_real(config, "beta"), build_reference(config["reference"]), length=length)
     if name == "geometric":
-        return geometric(float(config["alpha"]), build_reference(config["reference"]))
+        return geometric(_real(config, "alpha"), build_reference(config["reference"]))
     if name == "constant":
-        return PBDE(float(config["f"]), float(config["g"]))
+        return PBDE(_real(config, "f"), _real(config, "g"))
     raise TypeError(f"unknown behavior {name!r}")
 
 
 def _build_density(config: dict) -> Density:
     kind = config["type"]
     if kind == "Categorical":
-        return Categorical(size=int(config["size"]))
+        return Categorical(size=_int(config, "size", 1))
     if kind == "EnergyModel":
         return EnergyModel(
-            float(config["low"]),
-            float(config["high"]),
-            hidden=tuple(int(h) for h in config["hidden"]),
+            _real(config, "low"),
+            _real(config, "high"),
+            hidden=tuple(_int({"hidden": h}, "hidden", 1) for h in config["hidden"]),
             activation=str(config["activation"]),
-            grid_size=int(config["grid_size"]),
+            grid_size=_int(config, "grid_size", 2, MAX_GRID_SIZE),
         )
     if kind == "TruncatedNormalMixture":
-        k = int(config["components"])
+        k = _int(config, "components", 1)
         return TruncatedNormalMixture(
             torch.zeros(k),
             torch.ones(k),
-            low=float(config["low"]),
-            high=float(config["high"]),
-            learnable=bool(config["learnable"]),
+            low=_real(config, "low"),
+            high=_real(config, "high"),
+            learnable=_flag(config, "learnable"),
         )
     if kind == "Tabulated":
         described = config["support"]
         if "grid" in described:
             grid = described["grid"]
             support: Support = Grid(
-                float(grid["low"]),
-                float(grid["high"]),
-                int(grid["size"]),
+                _real(grid, "low"),
+                _real(grid, "high"),
+                _int(grid, "size", 2),
                 dtype=_dtype(grid["dtype"]),
             )
         else:
@@ -345,19 +421,19 @@ def _build_density(config: dict) -> Density:
         return Tabulated(support, uniform.expand(len(support)).clone())
     if kind == "Autoregressive":
         return Autoregressive(
-            int(config["vocab_size"]),
-            int(config["max_length"]),
-            eos=int(config["eos"]),
-            min_length=int(config["min_length"]),
-            embedding_dim=int(config["embedding_dim"]),
-            hidden_size=int(config["hidden_size"]),
-            num_layers=int(config["num_layers"]),
-            dropout=float(config["dropout"]),
+            _int(config, "vocab_size", 2),
+            _int(config, "max_length", 1),
+            eos=_int(config, "eos"),
+            min_length=_int(config, "min_length", 1),
+            embedding_dim=_int(config, "embedding_dim", 1),
+            hidden_size=_int(config, "hidden_size", 1),
+            num_layers=_int(config, "num_layers", 1, 64),
+            dropout=_real(config, "dropout"),
         )
     if kind == "Mixture":
         return Mixture(
             [_build_density(c) for c in config["components"]],
-            learn_weights=bool(config["learn_weights"]),
+            learn_weights=_flag(config, "learn_weights"),
         )
     raise TypeError(f"unknown density type {kind!r}")
 

@@ -9,6 +9,7 @@ pbde that normalizes, integrates or compares densities goes through
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 
@@ -131,6 +132,9 @@ class Grid(Support):
     def __init__(
         self, low: float, high: float, size: int = 2**16, *, dtype: torch.dtype = torch.float32
     ):
+        for name, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"'{name}' must be a real number. Got {value!r} instead.")
         low, high = float(low), float(high)
         if not (math.isfinite(low) and math.isfinite(high)) or not high > low:
             raise ValueError(

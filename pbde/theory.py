@@ -95,6 +95,13 @@ def optimal_density(
     if not isinstance(behavior, PBDE):
         raise TypeError(f"'behavior' must be a pbde.PBDE. Got {type(behavior).__name__}.")
     support = as_support(support)
+    if loss in ("hinge", "rrhf") or loss in (_losses.hinge, _losses.rrhf):
+        name = loss if isinstance(loss, str) else loss.__name__
+        raise ValueError(
+            f"'loss'={name!r} is piecewise linear in the logits: its population optimum is not "
+            "unique, so optimal_density cannot compute it. Use a smooth, strictly convex loss "
+            "('bce', 'ipo' with tau) or a callable one."
+        )
     loss_fn = _losses.get(loss)
     _check_normalized(annotator, support, normalization_atol)
     if support.num_groups == 1:

@@ -310,10 +310,16 @@ def test_misspecification_reports_the_best_mixture_against_one_annotator(
     assert verdict.verdict == ("one" if k == 1 else "several") and verdict.k == k
     assert verdict.gap == pytest.approx(gap)
     assert verdict.gap_standard_error == pytest.approx(error)
+    best_mixture = max((m for m in scores if m >= 2), key=scores.get)
+    assert verdict.mixture_k == best_mixture
     if k == 1:
         assert f"best mixture's gain {gap:+.4f} ± {error:.4f} nats" in str(verdict)
     else:
         assert f"by {gap:.4f} nats per comparison (± {error:.4f})" in str(verdict)
+    # the gain is quoted next to the K it belongs to, not next to the chosen K
+    assert f"K={best_mixture}" in str(verdict).split(";")[0]
+    if k != best_mixture and k != 1:
+        assert f"the best mixture, K={best_mixture}, predicts" in str(verdict)
 
 
 def test_select_k_with_ids_holds_out_whole_annotators():

@@ -57,6 +57,8 @@ class EnergyModel(Density):
         grid_size: int = 2**16,
     ):
         super().__init__()
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
+            raise ValueError(f"'grid_size' must be an int >= 2. Got {grid_size!r} instead.")
         self.grid = Grid(low, high, grid_size)
         self.low, self.high = self.grid.low, self.grid.high
         if activation not in _ACTIVATIONS:

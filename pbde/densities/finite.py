@@ -83,7 +83,8 @@ class Categorical(Density):
 
     def _validate_items(self, x: torch.Tensor) -> None:
         super()._validate_items(x)
-        if x.is_floating_point() or x.is_complex():
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            # a bool tensor would index as a mask, not as ids
             raise TypeError(f"'x' must hold integer item ids for Categorical. Got dtype {x.dtype}.")
         bad = (x < 0) | (x >= self.size)
         if bool(bad.any()):
@@ -161,6 +162,20 @@ class Tabulated(Density):
 
     def _validate_items(self, x):
         super()._validate_items(x)
+        points = self.support.points
+        if not points.is_floating_point():
+            if x.dtype == torch.bool:
+                raise TypeError(
+                    f"'x' must hold integer items for this Tabulated density on a support of "
+                    f"{points.dtype} items. Got dtype {x.dtype}."
+                )
+            fractional = x != x.round() if x.is_floating_point() else None
+            if fractional is not None and bool(fractional.any()):
+                # 1.5 would be cast to 1 and read as that item
+                raise ValueError(
+                    "'x' must hold items of the support of this Tabulated density (integers). "
+                    f"Got {x[fractional].reshape(-1)[0].item()!r}."
+                )
         if isinstance(self.support, Grid):
             bad = (x < self.support.low) | (x > self.support.high)
             if bool(bad.any()):
