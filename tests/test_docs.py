@@ -147,6 +147,6 @@ def test_the_api_landing_page_lists_every_public_name(site):
     page = (site / "api" / "pbde" / "index.html").read_text(encoding="utf-8")
     table = page[page.index('<div class="public-names"') :]
     table = table[: table.index("</table>")]
-    listed = re.findall(r"<tr><td>.*?<code>([^<]+)</code>", table)
+    listed = re.findall(r"<tr><td>.*?<code>([^<]+)</code>", table, flags=re.S)
     assert listed == list(pbde.__all__)
     assert 'href="../annotators/#pbde.annotators.Annotator"' in table  # names link to their pages
