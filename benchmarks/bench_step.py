@@ -1,4 +1,4 @@
-"""Per-step cost at the paper's settings: pbde against a naive eager PyTorch step (issue #3).
+"""Per-step cost at the paper's settings: pbde against a naive eager PyTorch step.
 
 The setting is Dumoulin et al.'s Fig. 3 (Table 1): a 4×64 tanh MLP energy, 2^15 pairs drawn from
 π_pre (normalized, and sampled, on a 2^16-point grid), DPO with β = 4, Adam, full batch.

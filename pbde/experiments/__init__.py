@@ -40,7 +40,7 @@ _REGISTRY = {
     "lm-mixture-latent": (
         "lm_latent",
         False,
-        "#5's open problem: a latent-annotator mixture (Pyro) on eq. 27 sequence data, "
+        "a latent-annotator mixture (Pyro) on eq. 27 sequence data, "
         "without and with annotator IDs",
     ),
     "lm-theory": (

@@ -1,4 +1,4 @@
-"""Latent-annotator mixtures fitted to the eq. 27 sequence data (issue #5's open problem).
+"""Latent-annotator mixtures fitted to the eq. 27 sequence data.
 
 ``pbde reproduce lm-mixture-latent``. The models, corpus and pairs are those of
 :mod:`pbde.experiments.lm_mixture` (Fig. 6). The paper's appendix A.4 recipe — two noisy

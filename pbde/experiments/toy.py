@@ -21,7 +21,7 @@ LOW, HIGH = -10.0, 10.0
 class TrainingSettings:
     """The paper's training settings for the 1-D toy (Table 1, §3–4), shared by the experiments.
 
-    The learning rate is Table 1's 5e-4 (issue #3 quotes 1e-4; the paper's table is followed).
+    The learning rate is Table 1's 5e-4.
     """
 
     pairs: int = 2**15
