@@ -43,7 +43,21 @@ class UsageError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, where it has one (not None or a flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # argparse would print the usage and exit; main prints one line
         raise UsageError(message)
 
@@ -616,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="DPO inverse temperature (> 0)")  # fmt: skip
     demo.add_argument("--steps", type=_positive_int, default=300, help="training steps")
     demo.add_argument("--pairs", type=_positive_int, default=2**13, help="annotator queries")
-    demo.add_argument("--seed", type=_seed, default=0)
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the pairs and the fit")
     demo.add_argument("--grid-size", type=_grid_size, default=2**11,
                       help="energy normalizer grid")  # fmt: skip
     demo.add_argument("--device", default="cpu", help="where to fit, e.g. cuda")
@@ -658,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--alpha", type=_positive_float, help="geometric mixing exponent")
     fit.add_argument("--reference", type=Path,
                      help="pi_ref: a model file, or a model folder with --model")  # fmt: skip
-    fit.add_argument("--loss", choices=["bce", "ipo", "hinge", "rrhf"], default="bce")
+    fit.add_argument("--loss", choices=["bce", "ipo", "hinge", "rrhf"], default="bce",
+                     help="per-pair loss (bce: the PBDE likelihood)")  # fmt: skip
     fit.add_argument("--tau", type=_positive_float, help="IPO regularization (--loss ipo)")
     fit.add_argument("--delta", type=_non_negative_float,
                      help="hinge margin (--loss hinge; default 1)")  # fmt: skip
@@ -711,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="comparisons per forward pass (language models)")  # fmt: skip
     evaluate.add_argument("--max-length", type=_positive_int,
                           help="truncate as in training (language models; the run's value)")  # fmt: skip
-    evaluate.add_argument("--on-error", choices=["raise", "drop"], default="raise")
+    evaluate.add_argument("--on-error", choices=["raise", "drop"], default="raise",
+                          help="bad rows of DATA: stop or drop them")  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
