@@ -388,7 +388,13 @@ def sequence_policy(backbone: str):
         return policy, pbde.SequenceSupport(vocab, length)
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(
-        vocab_size=vocab, n_positions=length + 3, n_embd=16, n_layer=1, n_head=2
+        vocab_size=vocab,
+        n_positions=length + 3,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     lm = pbde.densities.CausalLM(transformers.GPT2LMHeadModel(config))
     policy = pbde.densities.ForcedEOS(lm, length, eos=0)
