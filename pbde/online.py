@@ -29,6 +29,12 @@ fit gets there — what ``pbde reproduce online`` measures. Otherwise (a
 proposals actually used. A deterministic annotator has no finite optimum under BCE (the logits
 run off to infinity); pass the density you hoped to learn as ``target``.
 
+**Language models.** The model density may be a sequence policy (an
+:class:`~pbde.densities.Autoregressive` GRU, or a :class:`~pbde.densities.ForcedEOS` GRU or
+Hugging Face :class:`~pbde.densities.CausalLM`) with ``support`` a :class:`~pbde.SequenceSupport`:
+the policy then labels pairs of its own completions, drawn by enumerating the support (a pair
+shares its prompt), and the target is eq. 16 per prompt, computed on the support.
+
 Proposals are callables ``(model, n, generator) -> (xa, xb)``: :class:`Static`,
 :class:`OnPolicy`, :class:`MainEnhancer` (with :class:`Tempered`, :class:`BestOfN` or
 :class:`RejectionSampled` enhancers), :class:`BestVsWorst` (the RLHFlow recipe) and
@@ -53,7 +59,7 @@ from pbde.annotators import Annotator, DeterministicAnnotator, PreferenceProcess
 from pbde.data import Preferences
 from pbde.densities.base import Density, check_density
 from pbde.fit import FitResult, fit
-from pbde.support import Grid, Support, as_support
+from pbde.support import Grid, SequenceSupport, Support, as_support
 from pbde.theory import kl, optimal_density, tv
 
 __all__ = [
@@ -134,18 +140,27 @@ def _within_level(mu: torch.Tensor, level: torch.Tensor, level_mass: torch.Tenso
     return torch.where(level_mass[level] > 0, mu / level_mass[level].clamp_min(1e-300), 0.0)
 
 
-def _support_of(density: Density) -> Support:
+def _own_support(density: Density) -> Support | None:
     """The finite support or grid a density is normalized on (Categorical, Tabulated,
-    EnergyModel), for samplers that need to enumerate it."""
+    EnergyModel), or ``None`` (a continuous or sequence density)."""
     support = getattr(density, "support", None)
     if isinstance(support, Support):
         return support
     grid = getattr(density, "grid", None)
     if isinstance(grid, Grid):
         return grid
+    return None
+
+
+def _support_of(density: Density) -> Support:
+    """The finite support or grid of a density, for samplers that need to enumerate it."""
+    support = _own_support(density)
+    if support is not None:
+        return support
     raise ValueError(
         f"A {type(density).__name__} has no finite support or grid to enumerate; this needs a "
-        "Categorical, Tabulated or EnergyModel density (or give a 'bound' where one is asked)."
+        "Categorical, Tabulated or EnergyModel density (or give a 'bound' where one is asked; "
+        "for a sequence model, give 'support', a pbde.SequenceSupport, where one is asked)."
     )
 
 
@@ -336,19 +351,76 @@ class Static:
 
 
 class OnPolicy:
-    """Both items drawn independently from the current model density π_θ (iterative DPO)."""
+    """Both items drawn independently from the current model density π_θ (iterative DPO).
+
+    Without ``support`` the model density samples itself. With a finite ``support`` the pairs are
+    drawn from π_θ's masses on it, computed by enumeration: the same law for a density
+    normalized there, and the way to draw from one that cannot sample itself (a
+    :class:`~pbde.densities.ForcedEOS` language model on a :class:`~pbde.SequenceSupport`). On a
+    conditional support (a SequenceSupport with prompts) a pair is a prompt drawn uniformly and
+    two completions drawn from π_θ(· | prompt), as in DPO data: its items never mix prompts.
+
+    Args:
+        support: optional finite :class:`~pbde.Support` (or tensor of items) to draw from.
+
+    Example:
+        >>> import torch, pbde
+        >>> support = pbde.SequenceSupport(3, 3)
+        >>> lm = pbde.densities.Autoregressive(3, 3)
+        >>> xa, xb = pbde.online.OnPolicy(support)(pbde.Annotator(lm), 4)
+        >>> xa.shape, xb.shape
+        (torch.Size([4, 3]), torch.Size([4, 3]))
+    """
+
+    def __init__(self, support: Support | torch.Tensor | None = None):
+        self.support = None if support is None else as_support(support)
 
     def __call__(self, model, n: int, generator=None):
-        both = _model_density(model).sample(2 * n, generator=generator)
-        return both[:n], both[n:]
+        density = _model_density(model)
+        if self.support is None:
+            both = density.sample(2 * n, generator=generator)
+            return both[:n], both[n:]
+        mu = _conditional_masses(density, self.support)
+        group = self.support.group_index.cpu()
+        first = torch.multinomial(mu, n, replacement=True, generator=generator)
+        second = torch.empty_like(first)
+        for g in range(self.support.num_groups):  # the second item shares the first's prompt
+            rows = torch.nonzero(group[first] == g).reshape(-1)
+            if rows.numel():
+                within = torch.where(group == g, mu, torch.zeros_like(mu))
+                second[rows] = torch.multinomial(
+                    within, rows.numel(), replacement=True, generator=generator
+                )
+        points = self.support.points
+        return points[first.to(points.device)], points[second.to(points.device)]
 
     def pair_masses(self, model, support: Support) -> torch.Tensor:
-        """Q[a, b] = π_θ(a)·π_θ(b) on the support, shape ``(m, m)``."""
-        mu = _tempered_masses(_model_density(model), 1.0, support)
-        return mu[:, None] * mu[None, :]
+        """Q[a, b] = π_θ(a)·π_θ(b) on the support, shape ``(m, m)``; on a conditional support
+        Q[a, b] = π_θ(a | g)·π_θ(b | g) / G for a and b of the same prompt g (of G), else 0."""
+        mu = _conditional_masses(_model_density(model), support)
+        if support.num_groups == 1:
+            return mu[:, None] * mu[None, :]
+        group = support.group_index.cpu()
+        same = group[:, None] == group[None, :]
+        return torch.where(same, mu[:, None] * mu[None, :] * support.num_groups, 0.0)
 
     def __repr__(self) -> str:
-        return "OnPolicy()"
+        return "OnPolicy()" if self.support is None else f"OnPolicy(support={self.support!r})"
+
+
+def _conditional_masses(density: Density, support: Support) -> torch.Tensor:
+    """π(a | group of a) / G on a support of G groups (π(a) on a plain one), float64 on the CPU:
+    each group carries 1/G of the mass, whatever the density's own normalization."""
+    with torch.no_grad():
+        log_p = density.log_prob(support.points).to(torch.float64).cpu()
+    log_mass = log_p + support.log_weights.to(log_p.dtype)
+    log_total = support.log_integral_by_group(log_p)
+    if not bool(torch.isfinite(log_total).all()):
+        raise ValueError(
+            f"The model density puts no finite mass on some group of the support {support!r}."
+        )
+    group = support.group_index.cpu()
+    return torch.exp(log_mass - log_total[group]) / support.num_groups
 
 
 class MainEnhancer:
@@ -476,7 +548,9 @@ class Active:
         return f"Active(pool={self.pool}, base={self.base!r})"
 
 
-def _as_proposal(name: str, proposal, reference):
+def _as_proposal(name: str, proposal, reference, support: Support | None = None):
+    """A proposal from its name, a Density or a callable; ``support``: where the named on-policy
+    proposals draw by enumeration (:class:`OnPolicy` with a support)."""
     if isinstance(proposal, str):
         if proposal == "static":
             if reference is None:
@@ -486,9 +560,9 @@ def _as_proposal(name: str, proposal, reference):
                 )
             return Static(reference)
         if proposal == "on_policy":
-            return OnPolicy()
+            return OnPolicy(support)
         if proposal == "active":
-            return Active()
+            return Active(base=OnPolicy(support))
         raise ValueError(
             f"'{name}' as a string must be 'static', 'on_policy' or 'active'. Got {proposal!r}."
         )
@@ -791,6 +865,9 @@ def run(
         reference: π_0 for ``proposal="static"``; default: the model behavior's reference
             (π_ref of :func:`pbde.dpo`), if it has exactly one.
         support: where densities are compared; default: the model density's support or grid.
+            For a language model, a :class:`~pbde.SequenceSupport`; the named on-policy
+            proposals (``"on_policy"``, ``"active"``) then draw by enumerating it
+            (:class:`OnPolicy` with a support), and on one with prompts a pair shares a prompt.
         target: ``None`` (Lemma 1's optimum; needs a single :class:`~pbde.Annotator` and the
             BCE loss), ``"pooled"`` (the optimum for the pooled proposals, recomputed each
             round, for the loss of a refit dict, or BCE when ``refit`` is a callable; needs
@@ -827,9 +904,12 @@ def run(
         reference = model.behavior.references[0]
     elif reference is not None:
         check_density("reference", reference)
-    proposal = _as_proposal("proposal", proposal, reference)
     refit_fn = _as_refit(refit, seed)
     support = _support_of(density) if support is None else as_support(support)
+    # a language model on a SequenceSupport: the named on-policy proposals draw from its masses
+    # there (exact for a ForcedEOS model, which may not sample itself; pairs share a prompt)
+    enumerated = support if isinstance(support, SequenceSupport) else None
+    proposal = _as_proposal("proposal", proposal, reference, enumerated)
     loss, loss_kwargs = _refit_loss(refit)
     pooled = isinstance(target, str) and target == "pooled"
     if pooled:

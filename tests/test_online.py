@@ -374,6 +374,114 @@ def test_best_vs_worst_pair_masses_match_its_sampler():
     assert scipy.stats.chisquare(counts[seen], draws * q[seen]).pvalue > ALPHA
 
 
+# -- the loop on sequences ---------------------------------------------------------------------
+
+SEQUENCE_ROUNDS = [1000, 2000, 4000, 8000]
+
+
+def sequence_policy(backbone: str):
+    """A small untrained language model with EOS forced at length 4 on its SequenceSupport
+    (V = 3: tokens 1, 2 and EOS = 0; 15 completions): the GRU alone, GPT-2 for two prompts."""
+    vocab, length = 3, 4
+    if backbone == "gru":
+        policy = pbde.densities.Autoregressive(vocab, length, embedding_dim=8, hidden_size=16)
+        return policy, pbde.SequenceSupport(vocab, length)
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        vocab_size=vocab,
+        n_positions=length + 3,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    lm = pbde.densities.CausalLM(transformers.GPT2LMHeadModel(config))
+    policy = pbde.densities.ForcedEOS(lm, length, eos=0)
+    return policy, pbde.SequenceSupport(vocab, length, prompts=[[0, 1], [0, 2]])
+
+
+@pytest.mark.parametrize(("backbone", "beta"), [("gru", 0.5), ("gpt2", 1.0)])
+def test_iterative_dpo_on_sequences_converges_to_eq16(backbone, beta):
+    """On-policy iterative DPO with a language model that draws its own completions, labelled
+    by a Luce annotator with known p*: the pairs drawn from π_θ have full support, so by
+    Lemma 1 the pooled rounds have the optimum of eq. 16, π ∝ π_ref · p*^{1/β} (per prompt),
+    computed here in numpy from π_ref's log-masses and the reward."""
+    torch.manual_seed(0)
+    policy, support = sequence_policy(backbone)
+    with torch.no_grad():
+        log_ref = policy.log_prob(support.points).double()
+    reference = pbde.densities.Precomputed(support.points, log_ref)
+    completions = support.points if support.prompts is None else support.points[:, 1]
+    # the reward: one per token 1 (per token equal to the prompt's last), a liking for length 3
+    favoured = torch.ones(len(support), dtype=torch.long)
+    if support.prompts is not None:
+        favoured = support.points[:, 0, 1]
+    rewards = (completions == favoured[:, None]).sum(1).double()
+    rewards = rewards - 0.5 * (support.lengths.double() - 3).abs()
+    p_star = pbde.densities.Tabulated(support, rewards, normalize=True)
+    model = pbde.Annotator(policy, pbde.dpo(beta, reference))
+    result = online.run(
+        model,
+        pbde.Annotator(p_star),
+        rounds=len(SEQUENCE_ROUNDS),
+        queries_per_round=SEQUENCE_ROUNDS,
+        support=support,
+        refit={"steps": 150, "lr": 3e-2},
+        progress=False,
+    )
+    groups = support.group_index.numpy()
+    logits = log_ref.numpy() + rewards.numpy() / beta  # eq. 16, in logs
+    optimum = np.zeros(len(support))
+    for g in np.unique(groups):
+        at = groups == g
+        optimum[at] = np.exp(logits[at] - scipy.special.logsumexp(logits[at]))
+    with torch.no_grad():
+        learned = policy.log_prob(support.points).double().exp().numpy()
+        target = result.target.prob(support.points).double().numpy()
+    np.testing.assert_allclose(target, optimum, atol=1e-9)  # the loop's target is eq. 16
+
+    def mean_kl(p, q):  # the mean over prompts of KL(p ‖ q)
+        return np.mean([np.sum(p[groups == g] * np.log(p / q)[groups == g]) for g in set(groups)])
+
+    reference_probs = log_ref.exp().numpy()
+    assert mean_kl(optimum, reference_probs) > 0.2  # the start is far from the optimum
+    assert mean_kl(optimum, learned) < 0.02
+    assert result.kl[-1] == pytest.approx(mean_kl(optimum, learned), abs=1e-5)
+    # the pairs were the policy's own completions of one prompt
+    if support.prompts is not None:
+        assert bool((result.data.xa[:, 0] == result.data.xb[:, 0]).all())
+
+
+def test_on_policy_with_a_support_draws_pairs_within_a_prompt():
+    """OnPolicy(support) on a conditional support: a prompt drawn uniformly, then both items
+    from the density's conditional masses; checked with a chi-square test on the pair counts."""
+    support = pbde.SequenceSupport(3, 2, prompts=[[1], [2]])  # 3 completions per prompt
+    probs = np.array([0.2, 0.5, 0.3, 0.6, 0.1, 0.3])  # p(completion | prompt), per prompt
+    density = pbde.densities.Tabulated(support, torch.tensor(np.log(probs)))
+    model = pbde.Annotator(density)
+    expected = np.zeros((6, 6))
+    for block in (slice(0, 3), slice(3, 6)):
+        expected[block, block] = 0.5 * np.outer(probs[block], probs[block])
+    proposal = online.OnPolicy(support)
+    np.testing.assert_allclose(proposal.pair_masses(model, support).numpy(), expected, atol=1e-12)
+    draws = 20000
+    xa, xb = proposal(model, draws, torch.Generator().manual_seed(0))
+    points = support.points.reshape(6, -1)
+
+    def index(x):
+        return (x.reshape(draws, 1, -1) == points[None]).all(-1).double().argmax(1).numpy()
+
+    counts = np.bincount(index(xa) * 6 + index(xb), minlength=36)
+    seen = expected.reshape(-1) > 0
+    assert counts[~seen].sum() == 0  # no pair mixes the prompts
+    assert scipy.stats.chisquare(counts[seen], draws * expected.reshape(-1)[seen]).pvalue > ALPHA
+    # power: the same pairs drawn uniformly within each prompt would fail
+    assert (
+        scipy.stats.chisquare(counts[seen], np.full(seen.sum(), draws / seen.sum())).pvalue < 1e-6
+    )
+
+
 # -- rejection sampling ------------------------------------------------------------------------
 
 BASE = np.array([0.3, 0.25, 0.2, 0.12, 0.08, 0.05])

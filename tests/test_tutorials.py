@@ -22,6 +22,7 @@ EXPECTED_FIGURES = {
         "align_a_language_model.png",
         "align_a_language_model_lengths.png",
     ],
+    "what_will_dpo_do.py": ["what_will_dpo_do.png", "what_will_dpo_do_fit.png"],
     "when_annotators_disagree.py": [
         "when_annotators_disagree.png",
         "when_annotators_disagree_preferences.png",

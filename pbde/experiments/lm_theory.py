@@ -184,7 +184,7 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
         metrics["kl_optimum_to_reference"][name] = pbde.kl(optimum, reference_table, support)
         metrics["optimum_mass_by_length"][name] = _by_length(optimum, support)
         metrics["learned_mass_by_length"][name] = _by_length(learned, support)
-        curves[name] = (optimum.values.exp(), learned.values.exp())
+        curves[name] = (optimum.values.exp().numpy(), learned.values.exp().numpy())
     metrics["max_kl_to_optimum"] = max(metrics["kl_to_optimum"].values())
     data_table = Tabulated(support, log_data, normalize=True)
     metrics["kl_data_to_reference"] = pbde.kl(data_table, reference_table, support)
@@ -192,7 +192,7 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
     metrics["support_size"] = n
     metrics["backbone"] = backbone
     seconds = time.perf_counter() - start
-    tables = {"π_ref": log_ref.exp(), "p*": p_star.values.exp()}
+    tables = {"π_ref": log_ref.exp().numpy(), "p*": p_star.values.exp().numpy()}
 
     def plot(path):
         _plot(path, support, curves, tables, metrics)
@@ -277,39 +277,52 @@ def _by_length(density: Tabulated, support) -> list[float]:
 
 
 def _plot(path, support, curves, tables, metrics):
+    """Five panels of the optimum's top sequences (optimum, fit, π_ref) and one of the mass by
+    length of every optimum and fit; sized to read at about 750 px of page width."""
+    import numpy as np
+
     plt = pyplot()
     names = list(curves)
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6.6))
-    top = 12
-    lengths = range(1, support.max_length + 1)
+    fig, axes = plt.subplots(2, 3, figsize=(10, 7))
+    top = 10
+    lengths = np.arange(1, support.max_length + 1)
+    reference = np.asarray(tables["π_ref"], dtype=float)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, name in zip(axes.flat, names, strict=False):
-        optimum, learned = curves[name]
-        order = optimum.argsort(descending=True)[:top]
-        at = torch.arange(top)
+        optimum, learned = (np.asarray(c, dtype=float) for c in curves[name])
+        order = np.argsort(-optimum, kind="stable")[:top]
+        at = np.arange(len(order))
         ax.bar(at - 0.2, optimum[order], 0.4, label="optimum (theory)", color="tab:blue")
         ax.bar(at + 0.2, learned[order], 0.4, label="learned", color="tab:orange")
-        ax.bar(at, tables["π_ref"][order], 0.15, label="π_ref", color="0.4")
-        ax.set_xticks(at, [_text(support, int(i)) for i in order], rotation=60, fontsize=8)
-        ax.set_title(f"{name}: KL = {metrics['kl_to_optimum'][name]:.2g}", fontsize=10)
-        inset = ax.inset_axes([0.62, 0.5, 0.35, 0.42])
-        inset.plot(lengths, metrics["optimum_mass_by_length"][name], "o-", ms=3)
-        inset.plot(lengths, metrics["learned_mass_by_length"][name], "s--", ms=3)
-        inset.set_title("mass by length", fontsize=7)
-        inset.tick_params(labelsize=6)
-    axes.flat[0].set_ylabel("mass of the optimum's top sequences")
-    axes.flat[0].legend(fontsize=7, loc="center right")
+        ax.bar(at, reference[order], 0.15, label="π_ref", color="0.3")
+        ax.set_xticks(at, [_text(support, int(i)) for i in order], rotation=90, fontsize=10)
+        ax.tick_params(axis="y", labelsize=10)
+        ax.set_title(
+            f"{name}\nKL(optimum ‖ fit) = {metrics['kl_to_optimum'][name]:.2g}", fontsize=11
+        )
+    axes.flat[0].set_ylabel("mass (top sequences of the optimum)", fontsize=10)
+    axes.flat[0].legend(fontsize=9, loc="upper right")
     last = axes.flat[len(names)]
-    last.plot(lengths, _by_length_raw(tables["π_ref"], support), "o-", label="π_ref")
-    last.plot(lengths, _by_length_raw(tables["p*"], support), "s-", label="p* (annotator)")
-    last.set_xlabel("length (tokens, EOS included)")
-    last.set_title("mass by length", fontsize=10)
-    last.legend(fontsize=8)
+    last.plot(lengths, _by_length_raw(reference, support), "k:", lw=2, label="π_ref")
+    last.plot(lengths, _by_length_raw(np.asarray(tables["p*"]), support), "k-", lw=1, label="p*")
+    for color, name in zip(colors, names, strict=False):
+        last.plot(lengths, metrics["optimum_mass_by_length"][name], "o-", color=color, ms=4)
+        last.plot(lengths, metrics["learned_mass_by_length"][name], "x--", color=color, ms=6)
+        last.plot([], [], "s", color=color, label=name)
+    last.plot([], [], "ko-", label="optimum")
+    last.plot([], [], "kx--", label="learned")
+    last.set_xticks(lengths)
+    last.set_xlabel("length (tokens, EOS included)", fontsize=10)
+    last.set_title("mass by length", fontsize=11)
+    last.tick_params(labelsize=10)
+    last.set_ylim(0, 1.15 * last.get_ylim()[1] + 0.3)  # room for the legend
+    last.legend(fontsize=8, ncol=2, loc="upper left", handlelength=1.5, columnspacing=0.8)
     for ax in axes.flat[len(names) + 1 :]:
         ax.axis("off")
     fig.suptitle(
         f"{metrics['support_size']} sequences (V={support.vocab_size}, L={support.max_length}), "
-        f"{metrics['backbone']}: each fit next to its optimum",
-        fontsize=11,
+        f"{metrics['backbone']}: each fit next to its optimum (· = EOS)",
+        fontsize=12,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -317,7 +330,8 @@ def _plot(path, support, curves, tables, metrics):
 
 
 def _by_length_raw(masses, support):
-    return [float(masses[support.lengths == n].sum()) for n in range(1, support.max_length + 1)]
+    lengths = support.lengths.numpy()
+    return [float(masses[lengths == n].sum()) for n in range(1, support.max_length + 1)]
 
 
 def _text(support, index: int) -> str:
