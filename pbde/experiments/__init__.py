@@ -40,8 +40,7 @@ _REGISTRY = {
     "lm-mixture-latent": (
         "lm_latent",
         False,
-        "a latent-annotator mixture (Pyro) on eq. 27 sequence data, "
-        "without and with annotator IDs",
+        "a latent-annotator mixture (Pyro) on eq. 27 sequence data, without and with annotator IDs",
     ),
     "lm-theory": (
         "lm_theory",
