@@ -85,14 +85,26 @@ def as_tensor(name: str, value: object) -> torch.Tensor:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
         raise ValueError(
-            f"'{name}' must be convertible to a tensor of numbers. Got {_short(value)} "
+            f"'{name}' must be convertible to a tensor of numbers. Got {short_repr(value)} "
             f"({str(error).splitlines()[0]})."
         ) from None
 
 
-def _short(value: object) -> str:
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to 60 characters, for error messages."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """Return ``value`` after checking it is an int (not a bool) >= ``minimum`` (and <=
+    ``maximum``); ``ValueError`` also for a non-int (1.5), the convention of pbde's int
+    arguments."""
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < minimum
+    if bad or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"'{name}' must be an int {bound}. Got {value!r}.")
+    return value
 
 
 def check_real(name: str, value: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from pbde import distributed as _distributed
 from pbde import losses as _losses
 from pbde._validation import (
+    check_int,
     check_positive_number,
     check_tensor,
     is_validation_enabled,
@@ -25,7 +26,7 @@ from pbde._validation import (
 )
 from pbde.annotators import Annotator, PreferenceProcess
 from pbde.data import Preferences
-from pbde.densities.base import device_of
+from pbde.densities.base import device_of, is_frozen
 from pbde.densities.energy import EnergyStack, stackable
 from pbde.io import PAD_TOKEN
 
@@ -227,11 +228,11 @@ def fit(
         )
     loss_fn = _bind_loss(loss, loss_kwargs)
     _check_regularizer(regularizer)
-    accumulation = _check_int("gradient_accumulation", gradient_accumulation, 1)
+    accumulation = check_int("gradient_accumulation", gradient_accumulation, 1)
     if log_every is not None:
-        _check_int("log_every", log_every, 1)
+        check_int("log_every", log_every, 1)
     if eval_every is not None:
-        _check_int("eval_every", eval_every, 1)
+        check_int("eval_every", eval_every, 1)
         if eval_prefs is None:
             raise ValueError("'eval_every' needs 'eval_prefs' (the data to evaluate on).")
     if eval_prefs is not None and not isinstance(eval_prefs, Preferences):
@@ -300,15 +301,6 @@ def fit(
         eval_every=eval_every,
         fingerprint=fingerprint,
     )
-
-
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    # ValueError also for a non-int (1.5): the convention of pbde's int arguments
-    bad = isinstance(value, bool) or not isinstance(value, int) or value < minimum
-    if bad or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"'{name}' must be an int {bound}. Got {value!r}.")
-    return value
 
 
 #: the most optimization steps of one run (its loss history takes 16 bytes per step)
@@ -433,7 +425,7 @@ def _resolve_steps(steps, epochs, data: _PairData) -> int:
         raise ValueError(
             f"Give 'steps' or 'epochs', not both. Got steps={steps!r}, epochs={epochs!r}."
         )
-    _check_int("epochs", epochs, 1)
+    check_int("epochs", epochs, 1)
     if data.replacement:
         raise ValueError("'epochs' passes over the data without replacement: drop 'replacement'.")
     return epochs * data.batches_per_epoch
@@ -478,7 +470,7 @@ def evaluate(
         raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
     loss_fn = loss if getattr(loss, "_pbde_bound", False) else _bind_loss(loss, loss_kwargs)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
     was_training = model.training
     model.eval()
     device = device_of(model)
@@ -678,7 +670,7 @@ class _PairData:
         if not isinstance(prefs, Preferences):
             raise TypeError(f"'prefs' must be pbde.Preferences. Got {type(prefs).__name__}.")
         if batch_size is not None:
-            _check_int("batch_size", batch_size, 1)
+            check_int("batch_size", batch_size, 1)
         self.prefs = prefs = prefs.to(device)
         if prefs.weight is not None:
             # only relative weights matter (weighted means): scaled by a power of 2 (exactly:
@@ -925,7 +917,7 @@ def optimize(
     file of a different run is refused (``ValueError`` naming the file); so is a file that is
     not a complete, consistent pbde checkpoint.
     """
-    _check_int("steps", steps, 1, MAX_STEPS)
+    check_int("steps", steps, 1, MAX_STEPS)
     lr = check_positive_number("lr", lr)
     if optimizer not in ("adam", "adamw"):
         raise ValueError(f"'optimizer' must be 'adam' or 'adamw'. Got {optimizer!r}.")
@@ -937,7 +929,7 @@ def optimize(
         )
     if schedule not in ("cosine", "linear", "constant"):
         raise ValueError(f"'schedule' must be 'cosine', 'linear' or 'constant'. Got {schedule!r}.")
-    _check_int("warmup_steps", warmup_steps, 0)
+    check_int("warmup_steps", warmup_steps, 0)
     if warmup_steps >= steps:
         raise ValueError(
             f"'warmup_steps' must be < steps ({steps}), the warm-up being part of the run. Got "
@@ -945,7 +937,7 @@ def optimize(
         )
     if max_grad_norm is not None:
         max_grad_norm = check_positive_number("max_grad_norm", max_grad_norm)
-    _check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("checkpoint_every", checkpoint_every, 1)
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
         raise ValueError(f"'seed' must be an int in [-2**63, 2**64 - 1]. Got {seed!r}.")
     if progress is not None and not isinstance(progress, bool):
@@ -1203,11 +1195,7 @@ def _bind_loss(loss, loss_kwargs):
 def _trainable_state(module: nn.Module) -> dict:
     """The module's state without its frozen reference densities (data, not what is trained:
     a DPO reference model is never written into a checkpoint)."""
-    frozen = [
-        name + "."
-        for name, sub in module.named_modules()
-        if name and sub.__dict__.get("_memo") is not None
-    ]
+    frozen = [name + "." for name, sub in module.named_modules() if name and is_frozen(sub)]
     return {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(frozen))}
 
 

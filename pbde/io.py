@@ -95,6 +95,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from pbde._validation import short_repr
 from pbde.data import Preferences, TextPreferences, is_chat_message
 
 __all__ = [
@@ -317,11 +318,6 @@ def _is_missing(value) -> bool:
     return name in ("NAType", "NaTType")
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _as_int(value, what: str) -> int:
     """An integer (Python/numpy int, or a float with an integral value)."""
     if isinstance(value, (bool, np.bool_)):
@@ -336,9 +332,9 @@ def _as_int(value, what: str) -> int:
             raise _Bad(f"{what} must be an integer, got non-integer {value!r}")
         value = int(value)
     else:
-        raise _Bad(f"{what} must be an integer, got {type(value).__name__} {_short(value)}")
+        raise _Bad(f"{what} must be an integer, got {type(value).__name__} {short_repr(value)}")
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise _Bad(f"{what} must fit in int64, got {_short(value)}")
+        raise _Bad(f"{what} must fit in int64, got {short_repr(value)}")
     return value
 
 
@@ -346,11 +342,11 @@ def _as_float(value, what: str) -> float:
     if isinstance(value, (bool, np.bool_)):
         raise _Bad(f"{what} must be a number, got a bool {value!r}")
     if not isinstance(value, numbers.Real):
-        raise _Bad(f"{what} must be a number, got {type(value).__name__} {_short(value)}")
+        raise _Bad(f"{what} must be a number, got {type(value).__name__} {short_repr(value)}")
     try:
         out = float(value)
     except OverflowError:
-        raise _Bad(f"{what} is too large for a float: {_short(value)}") from None
+        raise _Bad(f"{what} is too large for a float: {short_repr(value)}") from None
     if not math.isfinite(out):
         raise _Bad(f"{what} must be finite (no NaN or inf), got {out!r}")
     return out
@@ -362,7 +358,7 @@ def _parse_item(value, kind: str):
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         if kind in ("id", "number"):
-            raise _Bad(f"items are {kind!r} (scalars), got a list {_short(value)}")
+            raise _Bad(f"items are {kind!r} (scalars), got a list {short_repr(value)}")
         if len(value) == 0:
             raise _Bad("empty sequence (items must hold at least one element)")
         if kind == "tokens" or kind == "auto":
@@ -382,10 +378,10 @@ def _parse_item(value, kind: str):
     if isinstance(value, str):
         raise _Bad(
             f"items must be numbers, integer ids or lists of them, got the string "
-            f"{_short(value)} (tokenize text first)"
+            f"{short_repr(value)} (tokenize text first)"
         )
     if kind in ("vector", "tokens"):
-        raise _Bad(f"items are {kind!r} (lists), got {type(value).__name__} {_short(value)}")
+        raise _Bad(f"items are {kind!r} (lists), got {type(value).__name__} {short_repr(value)}")
     if kind == "id":
         return False, _as_int(value, "id"), True
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
@@ -421,14 +417,14 @@ def _parse_text(value, what: str, allow_empty: bool = False) -> tuple[str, Any]:
             if not is_chat_message(message):
                 raise _Bad(
                     f"{what} must be a string or a list of chat messages (dicts with string "
-                    f"'role' and 'content'); got the element {_short(message)}"
+                    f"'role' and 'content'); got the element {short_repr(message)}"
                 )
             # Arrow structs give every message every key of the column: None means absent
             messages.append({k: v for k, v in message.items() if v is not None})
         return "conversational", messages
     raise _Bad(
         f"{what} must be a string or a list of chat messages, got {type(value).__name__} "
-        f"{_short(value)}"
+        f"{short_repr(value)}"
     )
 
 
@@ -463,7 +459,7 @@ def _parse_bool(value) -> bool:
         return bool(value)
     if isinstance(value, numbers.Integral) and int(value) in (0, 1):
         return bool(int(value))
-    raise _Bad(f"must be a bool (true/false or 0/1), got {_short(value)}")
+    raise _Bad(f"must be a bool (true/false or 0/1), got {short_repr(value)}")
 
 
 # -- the builder: row-level validation, chunk storage, final tensors -----------------------
@@ -828,13 +824,13 @@ class _Builder:
                 what = "text" if self.text else "numbers"
                 bad(
                     column,
-                    f"items are {what} (fixed by row {self.text_row}), got {_short(value)}",
+                    f"items are {what} (fixed by row {self.text_row}), got {short_repr(value)}",
                 )
                 continue
             if textual:
                 try:
                     if self.kind == "name" and not isinstance(value, str):
-                        raise _Bad(f"items are names (strings), got {_short(value)}")
+                        raise _Bad(f"items are names (strings), got {short_repr(value)}")
                     form, parsed_value = _parse_text(value, f"'{column}'")
                     if self.text_format is None:
                         self.text_format, self.format_row = form, row
@@ -862,7 +858,8 @@ class _Builder:
             elif is_list != self.is_list:
                 what = "lists" if self.is_list else "scalars"
                 bad(
-                    column, f"items are {what} (fixed by row {self.shape_row}), got {_short(value)}"
+                    column,
+                    f"items are {what} (fixed by row {self.shape_row}), got {short_repr(value)}",
                 )
                 continue
             is_float |= not all_int
@@ -933,7 +930,7 @@ class _Builder:
                 elif kind is not self.id_type:
                     raise _Bad(
                         f"annotator ids are {self.id_type.__name__}s (fixed by row "
-                        f"{self.id_row}), got {_short(annotator)}: do not mix names and ints"
+                        f"{self.id_row}), got {short_repr(annotator)}: do not mix names and ints"
                     )
                 if kind is int:
                     if annotator < 0:
@@ -1453,7 +1450,7 @@ def _parse_json_lines(first: int, piece: bytes, ends: np.ndarray, builder: _Buil
         except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeError
             records.append(None)
             reason = str(error) if not isinstance(error, RecursionError) else "too deep"
-            pre[i] = [Problem(row, None, f"unparseable JSON line: {_short(reason)}")]
+            pre[i] = [Problem(row, None, f"unparseable JSON line: {short_repr(reason)}")]
     if rows:
         builder.add_records(rows, records, pre)
 
@@ -1466,11 +1463,11 @@ def _csv_number(text: str):
     if _INT_TEXT.fullmatch(text):
         return int(text)
     if "_" in text:
-        return _Invalid(f"not a number: {_short(text)}")
+        return _Invalid(f"not a number: {short_repr(text)}")
     try:
         return float(text)
     except ValueError:
-        return _Invalid(f"not a number: {_short(text)}")
+        return _Invalid(f"not a number: {short_repr(text)}")
 
 
 _CSV_MESSAGES = (
@@ -1498,7 +1495,7 @@ def _csv_cell(column: str, text: str, kind: str = "auto"):
             if kind in ("text", "name") or (value is None and column == "prompt"):
                 return text
             if value is None:
-                return _Invalid(f"unparseable list {_short(stripped)}")
+                return _Invalid(f"unparseable list {short_repr(stripped)}")
             return value
         if column == "prompt" or kind in ("text", "name"):
             return text
@@ -1514,7 +1511,7 @@ def _csv_cell(column: str, text: str, kind: str = "auto"):
             return True
         if lowered in ("false", "0", "no"):
             return False
-        return _Invalid(f"must be true/false or 1/0, got {_short(text)}")
+        return _Invalid(f"must be true/false or 1/0, got {short_repr(text)}")
     if column == "annotator_id":
         parsed = text.strip()
         return int(parsed) if _INT_TEXT.fullmatch(parsed) else parsed

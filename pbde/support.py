@@ -13,7 +13,7 @@ from numbers import Real
 
 import torch
 
-from pbde._validation import check_finite, check_tensor
+from pbde._validation import check_finite, check_int, check_tensor
 
 
 class Support:
@@ -263,8 +263,7 @@ class SequenceSupport(Support):
             ("max_length", max_length, 1),
             ("max_size", max_size, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"'{name}' must be an int >= {minimum}. Got {value!r} instead.")
+            check_int(name, value, minimum)
         if isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < vocab_size:
             raise ValueError(f"'eos' must be a token id in [0, {vocab_size - 1}]. Got {eos!r}.")
         if (

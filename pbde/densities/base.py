@@ -74,7 +74,7 @@ class Density(nn.Module):
 
     def frozen(self) -> Density:
         """A detached copy with no trainable parameters (e.g. π_ref in DPO)."""
-        if self.__dict__.get("_memo") is not None:  # frozen already: nothing can change it
+        if is_frozen(self):  # frozen already: nothing can change it
             return self
         return copy.deepcopy(self)._freeze()
 
@@ -92,7 +92,7 @@ class Density(nn.Module):
     def train(self, mode: bool = True) -> Density:
         """As ``nn.Module.train``; a :meth:`frozen` copy stays in eval mode (a reference density
         inside a model that :func:`pbde.fit` puts in training mode)."""
-        return super().train(mode and self.__dict__.get("_memo") is None)
+        return super().train(mode and not is_frozen(self))
 
     def _parameter_versions(self) -> int:
         return sum(t._version for t in itertools.chain(self.parameters(), self.buffers()))
@@ -125,6 +125,12 @@ class Density(nn.Module):
 
     def _param_device(self) -> torch.device:
         return device_of(self)
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """Whether ``module`` is a :meth:`Density.frozen` density (a reference: never trained, never
+    in a checkpoint)."""
+    return module.__dict__.get("_memo") is not None
 
 
 def device_of(module: nn.Module) -> torch.device:

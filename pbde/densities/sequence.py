@@ -24,7 +24,12 @@ import math
 import torch
 from torch import nn
 
-from pbde._validation import check_positive_number, check_tensor, is_validation_enabled
+from pbde._validation import (
+    check_int,
+    check_positive_number,
+    check_tensor,
+    is_validation_enabled,
+)
 from pbde.densities.base import Density
 from pbde.io import PAD_TOKEN
 
@@ -119,8 +124,7 @@ class Autoregressive(Density):
             ("hidden_size", hidden_size, 1),
             ("num_layers", num_layers, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"'{name}' must be an int >= {minimum}. Got {value!r} instead.")
+            check_int(name, value, minimum)
         if (
             isinstance(min_length, bool)
             or not isinstance(min_length, int)
