@@ -149,16 +149,16 @@ class Tabulated(Density):
             left = position.floor().clamp(0, self.support.size - 2).long()
             frac = position - left
             return values[left] * (1 - frac) + values[left + 1] * frac
-        flat_points = points.reshape(points.shape[0], -1)
-        flat_x = x.reshape(x.shape[0], -1).to(flat_points.dtype)
-        matches = (flat_x[:, None, :] == flat_points[None, :, :]).all(-1)
-        found = matches.any(-1)
+        keys = self.__dict__.get("_keys")
+        if keys is None or keys[0].device != points.device:  # the support's index, once
+            keys = self._keys = item_keys(points)
+        index, found = find_items(points, *keys, x.to(points.dtype))
         if not bool(found.all()):
             raise ValueError(
                 "'x' must hold items of the support of this Tabulated density. Got "
                 f"{x[~found][0].tolist()!r}, which is not one of them."
             )
-        return values[matches.float().argmax(-1)]
+        return values[index]
 
     def _validate_items(self, x):
         super()._validate_items(x)
@@ -254,9 +254,9 @@ class Precomputed(Density):
         self.event_shape = tuple(items.shape[1:])
         self.register_buffer("items", items.detach().clone())
         self.register_buffer("values", log_probs.detach().clone())
-        keys = _row_keys(self.items)
-        self.register_buffer("_sorted_keys", keys.sort().values)
-        self.register_buffer("_order", keys.argsort())
+        sorted_keys, order = item_keys(self.items)
+        self.register_buffer("_sorted_keys", sorted_keys)
+        self.register_buffer("_order", order)
         #: what the values were computed from, as data (e.g. a model folder), if known
         self.origin: dict | None = None
 
@@ -318,21 +318,13 @@ class Precomputed(Density):
 
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
         x = self._at_stored_width(x)
-        keys = _row_keys(x)
-        position = torch.searchsorted(self._sorted_keys, keys).clamp_(max=len(self._order) - 1)
-        index = self._order[position]
-        flat = x.reshape(x.shape[0], -1)
-        found = (self.items[index].reshape(x.shape[0], -1) == flat.to(self.items.dtype)).all(1)
-        if not bool(found.all()):  # a hash collision between stored items, or an unknown item
-            stored = self.items.reshape(self.items.shape[0], -1)
-            for row in torch.nonzero(~found).reshape(-1).tolist():
-                same = (stored == flat[row].to(stored.dtype)).all(1).nonzero()
-                if same.numel() == 0:
-                    raise ValueError(
-                        "'x' must hold items this Precomputed density was computed on. Row "
-                        f"{row} is not one of its {self.items.shape[0]} items."
-                    )
-                index[row] = same[0, 0]
+        index, found = find_items(self.items, self._sorted_keys, self._order, x)
+        if not bool(found.all()):
+            row = int(torch.nonzero(~found)[0, 0])
+            raise ValueError(
+                "'x' must hold items this Precomputed density was computed on. Row "
+                f"{row} is not one of its {self.items.shape[0]} items."
+            )
         return self.values[index]
 
     def _at_stored_width(self, x: torch.Tensor) -> torch.Tensor:
@@ -348,6 +340,36 @@ class Precomputed(Density):
                 f"than its width {width}."
             )
         return x[..., :width]
+
+
+def item_keys(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An index of ``items`` (along dim 0) for :func:`find_items`: their sorted hash keys and the
+    order that sorts them."""
+    keys = _row_keys(items)
+    sorted_keys, order = keys.sort()
+    return sorted_keys, order
+
+
+def find_items(
+    stored: torch.Tensor, sorted_keys: torch.Tensor, order: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each item of ``x`` is among ``stored`` (indexed by :func:`item_keys`): a hash lookup
+    then an exact comparison, O((n + m) log m) rather than the n×m comparison of every pair.
+
+    Returns:
+        ``(index, found)``: ``stored[index[i]] == x[i]`` wherever ``found[i]``.
+    """
+    position = torch.searchsorted(sorted_keys, _row_keys(x)).clamp_(max=len(order) - 1)
+    index = order[position]
+    flat = x.reshape(x.shape[0], -1)
+    found = (stored[index].reshape(x.shape[0], -1) == flat.to(stored.dtype)).all(1)
+    if not bool(found.all()):  # a hash collision between stored items, -0.0, or an unknown item
+        rows = stored.reshape(stored.shape[0], -1)
+        for row in torch.nonzero(~found).reshape(-1).tolist():
+            same = (rows == flat[row].to(rows.dtype)).all(1).nonzero()
+            if same.numel():
+                index[row], found[row] = same[0, 0], True
+    return index, found
 
 
 def _row_keys(x: torch.Tensor) -> torch.Tensor:
