@@ -115,7 +115,7 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     import pbde
     from pbde.densities import CausalLM, Precomputed
     from pbde.distributed import is_main_process, rank_and_world_size, shard_model_
-    from pbde.io import read_preferences, write_preferences
+    from pbde.io import write_preferences
 
     _quiet_libraries()
     began = time.perf_counter()
@@ -133,26 +133,9 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
             f"--model {str(args.model)!r}: its tokenizer has no EOS token (eos_token_id is None); "
             "completions could not end with one"
         )
-    try:
-        read = read_preferences(args.data, items="text", on_error=args.on_error)
-    except (OSError, ValueError, ImportError) as error:
-        message = str(error).replace("Pass on_error='drop'", "Pass --on-error drop")
-        raise usage_error(f"DATA {message}") from None
-    try:
-        tokenized = CausalLM.tokenize(
-            read.prefs,
-            tokenizer,
-            max_length=args.max_length,
-            max_prompt_length=args.max_prompt_length,
-        )
-    except ValueError as error:
-        raise usage_error(f"DATA {error}".replace("max_length=", "--max-length ")) from None
-    if policy.max_positions is not None and tokenized.longest > policy.max_positions:
-        raise usage_error(
-            f"DATA holds a prompt + completion of {tokenized.longest} tokens, more than the "
-            f"model's {policy.max_positions} positions: pass --max-length (at most "
-            f"{policy.max_positions}) to truncate"
-        )
+    read, tokenized = _read_tokenized(
+        args, policy, args.max_length, args.max_prompt_length, "fit", usage_error
+    )
     prefs = tokenized.prefs
     test_fraction = 0.2 if args.test_fraction is None else args.test_fraction
     if test_fraction > 0:
@@ -342,6 +325,31 @@ def fit_language_model(args: argparse.Namespace, usage_error) -> int:
     return 0
 
 
+def _read_tokenized(args, density, max_length, max_prompt_length, command: str, usage_error):
+    """DATA read as text (``pbde.cli``'s reader: rows reported, ignored columns listed) and
+    tokenized by ``density``'s tokenizer; what does not fit the model is a usage error."""
+    from pbde.cli import _read_data
+    from pbde.densities import CausalLM
+
+    read = _read_data(args.data, "text", args.on_error, command=command)
+    try:
+        tokenized = CausalLM.tokenize(
+            read.prefs,
+            density.tokenizer,
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+        )
+    except ValueError as error:
+        raise usage_error(f"DATA {error}".replace("max_length=", "--max-length ")) from None
+    positions = density.max_positions
+    if positions is not None and tokenized.longest > positions:
+        raise usage_error(
+            f"DATA holds a prompt + completion of {tokenized.longest} tokens, more than the "
+            f"model's {positions} positions: pass --max-length (at most {positions}) to truncate"
+        )
+    return read, tokenized
+
+
 def _quiet_libraries() -> None:
     """pbde reports what matters, in one place: no logging, progress bars or deprecation notices
     of the libraries' internals (transformers, peft) on the command line."""
@@ -471,8 +479,6 @@ def evaluate_language_model(args: argparse.Namespace, usage_error) -> int:
     metrics of :func:`pbde.evaluate` on DATA, tokenized as the run was."""
 
     import pbde
-    from pbde.densities import CausalLM
-    from pbde.io import read_preferences
     from pbde.serialization import LM_RECORD, load_model
 
     _quiet_libraries()
@@ -491,25 +497,10 @@ def evaluate_language_model(args: argparse.Namespace, usage_error) -> int:
     tokenizer = model.density.tokenizer
     if tokenizer is None:
         raise usage_error(f"MODEL {str(folder)!r} holds no tokenizer to read DATA's text with")
-    try:
-        read = read_preferences(args.data, items="text", on_error=args.on_error)
-    except (OSError, ValueError, ImportError) as error:
-        message = str(error).replace("Pass on_error='drop'", "Pass --on-error drop")
-        raise usage_error(f"DATA {message}") from None
     max_length = args.max_length or settings.get("max_length")
-    max_prompt_length = settings.get("max_prompt_length")
-    try:
-        tokenized = CausalLM.tokenize(
-            read.prefs, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length
-        )
-    except ValueError as error:
-        raise usage_error(f"DATA {error}".replace("max_length=", "--max-length ")) from None
-    positions = model.density.max_positions
-    if positions is not None and tokenized.longest > positions:
-        raise usage_error(
-            f"DATA holds a prompt + completion of {tokenized.longest} tokens, more than the "
-            f"model's {positions} positions: pass --max-length"
-        )
+    read, tokenized = _read_tokenized(
+        args, model.density, max_length, settings.get("max_prompt_length"), "evaluate", usage_error
+    )
     loss_kwargs = {k: settings[k] for k in ("tau", "delta") if settings.get(k) is not None}
     batch_size = args.batch_size or settings.get("batch_size") or DEFAULTS["batch_size"]
     metrics = pbde.evaluate(
