@@ -783,3 +783,15 @@ def test_causal_lm_dpo_with_a_precomputed_reference_logs_what_the_live_reference
         for name in ("rewards/chosen", "rewards/margins", "logps/chosen", "logps/rejected"):
             assert a[name] == pytest.approx(b[name], abs=1e-4), name
         assert a["tokens_per_second"] > 0
+
+
+def test_a_precomputed_reference_is_kept_not_copied():
+    """A table of a language model's items can be large: dpo keeps the table it is given (it is
+    frozen by nature), where a live density is copied and frozen."""
+    from pbde.densities import Categorical, Precomputed
+
+    live = Categorical(probs=torch.tensor([0.2, 0.3, 0.5]))
+    table = Precomputed.of(live, torch.arange(3))
+    assert pbde.dpo(1.0, table).references[0] is table
+    assert pbde.dpo(1.0, live).references[0] is not live
+    assert not any(p.requires_grad for p in table.parameters()) and not table.training

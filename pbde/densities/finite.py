@@ -259,6 +259,9 @@ class Precomputed(Density):
         self.register_buffer("_order", order)
         #: what the values were computed from, as data (e.g. a model folder), if known
         self.origin: dict | None = None
+        # frozen by nature: a behavior that takes it as its reference (pbde.dpo) keeps this
+        # table instead of copying it (a table of many token items is large)
+        self._freeze()
 
     @classmethod
     @torch.no_grad()
