@@ -576,6 +576,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from pbde import experiments
 
+    if args.from_json:
+        given = [f"--{k}" for k in ("quick", "fast", "list", "json") if getattr(args, k)]
+        given += [f"--{k}" for k in ("seed", "steps", "pairs", "device")
+                  if getattr(args, k) is not None]  # fmt: skip
+        if args.name or given:
+            raise UsageError(f"--from-json redraws saved runs (the NAME is in each FILE): "
+                             f"{' '.join(args.name + given)} does not apply")  # fmt: skip
+        for source in args.from_json:
+            print(f"wrote {experiments.redraw(source, args.out)}")
+        return 0
     if args.list or not args.name:
         if not args.name and not args.list:
             raise UsageError("give an experiment NAME (or several), 'all', or --list")
@@ -756,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     reproduce.add_argument("--device", default=None, help="where to fit, e.g. cuda")
     reproduce.add_argument("--json", action="store_true", help="print the reports as JSON")
+    reproduce.add_argument(
+        "--from-json", nargs="+", type=Path, metavar="FILE", default=None,
+        help="draw the figure again from NAME.json files of earlier runs, into --out; runs nothing",
+    )  # fmt: skip
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     reproduce.set_defaults(handler=_reproduce)
 

@@ -101,7 +101,8 @@ def redraw(report: str | Path, out: str | Path | None = None) -> Path:
 
     Args:
         report: the JSON file.
-        out: the PNG to write; default: ``NAME.png`` next to ``report``.
+        out: the folder to write ``NAME.png`` into (created if needed); default: the folder of
+            ``report``.
 
     Returns:
         The path of the PNG.
@@ -132,7 +133,9 @@ def redraw(report: str | Path, out: str | Path | None = None) -> Path:
     if draw is None:
         raise ValueError(f"The figure of {name!r} cannot be drawn from its report "
                          f"({str(source)!r}); run the experiment again.")  # fmt: skip
-    target = Path(out) if out is not None else source.with_suffix(".png")
+    folder = Path(out) if out is not None else source.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.png"
     try:
         draw(content, target)
     except (KeyError, TypeError, IndexError) as error:

@@ -144,8 +144,10 @@ def _figure(p1, p2, pi_pre, theory, learned, heat, panels) -> dict:
                    ("theory", theory), ("learned", learned)]}  # fmt: skip
     return {
         "heat": rounded(heat),
-        "heatmaps": {title: [[round(float(v), 3) for v in row] for row in probs.reshape(n, n).T]
-                     for title, probs in panels.items()},  # fmt: skip
+        "heatmaps": {
+            title: [[round(float(v), 3) for v in row] for row in probs.reshape(n, n).T]
+            for title, probs in panels.items()
+        },  # fmt: skip
         "x": rounded(x),
         "curves": curves,
     }
