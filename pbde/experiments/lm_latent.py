@@ -84,8 +84,8 @@ FITS = ("ids_copies", "no_ids_copies", "ids", "no_ids")
 _LABELS = {
     "ids_copies": "with annotator IDs, the paper's recipe",
     "no_ids_copies": "without IDs, the paper's recipe",
-    "ids": "with annotator IDs, weights held at ½, stop logits spread",
-    "no_ids": "without IDs, weights held at ½, stop logits spread",
+    "ids": "with annotator IDs, weights held at ½",
+    "no_ids": "without IDs, weights held at ½",
 }
 _COLORS = {
     "ids_copies": "tab:purple",
@@ -433,13 +433,13 @@ def draw(report: dict, path) -> None:
             fit = metrics["fits"][name]
             color = _COLORS[name]
             step_lengths(ax, histograms["density_mixture_target"], samples, color="black",
-                         ls=":", lw=1.5, label="π_mix = ½ (short + long): "
+                         ls=":", lw=1.5, label=r"$\pi_{\rm mix}$ = ½(short + long): "
                          + shares_text(metrics["bin_fractions"]["density_mixture_target"]))  # fmt: skip
-            step_lengths(ax, histograms[name], samples, color=color, lw=3, alpha=0.45,
+            step_lengths(ax, histograms[name], samples, color=color, lw=3, alpha=0.6,
                          label="fitted mixture: " + shares_text(metrics["bin_fractions"][name]))  # fmt: skip
             for k, (shade, linestyle) in enumerate((("0.15", "-"), ("0.5", "--"))):
                 step_lengths(ax, histograms[f"{name}/{k}"], samples, color=shade, ls=linestyle,
-                             lw=1.1, label=f"component {k + 1}, weight {fit['weights'][k]:.2f}: "
+                             lw=1.1, label=f"component {k + 1} (w = {fit['weights'][k]:.2f}): "
                              + shares_text(fit["component_bin_fractions"][k]))  # fmt: skip
             finish_length_axes(ax, settings["models"], _LABELS[name])
             ax.legend(loc="upper left", fontsize=9)
@@ -453,7 +453,8 @@ def draw(report: dict, path) -> None:
         fig.suptitle(
             f"Two-annotator latent mixtures fitted to eq. 27 data: {settings['pairs']} pairs, "
             f"{identifiability['annotators']} annotators × {settings['comparisons_per_annotator']} "
-            "comparisons"
+            "comparisons\nS/M/L: the fractions of short, medium and long sentences (bins between "
+            "the grey lines)"
         )
         fig.savefig(path)
         plt.close(fig)

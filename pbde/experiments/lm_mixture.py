@@ -154,8 +154,8 @@ def length_statistics(draws: dict, models: LanguageModelSettings) -> dict:
 
 
 def shares_text(shares: dict) -> str:
-    """A legend's "short / medium / long .59 / .24 / .17": the fractions in the three bins."""
-    return "S / M / L " + " / ".join(
+    """A legend's "S/M/L .59/.24/.17": the fractions in the short, medium and long bins."""
+    return "S/M/L " + "/".join(
         f"{shares[b]:.2f}".removeprefix("0") for b in ("short", "medium", "long")
     )
 
@@ -173,7 +173,7 @@ def finish_length_axes(ax, models: dict, title: str) -> None:
         ax.axvline(edge, color="0.75", lw=1, zorder=0)
     ax.set_xlabel("sentence length (tokens, end of sentence included)")
     ax.set_title(title)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.4 * ax.get_ylim()[1])  # room for the legend above the bars
     ax.legend(loc="upper right")
 
 
@@ -251,10 +251,14 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
 
 
 _STYLES = {
-    "whole": ("whole (π_pre, all sentences)", "0.45", "-"),
+    "whole": (r"whole ($\pi_{\rm pre}$, all sentences)", "0.45", "-"),
     "short": ("short", "tab:blue", "-"),
     "long": ("long", "tab:red", "-"),
-    "density_mixture_target": ("π_mix = ½ (short + long), the eq. 28 optimum", "black", ":"),
+    "density_mixture_target": (
+        r"$\pi_{\rm mix}$ = ½ (short + long), the eq. 28 optimum",
+        "black",
+        ":",
+    ),
     "annotator_mixture": ("whole adapted on annotator-mixture data (eq. 27)", "tab:orange", "-"),
     "density_mixture": ("whole adapted on density-mixture data (eq. 28)", "tab:green", "-"),
 }
@@ -282,7 +286,7 @@ def draw(report: dict, path) -> None:
             finish_length_axes(ax, settings["models"], title)
             ax.set_ylabel(f"fraction of {settings['samples']} samples")
         axes[0].set_xlabel("")
-        fig.suptitle("Sentence lengths (Dumoulin et al., Fig. 6); grey lines: the short (S), "
-                     "medium (M) and long (L) bins")  # fmt: skip
+        fig.suptitle("Sentence lengths (Dumoulin et al., Fig. 6)\nS/M/L: the fractions of short, "
+                     "medium and long sentences (bins between the grey lines)")  # fmt: skip
         fig.savefig(path)
         plt.close(fig)
