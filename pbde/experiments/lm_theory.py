@@ -314,14 +314,14 @@ def draw(report: dict, path) -> None:
             at = np.arange(len(order))
             ax.bar(at - 0.2, optimum[order], 0.4, label="optimum (theory)", color="tab:blue")
             ax.bar(at + 0.2, learned[order], 0.4, label="learned", color="tab:orange")
-            ax.bar(at, reference[order], 0.15, label="π_ref", color="0.3")
+            ax.bar(at, reference[order], 0.15, label=r"$\pi_{\rm ref}$", color="0.3")
             ax.set_xticks(at, [figure["sequences"][int(i)] for i in order], rotation=90)
             ax.set_title(f"{name}\nKL(optimum ‖ fit) = {metrics['kl_to_optimum'][name]:.2g}")
         axes.flat[0].set_ylabel("mass (the optimum's top sequences)")
         axes.flat[0].legend(loc="upper right", fontsize=9)
         last = axes.flat[len(names)]
-        last.plot(lengths, by_length(reference), "k:", lw=2, label="π_ref")
-        last.plot(lengths, by_length(figure["p_star"]), "k-", lw=1, label="p*")
+        last.plot(lengths, by_length(reference), "k:", lw=2, label=r"$\pi_{\rm ref}$")
+        last.plot(lengths, by_length(figure["p_star"]), "k-", lw=1, label="$p^*$")
         for color, name in zip(colors, names, strict=False):
             last.plot(lengths, metrics["optimum_mass_by_length"][name], "o-", color=color, ms=4)
             last.plot(lengths, metrics["learned_mass_by_length"][name], "x--", color=color, ms=6)
@@ -329,16 +329,17 @@ def draw(report: dict, path) -> None:
         last.plot([], [], "ko-", label="optimum")
         last.plot([], [], "kx--", label="learned")
         last.set_xticks(lengths)
-        last.set_xlabel("length (tokens, end of sequence included)")
+        last.set_xlabel("length in tokens (end included)")
         last.set_title("mass by length")
         last.set_ylim(0, 1.15 * last.get_ylim()[1] + 0.3)  # room for the legend
         last.legend(fontsize=8.5, ncol=2, loc="upper left", handlelength=1.5, columnspacing=0.8)
         for ax in axes.flat[len(names) + 1 :]:
             ax.axis("off")
+        backbone = {"gpt2": "GPT-2", "gru": "GRU"}.get(metrics["backbone"], metrics["backbone"])
         fig.suptitle(
-            f"All {metrics['support_size']} sequences of at most {figure['max_length']} tokens "
-            f"(vocabulary {figure['vocab_size']}, · = end of sequence), π_ref a tiny "
-            f"{metrics['backbone'].upper()}: each fit next to its optimum"
+            f"Each fit next to its optimum, on all {metrics['support_size']} sequences of at most "
+            f"{figure['max_length']} tokens\n(a vocabulary of {figure['vocab_size']} tokens, "
+            f"· = end of sequence; " + r"$\pi_{\rm ref}$" + f": a tiny {backbone})"
         )
         fig.savefig(path)
         plt.close(fig)
