@@ -170,11 +170,12 @@ def draw(report: dict, path) -> None:
         for ax, (name, runs) in zip(axes, figure["datasets"].items(), strict=True):
             for arm_index, arm in enumerate(ARMS):
                 color = colors[arm]
-                for method, marker, offset in (("DPO", "s", -0.15), ("IPO", "o", 0.15)):
+                for method, marker, offset in (("DPO", "s", -0.2), ("IPO", "o", 0.2)):
                     if method not in runs:
                         continue
                     finals = [torch.tensor(runs[method][t])[:, arm_index] for t in taus]
-                    at = [i + offset for i in range(len(taus))]
+                    # arms side by side, so that equal probabilities stay visible
+                    at = [i + offset + 0.07 * (arm_index - 1) for i in range(len(taus))]
                     means = [float(v.mean()) for v in finals]
                     if seeds > 1:  # bars from the lowest to the highest seed
                         low = [m - float(v.min()) for m, v in zip(means, finals, strict=True)]
@@ -184,8 +185,8 @@ def draw(report: dict, path) -> None:
                     ax.plot(at, means, marker, color=color, ms=8, mew=1.5,
                             mfc="white" if method == "DPO" else color)  # fmt: skip
                 theory = [runs["theory"][t][arm_index] for t in taus]
-                ax.plot([i + 0.15 for i in range(len(taus))], theory, "_", color="black",
-                        ms=20, mew=1.8)  # fmt: skip
+                at = [i + 0.2 + 0.07 * (arm_index - 1) for i in range(len(taus))]
+                ax.plot(at, theory, "_", color="black", ms=14, mew=1.8)
             ax.set_xticks(range(len(taus)), [f"τ = {t}" for t in taus])
             ax.set_xlim(-0.5, len(taus) - 0.5)
             ax.set_title(name)
@@ -196,7 +197,7 @@ def draw(report: dict, path) -> None:
         axes[0].set_ylabel(f"final probability of the arm\n({what})")
         handles = [Line2D([], [], ls="", marker="s", color="0.3", mfc="white", ms=8, label="DPO"),
                    Line2D([], [], ls="", marker="o", color="0.3", ms=8, label="IPO"),
-                   Line2D([], [], ls="", marker="_", color="black", ms=20, mew=1.8,
+                   Line2D([], [], ls="", marker="_", color="black", ms=14, mew=1.8,
                           label="IPO's optimum (theory)")]  # fmt: skip
         handles += [Line2D([], [], ls="", marker="o", color=colors[arm], ms=8, label=f"arm {arm}")
                     for arm in ARMS]  # fmt: skip
