@@ -31,7 +31,7 @@ class Result:
             the JSON under ``"figure"`` so that :func:`pbde.experiments.redraw` can draw it again
             without re-running the experiment.
         draw: ``draw(report, path)`` draws the figure from a report (:meth:`report`, or the
-            JSON file read back); given instead of ``plot``, which then draws from
+            JSON file read back); where it is given, ``plot`` draws with it from
             :meth:`report`, so a figure drawn now and one redrawn later are the same.
     """
 
@@ -45,9 +45,7 @@ class Result:
     draw: Callable[[dict, Path], None] | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if self.draw is not None:
-            if self.plot is not None:
-                raise ValueError("Give a Result 'plot' or 'draw', not both.")
+        if self.draw is not None:  # plot draws from the report, as a redraw from the JSON does
             draw = self.draw
             self.plot = lambda path: draw(self.report(), Path(path))
 
