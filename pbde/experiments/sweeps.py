@@ -248,8 +248,9 @@ def draw(report: dict, path) -> None:
         rows = -(-n // columns)
         cells = [divmod(i, columns) for i in range(n)]
     width = PAGE_WIDTH if n > 1 else 0.75 * PAGE_WIDTH
-    height = (2.5 if rows > 2 else 3.1) * rows + 1.3
+    height = (2.3 if rows > 2 else 3.1) * rows + 1.3
     x = figure["x"]
+    separator = ":  " if columns < 3 else "\n"  # narrow panels: the KL under the name
     with page_style():
         fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False,
                                  sharex=True, sharey="row" if spec.name == "slic" else True,
@@ -267,7 +268,7 @@ def draw(report: dict, path) -> None:
                 note = f"KL(theory ‖ learned) = {m['kl_theory_learned']:.4f}"
             else:
                 note = f"KL($p^*$ ‖ learned) = {m['kl_p_star_learned']:.3f}"
-            ax.set_title(f"{label}\n{note}")
+            ax.set_title(label + separator + note)
             ax.set_xlim(-7.5, 7.5)
             ax.set_xticks([-5, 0, 5])
             ax.set_ylim(bottom=0)
