@@ -615,6 +615,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         result = experiments.run(name, settings[name], progress=not args.no_progress)
         written = result.save(args.out)
         summaries[name] = result.report()
+        summaries[name].pop("figure", None)  # the figure's numbers stay in NAME.json
         top = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         numbers = ", ".join(f"{k} = {v:.4g}" for k, v in top.items())
         print(f"{name}: {result.seconds:.1f} s" + (f"; {numbers}" if numbers else ""))

@@ -238,8 +238,14 @@ def test_redraw_refuses_what_it_cannot_draw(tmp_path):
 
 
 def test_cli_redraw(tmp_path, capsys):
-    settings = experiments.settings_for("ipo-bandit", quick=True, steps=5)
-    json_path, _ = experiments.run("ipo-bandit", settings, progress=False).save(tmp_path)
+    code = main(["reproduce", "ipo-bandit", "--quick", "--steps", "5", "--out", str(tmp_path),
+                 "--json", "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("\n{") :])["ipo-bandit"]
+    assert "figure" not in summary and "metrics" in summary  # the curves stay in the file
+    json_path = tmp_path / "ipo-bandit.json"
+    assert "figure" in json.loads(json_path.read_text())
     out = tmp_path / "redrawn"
     assert main(["reproduce", "--from-json", str(json_path), "--out", str(out)]) == 0
     assert (out / "ipo-bandit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
