@@ -251,7 +251,7 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
 
 
 _STYLES = {
-    "whole": (r"whole ($\pi_{\rm pre}$, all sentences)", "0.45", "-"),
+    "whole": (r"whole ($\pi_{\rm ref}$, all sentences)", "0.45", "-"),
     "short": ("short", "tab:blue", "-"),
     "long": ("long", "tab:red", "-"),
     "density_mixture_target": (

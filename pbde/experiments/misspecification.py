@@ -180,7 +180,7 @@ def draw(report: dict, path) -> None:
         for name, label, style in [
             ("annotator1", "annotator 1: mean −2.5, sd 0.25, weight 0.4", dict(color="tab:blue", ls="--")),
             ("annotator2", "annotator 2: mean 2.5, sd 1, weight 0.6", dict(color="tab:pink", ls="-.")),
-            ("pi_pre", r"$\pi_{\rm pre}$ (the pre-trained model)", dict(color="tab:orange", ls=":", lw=1.6)),
+            ("pi_pre", r"$\pi_{\rm ref}$ (the pre-trained model)", dict(color="tab:orange", ls=":", lw=1.6)),
             ("learned", "learned: the single-annotator model", dict(color="tab:green", lw=3.2, alpha=0.55)),
             ("theory", "theory: that model's optimum", dict(color="black", ls=(0, (3, 2)), lw=1.3)),
         ]:  # fmt: skip

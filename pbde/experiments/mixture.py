@@ -160,12 +160,12 @@ def draw(report: dict, path) -> None:
         for axis, name, label, style in [
             (top, "annotator1", "annotator 1: mean −2.5, sd 0.25, weight 0.4", dict(color="tab:blue", ls="--", zorder=3)),
             (top, "annotator2", "annotator 2: mean 2.5, sd 1, weight 0.6", dict(color="tab:pink", ls="--", zorder=3)),
-            (top, "pi_pre", r"$\pi_{\rm pre}$ (both components start here)", dict(color="tab:orange", ls=":", lw=1.6)),
+            (top, "pi_pre", r"$\pi_{\rm ref}$ (both components start here)", dict(color="tab:orange", ls=":", lw=1.6)),
             (top, "component1", f"component 1 (learned weight {w1:.3f})", dict(color="tab:green", lw=3, alpha=0.6)),
             (top, "component2", f"component 2 (learned weight {w2:.3f})", dict(color="tab:purple", lw=3, alpha=0.6)),
             (bottom, "mixture", r"learned mixture $w_1 \pi_1 + w_2 \pi_2$", dict(color="tab:red", lw=3, alpha=0.6)),
             (bottom, "p_star", r"$p^* = 0.4\, p^*_1 + 0.6\, p^*_2$ (eq. 10)", dict(color="black", ls=(0, (3, 2)), lw=1.3, zorder=3)),
-            (bottom, "pi_pre", r"$\pi_{\rm pre}$", dict(color="tab:orange", ls=":", lw=1.6)),
+            (bottom, "pi_pre", r"$\pi_{\rm ref}$", dict(color="tab:orange", ls=":", lw=1.6)),
         ]:  # fmt: skip
             axis.plot(x, curves[name], label=label, **style)
         top.set_title(

@@ -95,12 +95,12 @@ def _specs(sweep: tuple[float, ...] | None = None) -> dict[str, _Spec]:
             [_Run("DPO model, β = 4", lambda pre: pbde.dpo(4.0, pre))],
         ),
         "dpo": _Spec(
-            "dpo", r"Luce annotator, DPO model: $\pi \propto \pi_{\rm pre}\, (p^*)^{1/\beta}$ (Fig. 3, eq. 16)", luce,
+            "dpo", r"Luce annotator, DPO model: $\pi \propto \pi_{\rm ref}\, (p^*)^{1/\beta}$ (Fig. 3, eq. 16)", luce,
             [_Run(f"β = {b:g}", lambda pre, b=b: pbde.dpo(b, pre))
              for b in values((1.0, 4.0, 16.0))],
         ),
         "geometric": _Spec(
-            "geometric", r"Geometric behavior: $\pi \propto \pi_{\rm pre}^{1-\alpha}\, (p^*)^{\alpha}$ (Fig. 8, eq. 18)", luce,
+            "geometric", r"Geometric behavior: $\pi \propto \pi_{\rm ref}^{1-\alpha}\, (p^*)^{\alpha}$ (Fig. 8, eq. 18)", luce,
             [_Run(f"α = {fraction(a)}", lambda pre, a=a: pbde.geometric(a, pre))
              for a in values((1.0, 1 / 4, 1 / 16))],
         ),
@@ -260,7 +260,7 @@ def draw(report: dict, path) -> None:
             ax.plot(x, figure["p_star"], color="tab:blue", ls="--", lw=1.3,
                     label=r"$p^*$ (the annotator's density, eq. 10)")  # fmt: skip
             ax.plot(x, figure["pi_pre"], color="tab:orange", ls=":", lw=1.6,
-                    label=r"$\pi_{\rm pre}$ (the pre-trained model)")  # fmt: skip
+                    label=r"$\pi_{\rm ref}$ (the pre-trained model)")  # fmt: skip
             ax.plot(x, curves["learned"], color="tab:green", lw=3.2, alpha=0.55, label="learned")
             if "theory" in curves:
                 ax.plot(x, curves["theory"], color="black", ls=(0, (3, 2)), lw=1.3, zorder=3,
