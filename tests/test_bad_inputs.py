@@ -826,9 +826,10 @@ def _model_file(tmp_path, model=None):
 
 
 MODEL_FILES = [
-    ("empty", lambda p: p.write_bytes(b""), "EOFError"),
+    ("empty", lambda p: p.write_bytes(b""), "it is empty"),
     ("truncated", lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable"),
-    ("json", lambda p: p.write_text("{}"), "loaded safely"),
+    ("json", lambda p: p.write_text("{}"), "it is text, starting '{}'"),
+    ("binary", lambda p: p.write_bytes(b"\x00\xff\x13garbage"), "starts with the bytes"),
     ("foreign", lambda p: torch.save({"a": 1}, p), "no 'format' tag"),
     ("version", lambda p: _edited(p, lambda s: s.__setitem__("version", 99)), "version 99"),
     (
