@@ -1257,4 +1257,4 @@ def test_token_data_against_a_precomputed_reference_is_checked_before_training(p
         pbde.fit(model, pbde.Preferences(xa, xb, torch.ones(8)), steps=4, batch_size=2, lr=0.1,
                  progress=False)  # fmt: skip
     assert all(word in str(caught.value) for word in expected), caught.value
-    assert all(torch.equal(a, b) for a, b in zip(before, density.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, density.parameters(), strict=True))
