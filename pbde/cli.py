@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -247,6 +248,31 @@ def _check_fit_options(args: argparse.Namespace) -> None:
         raise UsageError("--reference applies only to --behavior dpo, geometric or ipo")
 
 
+def _column_mapping(values: list[str] | None) -> dict[str, str | None] | None:
+    """``--column FILE_COLUMN=NAME`` options as read_preferences' ``columns`` (``NAME`` empty:
+    ignore the column)."""
+    if not values:
+        return None
+    from pbde.io import _check_columns
+
+    mapping = {}
+    for value in values:
+        source, equals, target = value.partition("=")
+        if not equals or not source:
+            raise UsageError(
+                f"--column must be FILE_COLUMN=NAME (e.g. response_a=xa, or notes= to ignore "
+                f"a column), got {value!r}"
+            )
+        if source in mapping:
+            raise UsageError(f"--column names the file's column {source!r} twice")
+        mapping[source] = target or None
+    try:
+        _check_columns(mapping, "--column")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return mapping
+
+
 def _read_data(
     path: Path,
     items: str,
@@ -254,24 +280,26 @@ def _read_data(
     option: str = "DATA",
     command: str = "fit",
     format: str | None = None,
+    columns: dict[str, str | None] | None = None,
 ):
     from pbde.io import read_preferences
 
+    options = dict(on_error=on_error, format=format, columns=columns)
     try:
-        read = read_preferences(path, items=items, on_error=on_error, format=format)
+        read = read_preferences(path, items=items, **options)
         if items == "auto" and read.items in ("text", "number"):  # ids written as 1.0, names
             items = "name" if read.items == "text" else "id"
-            read = read_preferences(path, items=items, on_error=on_error, format=format)
+            read = read_preferences(path, items=items, **options)
     except (OSError, ValueError, ImportError) as error:
         message = str(error).replace("Pass on_error='drop'", "Pass --on-error drop")
         message = message.replace(
             "pass format='jsonl', 'csv' or 'parquet'", "pass --format jsonl, csv or parquet"
         )
         raise UsageError(f"{option} {message}") from None  # every problem, with its row
-    if read.ignored_columns:
+    unasked = [c for c in read.ignored_columns if c not in (columns or {})]  # not --column c=
+    if unasked:
         print(
-            f"pbde {command}: {option} columns ignored (not pbde columns): "
-            f"{', '.join(read.ignored_columns)}",
+            f"pbde {command}: {option} columns ignored (not pbde columns): {', '.join(unasked)}",
             file=sys.stderr,
         )
     return read
@@ -414,7 +442,7 @@ def _fit_and_report(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     items = "auto" if args.density == "categorical" else "number"  # ids or names
-    read = _read_data(args.data, items, args.on_error, format=args.format)
+    read = _read_data(args.data, items, args.on_error, format=args.format, columns=args.columns)
     if args.density == "categorical" and read.items not in ("id", "name"):
         raise UsageError(
             f"--density categorical needs integer item ids or item names; DATA holds "
@@ -581,7 +609,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if kind == "id" and saved.exists():  # fitted on named items: read names too
         names = json.loads(saved.read_text(encoding="utf-8"))["item_names"]
         kind = "auto"
-    read = _read_data(args.data, kind, args.on_error, command="evaluate", format=args.format)
+    read = _read_data(
+        args.data, kind, args.on_error, command="evaluate", format=args.format, columns=args.columns
+    )
     prefs = read.prefs
     if read.item_names is not None:
         if names is None:
@@ -672,6 +702,11 @@ for --density energy.
 optimum IPO targets; --loss ipo is IPO's squared loss, under any behavior.
 Under torchrun the fit is data-parallel."""
 
+_COLUMN_HELP = (
+    "read a column of DATA under a pbde name, e.g. --column response_a=xa (repeat for more "
+    "columns; notes= ignores a column)"
+)
+
 _DATA_FORMAT = """\
 DATA: one comparison per row, as JSON Lines (.jsonl), CSV (.csv) or Parquet
 (.parquet); other suffixes need --format. Rows of item ids or names, with y the
@@ -737,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="hinge margin (--loss hinge; default 1)")  # fmt: skip
     fit.add_argument("--format", choices=["jsonl", "csv", "parquet"],
                      help="DATA's format (default: from its suffix)")  # fmt: skip
+    fit.add_argument("--column", action="append", metavar="FILE_COLUMN=NAME",
+                     help=_COLUMN_HELP)  # fmt: skip
     fit.add_argument("--steps", type=_positive_int,
                      help="optimizer steps (categorical: 500; energy: 300; --model: 1 epoch)")  # fmt: skip
     fit.add_argument("--epochs", type=_positive_int, help="passes over the data (--model; 1)")
@@ -801,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="bad rows of DATA: stop or drop them")  # fmt: skip
     evaluate.add_argument("--format", choices=["jsonl", "csv", "parquet"],
                           help="DATA's format (default: from its suffix)")  # fmt: skip
+    evaluate.add_argument("--column", action="append", metavar="FILE_COLUMN=NAME",
+                          help=_COLUMN_HELP)  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -836,12 +875,9 @@ def main(argv: list[str] | None = None) -> int:
     known = (["demo"], ["fit"], ["evaluate"], ["reproduce"])
     command = f"pbde {arguments[0]}" if arguments[:1] in known else "pbde"
     try:
-        args = parser.parse_args(argv)
-        command = f"pbde {args.command}"
-        _check_device(getattr(args, "device", None))
-        if args.command in ("demo", "reproduce"):
-            _check_out_folder(args.out)
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(command, warnings.showwarning)
+            return _run(parser, argv, command)
     except UsageError as error:
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
@@ -851,6 +887,29 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # never a traceback: one line, naming what failed
         print(f"{command}: error: {type(error).__name__}: {_first_line(error)}", file=sys.stderr)
         return 2
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None, command: str) -> int:
+    args = parser.parse_args(argv)
+    if hasattr(args, "column"):
+        args.columns = _column_mapping(args.column)
+    _check_device(getattr(args, "device", None))
+    if args.command in ("demo", "reproduce"):
+        _check_out_folder(args.out)
+    return args.handler(args)
+
+
+def _one_line_warning(command: str, show):
+    """``warnings.showwarning`` for the CLI: a warning is one line on stderr, without the source
+    line it was raised from (pbde's own warnings say what to do; others keep their category)."""
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        text = _first_line(message) if isinstance(message, Warning) else str(message)
+        own = getattr(category, "__module__", "").split(".")[0] == "pbde"
+        label = "" if own else f"{category.__name__}: "
+        print(f"{command}: warning: {label}{text}", file=sys.stderr if file is None else file)
+
+    return one_line
 
 
 def _first_line(error: BaseException) -> str:

@@ -403,3 +403,42 @@ def test_the_data_format_examples_in_fit_help_read(tmp_path):
     read = pbde.io.read_preferences(named, items="name")
     assert read.item_names == ["Boston", "Ohio State"] and read.prefs.y.tolist() == [0.0]
     assert read.annotator_names == ["ann7"] and read.prefs.weight.tolist() == [2.0]
+
+
+def test_column_option_reads_other_column_names(data, tmp_path, capsys):
+    rows = [json.loads(line) for line in (data / "prefs.jsonl").read_text().splitlines()]
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(
+        "".join(
+            json.dumps({"left": r["xa"], "right": r["xb"], "win": r["y"], "notes": "-"}) + "\n"
+            for r in rows
+        )  # fmt: skip
+    )
+    mapping = ["--column", "left=xa", "--column", "right=xb", "--column", "win=y"]
+    code, _, err = run(fit_args(renamed, tmp_path / "a", *mapping, "--column", "notes="), capsys)
+    assert code == 0 and "ignored" not in err, err  # notes= asked for: no notice
+    code, _, err = run(fit_args(data / "prefs.jsonl", tmp_path / "b"), capsys)
+    assert code == 0, err
+    first = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state"]
+    second = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state"]
+    assert torch.equal(first["density.logits"], second["density.logits"])  # the same fit
+    code, out, err = run(["evaluate", tmp_path / "a" / "model.pt", renamed, *mapping], capsys)
+    assert code == 0 and "comparisons" in out and "notes" in err, (out, err)
+    for bad, words in [("left", "FILE_COLUMN=NAME"), ("=xa", "FILE_COLUMN=NAME"),
+                       ("left=x_a", "unknown names ['x_a']")]:  # fmt: skip
+        code, _, err = run(fit_args(renamed, tmp_path / "c", "--column", bad), capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+        assert "--column" in err, err
+
+
+def test_warnings_are_one_line_without_source_code(tmp_path, capsys):
+    # every comparison won by the larger id: separated items, which pbde fit warns about
+    rows = [{"xa": a, "xb": b, "y": 1.0} for a in range(3) for b in range(3) if a > b] * 5
+    path = tmp_path / "separated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(["fit", path, "--density", "categorical", "--items", 3, "--steps", 5,
+                        "--out", tmp_path / "o", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    warning_lines = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("pbde fit: warning: "), err
+    assert "never lost" in warning_lines[0] and "cli.py" not in err and "pbde.fit(" not in err
