@@ -281,21 +281,46 @@ class _LinkedImages(HTMLParser):
             self._links.pop()
 
 
-def wide_images_without_zoom(html: str, page: Path) -> list[str]:
-    """Local PNGs wider than the text column that do not link to themselves at full size."""
+def _images_of(html: str) -> list[tuple[str, str | None]]:
     parser = _LinkedImages()
     parser.feed(html)
+    return parser.images
+
+
+def _local(page: Path, url: str) -> Path | None:
+    parsed = urlparse(url)
+    if parsed.scheme or parsed.netloc or url.startswith("data:"):
+        return None
+    return (page.parent / unquote(parsed.path)).resolve()
+
+
+def _shown_at_full_size(page: Path, image: Path, link: str | None) -> bool:
+    """The image links to itself, or (a thumbnail) to a page where it links to itself."""
+    target = _local(page, link) if link else None
+    if target is None:
+        return False
+    if target == image:
+        return True
+    html = target / "index.html" if target.is_dir() else target
+    if html.suffix != ".html" or not html.is_file():
+        return False
+    return any(
+        _local(html, source) == image and link and _local(html, link) == image
+        for source, link in _images_of(html.read_text(encoding="utf-8"))
+    )
+
+
+def wide_images_without_zoom(html: str, page: Path) -> list[str]:
+    """Local PNGs wider than the text column that cannot be opened at full size from the page."""
     found = []
-    for source, link in parser.images:
-        url = urlparse(source)
-        if url.scheme or url.netloc:
-            continue
-        target = (page.parent / unquote(url.path)).resolve()
-        width = _png_width(target) if target.is_file() else None
-        if width is None or width <= PAGE_WIDTH_PX:
-            continue
-        linked = link and (page.parent / unquote(urlparse(link).path)).resolve() == target
-        if not linked:
+    for source, link in _images_of(html):
+        image = _local(page, source)
+        width = _png_width(image) if image is not None and image.is_file() else None
+        if (
+            width is not None
+            and width > PAGE_WIDTH_PX
+            and not _shown_at_full_size(page, image, link)
+        ):
             found.append(f"{source} ({width} px)")
     return found
 
@@ -436,6 +461,14 @@ def test_the_zoom_check_finds_a_wide_image_without_a_link(tmp_path):
     assert wide_images_without_zoom('<a href="other.png"><img src="wide.png"></a>', page)
     assert not wide_images_without_zoom('<a href="wide.png"><img src="wide.png"></a>', page)
     assert not wide_images_without_zoom('<img src="narrow.png">', page)
+    # a thumbnail may link to a page that shows the figure with its own full-size link
+    (tmp_path / "figures").mkdir()
+    figures = tmp_path / "figures" / "index.html"
+    thumbnail = '<a href="figures/"><img src="wide.png"></a>'
+    figures.write_text('<img src="../wide.png">')
+    assert wide_images_without_zoom(thumbnail, page)
+    figures.write_text('<a href="../wide.png"><img src="../wide.png"></a>')
+    assert not wide_images_without_zoom(thumbnail, page)
 
 
 def test_the_wording_check_finds_internal_words():
