@@ -95,8 +95,8 @@ def _plot(grid, p_star, pi_pre, theory, learned, beta, path):
     with torch.no_grad():
         curves = [
             (p_star, "p* (annotator, eq. 10)", dict(color="tab:blue", ls="--")),
-            (pi_pre, "π_pre", dict(color="tab:orange", ls=":")),
-            (theory, f"theory: π_pre·p*^(1/{beta:g}) (eq. 16)", dict(color="tab:red", ls="-.")),
+            (pi_pre, "π_ref (pre-trained)", dict(color="tab:orange", ls=":")),
+            (theory, f"theory: π_ref · p*^{{1/{beta:g}}} (eq. 16)", dict(color="tab:red", ls="-.")),
             (learned, "learned (DPO)", dict(color="tab:green", lw=2, alpha=0.8)),
         ]
         fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
