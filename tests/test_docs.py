@@ -244,8 +244,10 @@ def untypeset_formulas(html: str) -> list[str]:
         tex = formula.strip()
         if not (tex.startswith(("\\(", "\\[")) and tex.endswith(("\\)", "\\]"))):
             problems.append(f"formula without arithmatex's delimiters: {tex[:60]!r}")
-    if parsed.formulas and "javascripts/katex/katex.min.js" not in html:
-        problems.append("formulas on a page that does not load the site's own KaTeX")
+    # KaTeX and the script that runs it on the formulas (docs/javascripts/math.js), from the site
+    for script in ("javascripts/katex/katex.min.js", "javascripts/math.js"):
+        if parsed.formulas and not re.search(rf'<script src="(?:\.\./)*{re.escape(script)}"', html):
+            problems.append(f"formulas on a page that does not load the site's own {script}")
     return problems
 
 
@@ -433,7 +435,10 @@ def test_the_role_check_finds_a_raw_role():
 
 
 def test_the_formula_check_finds_untypeset_math():
-    katex = '<script src="../javascripts/katex/katex.min.js"></script>'
+    katex = (
+        '<script src="../javascripts/katex/katex.min.js"></script>'
+        '<script src="../javascripts/math.js"></script>'
+    )
     good = f'<p>with <span class="arithmatex">\\(p^*\\)</span> and cost $5</p>{katex}'
     assert untypeset_formulas(good)  # a dollar in prose is a formula marker left as text
     assert not untypeset_formulas(f'<p>with <span class="arithmatex">\\(p^*\\)</span></p>{katex}')
@@ -443,6 +448,8 @@ def test_the_formula_check_finds_untypeset_math():
     # formulas but no local KaTeX (e.g. a CDN script): not typeset offline
     cdn = '<script src="https://cdn.example/katex.min.js"></script>'
     assert untypeset_formulas(f'<span class="arithmatex">\\(x\\)</span>{cdn}')
+    without_renderer = '<script src="../javascripts/katex/katex.min.js"></script>'
+    assert untypeset_formulas(f'<span class="arithmatex">\\(x\\)</span>{without_renderer}')
     # dollars and backslashes inside code are code
     assert not untypeset_formulas("<pre><code>echo $HOME \\(x\\)</code></pre>")
 
