@@ -65,7 +65,7 @@ def nll_regularizer(
     """SLiC-HF's λ term: ``weight · (−mean log π_θ(samples))`` (Dumoulin et al., eq. 20).
 
     Args:
-        samples: items to keep likely, e.g. draws from π_pre, shape ``(m, *event_shape)``.
+        samples: items to keep likely, e.g. draws from π_ref, shape ``(m, *event_shape)``.
         weight: λ >= 0.
 
     Returns:
