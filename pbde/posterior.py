@@ -61,14 +61,34 @@ __all__ = ["LaplacePosterior", "bald", "policy_gain", "select_pairs", "CRITERIA"
 
 CRITERIA = ("policy", "bald")
 
-# Gauss–Hermite nodes for E[h(z)], z ~ N(m, s²): Σ_k w_k h(m + √2·s·t_k) / √π
-_NODES, _WEIGHTS = (torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.hermite.hermgauss(40))
+# E[h(z)], z ~ N(m, s²), for h of the logistic (σ, σ', H∘σ: functions of scale 1 that are
+# constant beyond |z| ≈ 40 to double precision). For s <= 1: Gauss–Hermite,
+# Σ_k w_k h(m + √2·s·t_k) / √π. For s > 1 the Hermite nodes, s·√2 apart near the mode, step over
+# the logistic's transition: Gauss–Legendre on [−L, L] against the Gaussian density there, and
+# the limits of h times the Gaussian mass beyond ±L.
+_HERMITE = [torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.hermite.hermgauss(40)]
+_SPAN = 40.0
+_LEGENDRE = [torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.legendre.leggauss(240)]
 
 
-def _gaussian_expectation(fn, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """E[fn(z)] for z ~ N(mean, variance), elementwise, by 40-point Gauss–Hermite quadrature."""
-    z = mean[..., None] + math.sqrt(2.0) * variance.clamp_min(0.0).sqrt()[..., None] * _NODES
-    return (fn(z) * _WEIGHTS).sum(-1) / math.sqrt(math.pi)
+def _gaussian_expectation(fn, mean: torch.Tensor, variance: torch.Tensor, limits=(0.0, 0.0)):
+    """E[fn(z)] for z ~ N(mean, variance), elementwise (see the note above); ``limits``: fn at
+    −∞ and +∞."""
+    s = variance.clamp_min(0.0).sqrt()
+    nodes, weights = _HERMITE
+    narrow = (fn(mean[..., None] + math.sqrt(2.0) * s[..., None] * nodes) * weights).sum(-1)
+    narrow = narrow / math.sqrt(math.pi)
+    wide_rows = s > 1.0
+    if not bool(wide_rows.any()):
+        return narrow
+    m, sw = mean[wide_rows], s[wide_rows]
+    z, weights = _LEGENDRE[0] * _SPAN, _LEGENDRE[1] * _SPAN
+    standard = (z - m[..., None]) / sw[..., None]
+    density = torch.exp(-0.5 * standard**2) / (sw[..., None] * math.sqrt(2 * math.pi))
+    normal = torch.distributions.Normal(m, sw)
+    below, above = normal.cdf(torch.tensor(-_SPAN)), 1 - normal.cdf(torch.tensor(_SPAN))
+    wide = (fn(z) * density * weights).sum(-1) + limits[0] * below + limits[1] * above
+    return narrow.masked_scatter(wide_rows, wide)
 
 
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -91,7 +111,7 @@ def bald(mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         The mutual information, the same shape, in [0, log 2].
     """
     mean, variance = mean.to(torch.float64), variance.to(torch.float64)
-    p = _gaussian_expectation(torch.sigmoid, mean, variance)
+    p = _gaussian_expectation(torch.sigmoid, mean, variance, (0.0, 1.0))
     expected_entropy = _gaussian_expectation(
         lambda z: _binary_entropy(torch.sigmoid(z)), mean, variance
     )
@@ -228,13 +248,29 @@ class LaplacePosterior:
             blocks.append(support.points.to(xa.device))
         items, index = torch.unique(_flat(torch.cat(blocks)), dim=0, return_inverse=True)
         items = items.reshape(-1, *xa.shape[1:])
+        # ∇ log π(x) = ∇ log π̃(x) − ∇ log Z: the per-item part by batched backward passes
+        # through the unnormalized density, the normalizer's gradient once (it cancels in the
+        # differences of a constant f and in G, a covariance)
         with torch.enable_grad():
-            log_p = density.log_prob(items)
-            jacobian = _jacobian(log_p, parameters)  # ∇ log π(item), (m, d)
+            jacobian = _jacobian(density.unnormalized_log_prob(items), parameters)
         with torch.no_grad():
+            log_p = density.log_prob(items)
             f = behavior.constant_f
             f = behavior.f(items).to(torch.float64).cpu() if f is None else torch.tensor(f)
-            omega = behavior.omega(log_p.detach(), items).to(torch.float64).cpu()
+            omega = behavior.omega(log_p, items).to(torch.float64).cpu()
+        if behavior.constant_f is None:
+            with torch.enable_grad():
+                first = items[:1]
+                log_z = density.unnormalized_log_prob(first) - density.log_prob(first)
+                grads = torch.autograd.grad(log_z.sum(), parameters, allow_unused=True)
+            jacobian = jacobian - torch.cat(
+                [
+                    (torch.zeros(p.numel()) if g is None else g.reshape(-1))
+                    .to(torch.float64)
+                    .cpu()
+                    for g, p in zip(grads, parameters, strict=True)
+                ]
+            )
         features = f.reshape(-1, 1) * jacobian  # ∇Ω(item) = f·∇ log π
         sizes = [b.shape[0] for b in blocks]
         offsets = np.cumsum([0, *sizes])
@@ -255,7 +291,7 @@ class LaplacePosterior:
         if support is not None:
             s = index[offsets[-2] : offsets[-1]].cpu()
             with torch.no_grad():
-                masses = support.masses(log_p.detach().to(torch.float64).cpu()[s])
+                masses = support.masses(log_p.to(torch.float64).cpu()[s])
             masses = masses / masses.sum()
             score = jacobian[s] - masses @ jacobian[s]
             self.fisher = (score * masses[:, None]).T @ score

@@ -21,7 +21,7 @@
 # `pbde.online.run` is that loop against a known ground truth. Each round it draws pairs from
 # a *proposal*, has the annotator label them, pools them with the earlier rounds' data,
 # re-fits the model and records KL(target ‖ π_θ) against the cumulative number of queries.
-# This tutorial compares four proposals at equal query budgets on two small bandits that
+# This tutorial compares five proposals at equal query budgets on two small bandits that
 # share the same optimal policy, and shows when iterating pays, when it does not, and what
 # `target="pooled"` is for.
 #
@@ -106,7 +106,7 @@ for name, problem in problems.items():
 print("π* =", np.round(closed_form.numpy(), 3))
 
 # %% [markdown]
-# ## Four ways to choose the pairs
+# ## Five ways to choose the pairs
 #
 # A proposal is a callable `(model, n, generator) -> (x_A, x_B)`:
 #
@@ -116,8 +116,15 @@ print("π* =", np.round(closed_form.numpy(), 3))
 # * `MainEnhancer(Tempered(3))`: x_A from the main policy π_θ, x_B from the enhancer
 #   π_θ^{1/3} (normalized), a flatter copy of the model that keeps exploring (Xiong et al.;
 #   `BestOfN` and `RejectionSampled` are other enhancers);
-# * `Active(pool=8)`: draw 8 on-policy candidate pairs per query and keep those whose label the
-#   model is least sure of, the smallest |Ω_θ(x_A) − Ω_θ(x_B)| (uncertainty sampling).
+# * `Active(pool=8)` (`"active"`): draw 8 on-policy candidate pairs per query and keep a batch
+#   of those a posterior over the model says are most informative. `pbde.posterior` keeps a
+#   Laplace approximation of the posterior over the model's logits, built from the pairs
+#   labelled so far (which `run` hands to the proposal), and scores a candidate by BALD, the
+#   mutual information between its label and the parameters (`criterion="policy"` scores the
+#   expected drop of the posterior's KL instead); the batch is chosen greedily, the posterior
+#   updated after each pick as if that pair had been labelled, so it does not repeat itself;
+# * `Active(pool=8, criterion="label_entropy")`: uncertainty sampling — keep the candidates
+#   whose *label* the current model is least sure of, the smallest |Ω_θ(x_A) − Ω_θ(x_B)|.
 
 # %%
 strategies = {
@@ -125,6 +132,7 @@ strategies = {
     "on-policy": online.OnPolicy,
     "main + enhancer (T = 3)": lambda: online.MainEnhancer(online.Tempered(3.0)),
     "active (pool 8)": lambda: online.Active(pool=8),
+    "uncertainty (pool 8)": lambda: online.Active(pool=8, criterion="label_entropy"),
 }
 
 # %% [markdown]
@@ -215,6 +223,7 @@ for name, problem in problems.items():
             "low": kls.min(0),
             "high": kls.max(0),
             "neighbours": (gaps == 1).double().mean().item(),
+            "choosing": sum(r.selection_seconds for r in results) / (SEEDS * len(ROUNDS)),
             "reached": median_queries(
                 [r.queries_to_reach(kl=KL_THRESHOLD, stay=True) for r in results]
             ),
@@ -223,13 +232,16 @@ for name, problem in problems.items():
 print(f"{SEEDS} seed(s); budget {sum(ROUNDS)} queries in {len(ROUNDS)} rounds of {ROUNDS}")
 print(
     f"queries until KL(π* ‖ π_θ) stays ≤ {KL_THRESHOLD} (median) | final KL (median) | "
-    "pairs of neighbours |x_A − x_B| = 1"
+    "pairs of neighbours |x_A − x_B| = 1 | seconds per round choosing the pairs"
 )
 for name in problems:
     print(f"  {name}  (KL at the start: {curves[name]['static']['initial']:.3f})")
     for label, curve in curves[name].items():
         final = curve["median"][-1]
-        print(f"    {label:<24} {curve['reached']:>6} | {final:.4f} | {curve['neighbours']:6.1%}")
+        print(
+            f"    {label:<24} {curve['reached']:>6} | {final:.4f} | {curve['neighbours']:6.1%} | "
+            f"{curve['choosing']:.3f}"
+        )
 
 # %% [markdown]
 # ## The picture
@@ -239,7 +251,9 @@ for name in problems:
 # from the best to the worst seed.
 
 # %%
-colors = dict(zip(strategies, ("tab:gray", "tab:blue", "tab:green", "tab:orange"), strict=True))
+colors = dict(
+    zip(strategies, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:olive"), strict=True)
+)
 fig, axes = plt.subplots(
     1, 3, figsize=(14, 4.8), dpi=120, gridspec_kw={"width_ratios": [0.8, 1, 1]}
 )
