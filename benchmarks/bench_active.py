@@ -67,7 +67,9 @@ def design_bound(rewards=(1.0, 0.5, 0.0), eta=1.0) -> dict:
     return {
         "best_over_static": best.fun / static,
         "best_over_on_policy": best.fun / on_policy,
-        "best_design": {f"{pairs[i]}": float(w) for i, w in zip(distinct, design(best.x)[distinct], strict=True)},
+        "best_design": {
+            f"{pairs[i]}": float(w) for i, w in zip(distinct, design(best.x)[distinct], strict=True)
+        },
     }
 
 
@@ -87,15 +89,15 @@ def main():
         f"{torch.get_num_threads()} thread(s), {seconds:.0f} s, {args.repeats} seeds"
     )
     rows = [("1-D toy", "toy", f"{settings.kl_threshold:g}")] + [
-        ("bandit", "bandit", f"{t:g}") for t in (settings.kl_threshold, settings.bandit_kl_threshold)
+        ("bandit", "bandit", f"{t:g}")
+        for t in (settings.kl_threshold, settings.bandit_kl_threshold)
     ]
     for title, key, level in rows:
         print(f"\n{title}, queries until KL stays <= {level} (median; per seed)")
         for strategy in settings.strategies:
             s = m[key][strategy]
             print(
-                f"  {strategy:<12} {s['queries_to'][level]!s:>6}  "
-                f"{s['queries_to_per_seed'][level]}"
+                f"  {strategy:<12} {s['queries_to'][level]!s:>6}  {s['queries_to_per_seed'][level]}"
             )
     for key in ("toy", "bandit"):
         print(f"\n{key}: seconds per round (choosing | re-fitting), final KL (median)")

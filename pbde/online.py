@@ -600,8 +600,10 @@ class Active:
                     f"Got {tuple(base[0].shape)} and {tuple(base[1].shape)}."
                 )
             self.fixed = base
-        self.base = None if self.fixed is not None else (
-            OnPolicy() if base is None else _as_proposal("base", base, None)
+        self.base = (
+            None
+            if self.fixed is not None
+            else (OnPolicy() if base is None else _as_proposal("base", base, None))
         )
         if score is not None and not callable(score):
             raise TypeError(f"'score' must be a callable (model, xa, xb) -> (n,). Got {score!r}.")

@@ -118,9 +118,7 @@ def bald(mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     return (_binary_entropy(p) - expected_entropy).clamp_min(0.0)
 
 
-def policy_gain(
-    mean: torch.Tensor, variance: torch.Tensor, spread: torch.Tensor
-) -> torch.Tensor:
+def policy_gain(mean: torch.Tensor, variance: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
     """The expected decrease of ½·tr(G·Σ) from one label of a pair: ½·λ·uᵀΣGΣu / (1 + λ·uᵀΣu).
 
     One label of a pair with feature u adds λ·u·uᵀ to the precision, λ = E[σ'(z)] its expected
@@ -237,7 +235,9 @@ class LaplacePosterior:
         if max_parameters < 1:
             raise ValueError(f"'max_parameters' must be an int >= 1. Got {max_parameters!r}.")
         if data is not None and not isinstance(data, Preferences):
-            raise TypeError(f"'data' must be a pbde.Preferences or None. Got {type(data).__name__}.")
+            raise TypeError(
+                f"'data' must be a pbde.Preferences or None. Got {type(data).__name__}."
+            )
         xa, xb = candidates
         density, behavior = model.density, model.behavior
         parameters = _trailing_parameters(density, max_parameters)
@@ -265,9 +265,7 @@ class LaplacePosterior:
                 grads = torch.autograd.grad(log_z.sum(), parameters, allow_unused=True)
             jacobian = jacobian - torch.cat(
                 [
-                    (torch.zeros(p.numel()) if g is None else g.reshape(-1))
-                    .to(torch.float64)
-                    .cpu()
+                    (torch.zeros(p.numel()) if g is None else g.reshape(-1)).to(torch.float64).cpu()
                     for g, p in zip(grads, parameters, strict=True)
                 ]
             )
@@ -355,6 +353,7 @@ def select_pairs(
     if criterion == "policy":
         spread = ((a @ fisher) * a).sum(1)
     del a
+
     def scores(rows):
         if criterion == "policy":
             return policy_gain(logits[rows], variance[rows], spread[rows])

@@ -287,7 +287,9 @@ def test_run_accounts_for_choosing_and_fitting_per_round():
     assert result.offline_pairs == 0
     for record in result.history:
         assert record.selection_seconds > 0.0 and record.fit_seconds > 0.0
-    assert result.selection_seconds == pytest.approx(sum(r.selection_seconds for r in result.history))
+    assert result.selection_seconds == pytest.approx(
+        sum(r.selection_seconds for r in result.history)
+    )
     assert result.selection_seconds + result.fit_seconds <= result.seconds
     elapsed = [r.seconds for r in result.history]
     assert elapsed == sorted(elapsed)
@@ -299,8 +301,9 @@ def test_hybrid_run_pools_offline_data_and_active_reads_it():
     a posterior that has seen many (0, 1) comparisons asks about another pair first."""
     annotator = bt_annotator()
     generator = torch.Generator().manual_seed(0)
-    offline = annotator.label(torch.zeros(400, dtype=torch.long), torch.ones(400, dtype=torch.long),
-                              generator=generator)
+    offline = annotator.label(
+        torch.zeros(400, dtype=torch.long), torch.ones(400, dtype=torch.long), generator=generator
+    )
     seen = []
 
     class Recording(online.Active):

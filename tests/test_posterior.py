@@ -37,7 +37,16 @@ def _entropy(p):
     return -scipy.special.xlogy(p, p) - scipy.special.xlogy(1 - p, 1 - p)
 
 
-CASES = [(0.0, 0.01), (0.0, 4.0), (1.5, 0.3), (-2.0, 9.0), (4.0, 1.0), (0.3, 25.0), (-3.0, 400.0), (5.0, 2500.0)]
+CASES = [
+    (0.0, 0.01),
+    (0.0, 4.0),
+    (1.5, 0.3),
+    (-2.0, 9.0),
+    (4.0, 1.0),
+    (0.3, 25.0),
+    (-3.0, 400.0),
+    (5.0, 2500.0),
+]
 
 
 @pytest.mark.parametrize(("m", "s2"), CASES)
@@ -66,9 +75,7 @@ def _tabular():
         Categorical(probs=torch.tensor(FIT, dtype=torch.float64)),
         pbde.dpo(BETA, Categorical(probs=torch.tensor(REFERENCE, dtype=torch.float64))),
     )
-    data = pbde.Preferences(
-        torch.tensor(DATA_A), torch.tensor(DATA_B), torch.ones(len(DATA_A))
-    )
+    data = pbde.Preferences(torch.tensor(DATA_A), torch.tensor(DATA_B), torch.ones(len(DATA_A)))
     return model, data
 
 
@@ -134,7 +141,10 @@ def test_policy_gain_is_the_drop_of_the_expected_kl():
         built.logits,
         built.variance(),
         torch.einsum(
-            "cd,de,ef,fc->c", built.features, built.covariance, built.fisher,
+            "cd,de,ef,fc->c",
+            built.features,
+            built.covariance,
+            built.fisher,
             built.covariance @ built.features.T,
         ),
     ).numpy()
