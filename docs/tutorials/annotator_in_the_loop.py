@@ -25,7 +25,7 @@
 # share the same optimal policy, and shows when iterating pays, when it does not, and what
 # `target="pooled"` is for.
 #
-# Run it with `python docs/tutorials/annotator_in_the_loop.py` (about six minutes on a busy
+# Run it with `python docs/tutorials/annotator_in_the_loop.py` (four to six minutes on a busy
 # 2-core CPU); `PBDE_SMOKE=1` shrinks it to seconds. Figures go to `PBDE_FIGURES_DIR` (default
 # `docs/images/tutorials`).
 
@@ -347,10 +347,10 @@ print(f"wrote {FIGURES / 'annotator_in_the_loop.png'} in {time.perf_counter() - 
 # *Active selection halves the queries and keeps improving; uncertainty sampling stalls.*
 # Choosing from the same on-policy candidates by what the posterior expects to learn reaches
 # KL = 0.05 after 128 and 256 queries (medians), half of the best random proposal on each
-# bandit, and ends lowest on both (0.0012 and 0.0020 after 4096 queries). Choosing costs about
-# a second per round here (1.0 and 0.85 s on average, on a busy 2-core CPU) against
-# milliseconds for the others: worth it when a query costs a person's attention, not when
-# labels are free. Uncertainty sampling also gets to 0.05 early (128 and 256 queries) but then
+# bandit, and ends lowest on both (0.0012 and 0.0020 after 4096 queries). Choosing costs
+# under a second per round here (the last column: 0.6–1.0 s in two runs on a busy 2-core CPU)
+# against milliseconds for the others: worth it when a query costs a person's attention, not
+# when labels are free. Uncertainty sampling also gets to 0.05 early (128 and 256 queries) but then
 # flattens out near 0.01 (0.0105 and 0.0098 at the end). The last column of the table but one
 # shows why: 95–97 % of its queries compare neighbours, the pairs whose label the model finds
 # closest to a coin flip, against 22–31 % for the random proposals. Neighbour comparisons
