@@ -670,7 +670,7 @@ def _as_proposal(name: str, proposal, reference, support: Support | None = None)
         if proposal == "on_policy":
             return OnPolicy(support)
         if proposal == "active":
-            return Active(base=OnPolicy(support))
+            return Active(base=OnPolicy(support), support=support)
         raise ValueError(
             f"'{name}' as a string must be 'static', 'on_policy' or 'active'. Got {proposal!r}."
         )
