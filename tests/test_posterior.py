@@ -262,3 +262,30 @@ def test_bad_input_is_named():
         online.Active(prior_precision=-1.0)
     with pytest.raises(ValueError, match="'base'"):
         online.Active(base=(torch.tensor([0, 1]), torch.tensor([1])))
+
+
+def test_features_with_a_varying_f_match_finite_differences():
+    """f(x) = 1/|x| does not cancel the normalizer's gradient in Ω(x_A) − Ω(x_B) (an energy
+    model's unnormalized log-density leaves it out)."""
+    torch.manual_seed(1)
+    density = pbde.densities.EnergyModel(-2.0, 2.0, hidden=(8, 8), grid_size=65).double()
+    density.energy_net[-1].bias.requires_grad_(False)
+    model = pbde.Annotator(density, pbde.length_normalized(lambda x: x + 3.0))
+    grid = density.grid.points
+    xa, xb = grid[[3, 10, 40]], grid[[60, 10, 5]]
+    built = posterior.LaplacePosterior(model, None, (xa, xb), max_parameters=16)
+    h = 1e-6
+    columns = []
+    for p in (density.energy_net[-3].bias, density.energy_net[-1].weight):
+        for i in range(p.numel()):
+            with torch.no_grad():
+                p.view(-1)[i] += h
+                up = model.logits(xa, xb)
+                p.view(-1)[i] -= 2 * h
+                down = model.logits(xa, xb)
+                p.view(-1)[i] += h
+            columns.append((up - down) / (2 * h))
+    expected = torch.stack(columns, 1).numpy()
+    np.testing.assert_allclose(built.features.numpy(), expected, rtol=1e-5, atol=1e-7)
+    # the pair of one item twice: f(a) = f(b), so the normalizer cancels there
+    assert float(built.features[1].abs().max()) == 0.0
