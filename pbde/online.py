@@ -985,7 +985,9 @@ def run(
             ``"active"`` (:class:`Active`: the pairs a posterior over the model says are
             worth most, among on-policy candidates), a Density (static), or a
             callable ``(model, n, generator) -> (xa, xb)`` such as :class:`MainEnhancer`,
-            :class:`BestVsWorst`.
+            :class:`BestVsWorst`. A callable with ``uses_data = True`` (as :class:`Active`) is
+            also given ``data=``, the comparisons pooled so far (``offline`` included; ``None``
+            before the first).
         refit: how to re-fit after each round: a dict of :func:`pbde.fit` keyword arguments
             (default ``{"steps": 300, "lr": 1e-2}``; round t uses ``seed + t``), or a callable
             ``(model, data) -> anything`` that trains ``model`` in place (taken to use the BCE
