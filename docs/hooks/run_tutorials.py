@@ -150,7 +150,8 @@ def execute(
         "size": size,
         "code_sha256": digest,
         "seconds": round(recorded["seconds"], 1),
-        "machine": machine() | {"torch_threads": env["OMP_NUM_THREADS"]},
+        "machine": machine()
+        | {"torch_threads": env["OMP_NUM_THREADS"], "load_average": round(os.getloadavg()[0], 1)},
         "date": datetime.date.today().isoformat(),
         "cells": recorded["cells"],
     }

@@ -108,6 +108,8 @@ def timing_note(run: dict, smoke_seconds: float | None) -> str:
     cores = run["machine"]["cores"]
     if run["size"] == "full":
         text = f"Runs in about {_duration(run['seconds'])} at full size on a {cores}-core CPU"
+        load = run["machine"].get("load_average")  # other jobs on the machine slow a run down
+        text += f" (load average {load:g} at the end of the run)" if load else ""
         text += (
             ""
             if smoke_seconds is None

@@ -36,8 +36,8 @@
 # instead of the default (vocabulary 500, state 128, 1500 steps), which takes several minutes
 # on a CPU. The numbers are therefore a little different from `docs/reproduce.md`'s.
 #
-# Run it with `python docs/tutorials/length_bias_in_sequence_models.py` (a few minutes on a
-# 2-core CPU); `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much.
+# Run it with `python docs/tutorials/length_bias_in_sequence_models.py` (the time measured
+# for this page is under the title); `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much.
 # Figures go to `PBDE_FIGURES_DIR` (default `docs/images/tutorials`).
 
 # %%

@@ -26,8 +26,8 @@
 # model (`pbde.densities.EnergyModel`, r_θ = −E_θ, normalized on a grid) trained from scratch
 # with the Luce behavior and the BCE loss.
 #
-# Run it with `python docs/tutorials/reward_model_is_a_density.py` (about a minute on a 2-core
-# CPU); `PBDE_SMOKE=1` shrinks it to a few seconds. Figures go to `PBDE_FIGURES_DIR` (default
+# Run it with `python docs/tutorials/reward_model_is_a_density.py` (the time measured for this
+# page is under the title); `PBDE_SMOKE=1` shrinks it to a few seconds. Figures go to `PBDE_FIGURES_DIR` (default
 # `docs/images/tutorials`).
 
 # %%

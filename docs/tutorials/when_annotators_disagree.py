@@ -35,8 +35,8 @@
 # Everything lives on a finite support — 12 coffee temperatures, items 0 (coldest) to 11
 # (hottest) — so the theory is exact and the fits take seconds.
 #
-# Run it with `python docs/tutorials/when_annotators_disagree.py` (a few minutes on a 2-core
-# CPU); `PBDE_SMOKE=1` shrinks it to seconds. Figures go to `PBDE_FIGURES_DIR` (default
+# Run it with `python docs/tutorials/when_annotators_disagree.py` (the time measured for this
+# page is under the title); `PBDE_SMOKE=1` shrinks it to seconds. Figures go to `PBDE_FIGURES_DIR` (default
 # `docs/images/tutorials`).
 
 # %%
