@@ -159,6 +159,6 @@ print(f"wrote {FIGURES / 'reward_model_density.png'} in {time.perf_counter() - b
 # the reward-model likelihood is p* itself (Theorem 1). `TV(p*, learned)` is small compared with
 # `TV(p*, uniform)`: with 4096 uniformly drawn pairs, the normalized reward model recovers both
 # modes of p*, including how the mass splits between them — which no single comparison
-# reveals. The remaining error is visible in the picture: the narrow mode at −2.5 comes out a
-# little too tall and the wide mode at 2.5 a little too low, and in the far tails (right panel)
+# reveals. The remaining error is visible in the picture: the narrow mode at −2.5 comes out
+# narrower than p*'s and about twice as tall, the wide mode at 2.5 too low, and in the far tails (right panel)
 # the learned log-density falls faster than log p*, where the labels only say "the tail loses".
