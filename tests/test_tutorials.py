@@ -60,6 +60,10 @@ print("x is", x)
 
 # %%
 warnings.warn("careful")
+warnings.filterwarnings("ignore", message="hush")
+
+# %%
+warnings.warn("hush")  # a filter set in an earlier cell still holds
 
 # %%
 y = x + 1
@@ -70,8 +74,8 @@ def test_runner_records_each_cells_output_in_one_namespace(tmp_path):
     path = tmp_path / "toy.py"
     path.write_text(TOY)
     run = run_tutorials.execute(path, size="smoke")
-    assert [cell["stdout"] for cell in run["cells"]] == ["x is 42\n", "", ""]
-    assert run["cells"][1]["warnings"] == ["UserWarning: careful"]
+    assert [cell["stdout"] for cell in run["cells"]] == ["x is 42\n", "", "", ""]
+    assert [cell["warnings"] for cell in run["cells"]] == [[], ["UserWarning: careful"], [], []]
     assert run["size"] == "smoke" and run["code_sha256"] == run_tutorials.code_hash(path)
 
 
@@ -87,7 +91,7 @@ def test_runner_runs_smoke_and_full_size(tmp_path):
 def test_runner_names_the_failing_cell(tmp_path):
     path = tmp_path / "broken.py"
     path.write_text(TOY + '\n# %%\nraise KeyError("no such item")\n')
-    with pytest.raises(RuntimeError, match=r"code cell 4 of 4(.|\n)*KeyError: 'no such item'"):
+    with pytest.raises(RuntimeError, match=r"code cell 5 of 5(.|\n)*KeyError: 'no such item'"):
         run_tutorials.execute(path, size="smoke")
 
 

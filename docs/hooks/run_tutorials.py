@@ -165,12 +165,15 @@ def _run_cells(request: Path, result: Path) -> int:
     sys.argv = [path]
     namespace = {"__name__": "__main__", "__file__": path}
     recorded: dict = {"cells": []}
+    caught: list[str] = []  # the warnings a script run would print, as the filters let them
+    warnings.showwarning = lambda message, category, *_, **__: caught.append(
+        f"{category.__name__}: {message}"
+    )
     began = time.perf_counter()
     for index, source in enumerate(spec["cells"]):
         out = io.StringIO()
         start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out):
-            warnings.simplefilter("default")
+        with contextlib.redirect_stdout(out):
             try:
                 exec(compile(source, f"{path} (code cell {index})", "exec"), namespace)
             except BaseException:  # noqa: BLE001 - reported to the parent with its traceback
@@ -178,10 +181,11 @@ def _run_cells(request: Path, result: Path) -> int:
         recorded["cells"].append(
             {
                 "stdout": out.getvalue(),
-                "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+                "warnings": caught.copy(),
                 "seconds": round(time.perf_counter() - start, 2),
             }
         )
+        caught.clear()
         if "error" in recorded:
             break
     recorded["seconds"] = time.perf_counter() - began
