@@ -12,6 +12,7 @@ at full size otherwise — and shows the figures of that run; so a page never la
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import tempfile
@@ -95,12 +96,61 @@ def render(name: str, run: dict, smoke_seconds: float | None = None) -> str:
 
 
 def output_block(cell: dict) -> str:
-    """A code cell's printed output (and warnings) as a fenced block, or nothing if it was silent."""
+    """A code cell's printed output (and warnings), or nothing if it was silent.
+
+    Text goes in a fenced block; a Markdown table that the cell printed becomes a table, so that
+    its columns fit the page instead of scrolling out of it.
+    """
     text = cell["stdout"] + "".join(f"{warning}\n" for warning in cell["warnings"])
-    if not text.strip():
-        return ""
-    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
-    return f"{fence}{{.text .{OUTPUT_CLASS}}}\n{text.rstrip()}\n{fence}"
+    blocks, lines = [], text.rstrip().splitlines()
+    while lines:
+        table = _leading_table(lines)
+        if table:
+            blocks.append(_html_table(lines[:table]))
+            lines = lines[table:]
+            continue
+        end = next((i for i in range(1, len(lines)) if _leading_table(lines[i:])), len(lines))
+        chunk = "\n".join(lines[:end])
+        lines = lines[end:]
+        if chunk.strip():
+            fence = "`" * max(3, 1 + max(map(len, re.findall(r"`+", chunk)), default=0))
+            # sentences wrap at the page's width; aligned columns (runs of spaces) scroll
+            wrap = "" if "  " in chunk else f" .{OUTPUT_CLASS}-wrap"
+            blocks.append(f"{fence}{{.text .{OUTPUT_CLASS}{wrap}}}\n{chunk}\n{fence}")
+    return "\n\n".join(blocks)
+
+
+_TABLE_ROW = re.compile(r"^\|.*\|$")
+_TABLE_RULE = re.compile(r"^\|[-:| ]+\|$")
+_NUMBER = re.compile(r"^([-+−]?[\d.,]+(e[-+]?\d+)?%?|—|none)$")
+
+
+def _leading_table(lines: list[str]) -> int:
+    """How many of the first lines form a Markdown table (header, rule, rows); 0 if none."""
+    if len(lines) < 2 or not _TABLE_ROW.match(lines[0]) or not _TABLE_RULE.match(lines[1]):
+        return 0
+    rows = 2
+    while rows < len(lines) and _TABLE_ROW.match(lines[rows]):
+        rows += 1
+    return rows
+
+
+def _html_table(lines: list[str]) -> str:
+    def cells(line: str) -> list[str]:
+        return [html.escape(cell.strip()) for cell in line.strip()[1:-1].split("|")]
+
+    def row(line: str) -> str:
+        return "".join(
+            f'<td align="right">{cell}</td>' if _NUMBER.match(cell) else f"<td>{cell}</td>"
+            for cell in cells(line)
+        )
+
+    head = "".join(f"<th>{cell}</th>" for cell in cells(lines[0]))
+    body = "".join(f"<tr>{row(line)}</tr>" for line in lines[2:])
+    return (
+        f'<div class="{OUTPUT_CLASS} {OUTPUT_CLASS}-table"><table>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
 
 
 def timing_note(run: dict, smoke_seconds: float | None) -> str:
@@ -108,8 +158,9 @@ def timing_note(run: dict, smoke_seconds: float | None) -> str:
     cores = run["machine"]["cores"]
     if run["size"] == "full":
         text = f"Runs in about {_duration(run['seconds'])} at full size on a {cores}-core CPU"
-        load = run["machine"].get("load_average")  # other jobs on the machine slow a run down
-        text += f" (load average {load:g} at the end of the run)" if load else ""
+        load = run["machine"].get("load_average")
+        if load and load > cores:  # other jobs slowed the run down: say so
+            text += f" shared with other jobs (load average {load:g})"
         text += (
             ""
             if smoke_seconds is None
