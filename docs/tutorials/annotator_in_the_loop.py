@@ -10,7 +10,7 @@
 # %% [markdown]
 # # The annotator in the loop
 #
-# Dumoulin et al. draw every pair up front, from π_pre, and fit once. Their §6
+# Dumoulin et al. draw every pair up front, from $\pi_{\mathrm{ref}}$, and fit once. Their §6
 # ("Stationarity") leaves two questions open: is it better to *alternate* — query the
 # annotator on pairs drawn from the current model, re-fit, repeat, as RLHF does — and can
 # *active learning* reduce the number of annotator queries? Xiong et al. (ICML 2024) study
@@ -20,7 +20,7 @@
 #
 # `pbde.online.run` is that loop against a known ground truth. Each round it draws pairs from
 # a *proposal*, has the annotator label them, pools them with the earlier rounds' data,
-# re-fits the model and records KL(target ‖ π_θ) against the cumulative number of queries.
+# re-fits the model and records $\mathrm{KL}(\text{target} \,\|\, \pi_\theta)$ against the cumulative number of queries.
 # This tutorial compares five proposals at equal query budgets on two small bandits that
 # share the same optimal policy, and shows when iterating pays, when it does not, and what
 # `target="pooled"` is for.
@@ -69,21 +69,25 @@ began = time.perf_counter()
 # The RLHF objective (Dumoulin et al., eq. 12; Xiong et al.'s reverse-KL regularised bandit)
 # trades reward against staying close to a reference policy:
 #
-#     max_π  E_{x∼π}[r(x)] − η·KL(π ‖ π_ref)      (eq. 12)
-#     ⟹   π*(x) ∝ π_ref(x)·exp(r(x)/η)            (eq. 13)
+# $$
+# \begin{aligned}
+# &\max_\pi \; \mathbb{E}_{x \sim \pi}[r(x)] - \eta\, \mathrm{KL}(\pi \,\|\, \pi_{\mathrm{ref}}) && \text{(eq. 12)} \\
+# \Longrightarrow \quad &\pi^*(x) \propto \pi_{\mathrm{ref}}(x)\, \exp(r(x)/\eta) && \text{(eq. 13)}
+# \end{aligned}
+# $$
 #
-# A Bradley–Terry annotator with reward r is the Luce annotator (eq. 9) whose density is
-# p* ∝ exp(r), and DPO is the PBDE with Ω_θ = β·log π_θ − β·log π_ref (eqs. 14–15). Lemma 1
-# puts the DPO model's optimum at π ∝ π_ref·p*^{1/β} (eq. 16), which for β = η *is* eq. 13.
+# A Bradley–Terry annotator with reward $r$ is the Luce annotator (eq. 9) whose density is
+# $p^* \propto \exp(r)$, and DPO is the PBDE with $\Omega_\theta = \beta \log \pi_\theta - \beta \log \pi_{\mathrm{ref}}$ (eqs. 14–15). Lemma 1
+# puts the DPO model's optimum at $\pi \propto \pi_{\mathrm{ref}}\,{p^*}^{1/\beta}$ (eq. 16), which for $\beta = \eta$ *is* eq. 13.
 # On a finite support `pbde.optimal_density` gives it exactly, and it does not depend on the
 # pairs that were queried (as long as they connect the items), so every proposal below chases
 # the same target.
 #
-# Two bandits on eight items share the optimum π* ∝ exp(x/2):
+# Two bandits on eight items share the optimum $\pi^* \propto \exp(x/2)$:
 #
-# * **π_ref covers π\***: π_ref uniform, the annotator's reward r(x) = x/2;
-# * **π_ref misses π\***: π_ref ∝ exp(−x/2) puts 40 % of its mass on item 0 and 1 % on item
-#   7, where π* puts 1 % and 40 %; the annotator's reward r(x) = x is steeper to compensate.
+# * **$\pi_{\mathrm{ref}}$ covers $\pi^*$**: $\pi_{\mathrm{ref}}$ uniform, the annotator's reward $r(x) = x/2$;
+# * **$\pi_{\mathrm{ref}}$ misses $\pi^*$**: $\pi_{\mathrm{ref}} \propto \exp(-x/2)$ puts 40 % of its mass on item 0 and 1 % on item
+#   7, where $\pi^*$ puts 1 % and 40 %; the annotator's reward $r(x) = x$ is steeper to compensate.
 
 # %%
 support = torch.arange(ITEMS)
@@ -110,22 +114,22 @@ print("π* =", np.round(closed_form.numpy(), 3))
 #
 # A proposal is a callable `(model, n, generator) -> (x_A, x_B)`:
 #
-# * `Static(π_ref)` (`"static"`): both items from π_ref, the paper's stationary setting —
+# * `Static(π_ref)` (`"static"`): both items from $\pi_{\mathrm{ref}}$, the paper's stationary setting —
 #   the same as drawing every pair up front, only queried in instalments;
-# * `OnPolicy()` (`"on_policy"`): both items from the current model π_θ — iterative DPO;
-# * `MainEnhancer(Tempered(3))`: x_A from the main policy π_θ, x_B from the enhancer
-#   π_θ^{1/3} (normalized), a flatter copy of the model that keeps exploring (Xiong et al.;
+# * `OnPolicy()` (`"on_policy"`): both items from the current model $\pi_\theta$ — iterative DPO;
+# * `MainEnhancer(Tempered(3))`: $x_A$ from the main policy $\pi_\theta$, $x_B$ from the enhancer
+#   $\pi_\theta^{1/3}$ (normalized), a flatter copy of the model that keeps exploring (Xiong et al.;
 #   `BestOfN` and `RejectionSampled` are other enhancers);
 # * `Active(pool=8)` (`"active"`): draw 8 on-policy candidate pairs per query and keep a batch
 #   of those a posterior over the model says are most informative. `pbde.posterior` keeps a
 #   Laplace approximation of the posterior over the model's logits, built from the pairs
 #   labelled so far (which `run` hands to the proposal), and scores a candidate by how much one
-#   label of it is expected to shrink E_θ[KL(π_θ̂ ‖ π_θ)], the posterior's spread measured on
+#   label of it is expected to shrink $\mathbb{E}_\theta[\mathrm{KL}(\pi_{\hat\theta} \,\|\, \pi_\theta)]$, the posterior's spread measured on
 #   the policy (`criterion="bald"` scores the mutual information between the label and the
 #   parameters instead); the batch is chosen greedily, the posterior updated after each pick as
 #   if that pair had been labelled, so it does not repeat itself;
 # * `Active(pool=8, criterion="label_entropy")`: uncertainty sampling — keep the candidates
-#   whose *label* the current model is least sure of, the smallest |Ω_θ(x_A) − Ω_θ(x_B)|.
+#   whose *label* the current model is least sure of, the smallest $\lvert \Omega_\theta(x_A) - \Omega_\theta(x_B)\rvert$.
 
 # %%
 strategies = {
@@ -139,19 +143,23 @@ strategies = {
 # %% [markdown]
 # ## The re-fit: DPO with a weak prior
 #
-# After each round the model — a `Categorical` density started at π_ref — is re-fitted, from
+# After each round the model — a `Categorical` density started at $\pi_{\mathrm{ref}}$ — is re-fitted, from
 # where it was, on all the data so far. With a few dozen comparisons the DPO likelihood often
 # has no maximum: an item that won every comparison it took part in has an infinite optimal
 # logit, and one that lost every comparison is sent to probability 0 (Azar et al.'s
 # over-fitting argument). We therefore fit the maximum a posteriori under a weak Gaussian
-# prior on the implicit rewards u(x) = log π_θ(x) − log π_ref(x):
+# prior on the implicit rewards $u(x) = \log \pi_\theta(x) - \log \pi_{\mathrm{ref}}(x)$:
 #
-#     minimise  (1/N)·Σ_i ℓ_BCE(Ω_θ(x_A,i) − Ω_θ(x_B,i), y_i)
-#               + (1/(2σ²N))·Σ_x (u(x) − ū)²,     σ = 3,
+# $$
+# \begin{aligned}
+# \text{minimise} \quad & \frac{1}{N} \sum_i \ell_{\mathrm{BCE}}\big(\Omega_\theta(x_{A,i}) - \Omega_\theta(x_{B,i}),\, y_i\big) \\
+# & + \frac{1}{2 \sigma^2 N} \sum_x \big(u(x) - \bar u\big)^2, \qquad \sigma = 3,
+# \end{aligned}
+# $$
 #
 # with `pbde.fit`'s `regularizer`. In the summed objective the prior adds a precision of
-# 1/σ² ≈ 0.11 per item, less than the Fisher information of one comparison between items of
-# similar reward (p(1 − p) ≈ 0.2–0.25), and it does not grow with N: the optimum is still
+# $1/\sigma^2 \approx 0.11$ per item, less than the Fisher information of one comparison between items of
+# similar reward ($p(1 - p) \approx 0.2$–$0.25$), and it does not grow with $N$: the optimum is still
 # eq. 16 as the data grow. A callable `refit`
 # receives `(model, data)` and trains the model in place; `run` then assumes the BCE loss
 # when it picks the target.
@@ -185,8 +193,8 @@ def start_model(problem):
 # ## The loop at equal budgets
 #
 # Every strategy gets the same schedule of queries (64, 64, 128, …, 2048: 4096 in all) and
-# the same seeds, so their first round is identical wherever the first proposal is (π_ref
-# for the static, on-policy and active loops). `result.kl` holds KL(π* ‖ π_θ) after each round;
+# the same seeds, so their first round is identical wherever the first proposal is ($\pi_{\mathrm{ref}}$
+# for the static, on-policy and active loops). `result.kl` holds $\mathrm{KL}(\pi^* \,\|\, \pi_\theta)$ after each round;
 # `result.queries_to_reach(kl=..., stay=True)` is the cumulative budget from which the KL stays
 # below a threshold.
 
@@ -247,7 +255,7 @@ for name in problems:
 # %% [markdown]
 # ## The picture
 #
-# Left, the two references and the common optimum. Middle and right, KL(π* ‖ π_θ) against
+# Left, the two references and the common optimum. Middle and right, $\mathrm{KL}(\pi^* \,\|\, \pi_\theta)$ against
 # the cumulative number of queries for each strategy: the median over the seeds, the band
 # from the best to the worst seed.
 
@@ -324,29 +332,29 @@ print(f"wrote {FIGURES / 'annotator_in_the_loop.png'} in {time.perf_counter() - 
 # %% [markdown]
 # ![KL to the optimum against annotator queries](../images/tutorials/annotator_in_the_loop.png)
 #
-# **What the numbers show.** *When π_ref covers π\*, iterating buys nothing.* The static,
-# on-policy and main + enhancer loops stay below KL = 0.05 after 256 queries (medians), and
+# **What the numbers show.** When $\pi_{\mathrm{ref}}$ covers $\pi^*$, *iterating buys nothing.* The static,
+# on-policy and main + enhancer loops stay below $\mathrm{KL} = 0.05$ after 256 queries (medians), and
 # after 4096 the static loop (0.0022) and main + enhancer (0.0021) end lower than on-policy
-# (0.0063, within the spread of the seeds). Pairs from a uniform π_ref compare every item with
+# (0.0063, within the spread of the seeds). Pairs from a uniform $\pi_{\mathrm{ref}}$ compare every item with
 # every other equally often, which is already a good design; drawing them from the model moves
 # queries away from the low-reward items, whose logits then rest on fewer comparisons.
 #
-# *When π_ref misses π\*, iterating needs eight times fewer queries.* The static loop needs
+# When $\pi_{\mathrm{ref}}$ misses $\pi^*$, *iterating needs eight times fewer queries.* The static loop needs
 # the whole budget (median 4096 queries) to stay below 0.05 and ends at 0.023, with a seed
 # still above 0.1 (the grey band); on-policy and main + enhancer get there after 512 queries
-# and end at 0.0044 and 0.0038. The KL weighs each item by π\*, so what matters is how well
-# the logits of items 5–7 are pinned down. Under π_ref those items are 3 %, 2 % and 1 % of
-# the draws, so most static queries compare items 0–3, which π\* barely cares about, and the
-# few that involve item 7 set it against items 0–2, which it beats with probability σ(5) to
-# σ(7), 0.993 to 0.999: a label that is almost certain carries almost no information (one
-# comparison's Fisher information about Ω(x_A) − Ω(x_B) is p(1 − p) under eq. 9). Iterating
-# moves the queries to where the current model — and soon π\* — puts its mass, and compares
+# and end at 0.0044 and 0.0038. The KL weighs each item by $\pi^*$, so what matters is how well
+# the logits of items 5–7 are pinned down. Under $\pi_{\mathrm{ref}}$ those items are 3 %, 2 % and 1 % of
+# the draws, so most static queries compare items 0–3, which $\pi^*$ barely cares about, and the
+# few that involve item 7 set it against items 0–2, which it beats with probability $\sigma(5)$ to
+# $\sigma(7)$, 0.993 to 0.999: a label that is almost certain carries almost no information (one
+# comparison's Fisher information about $\Omega(x_A) - \Omega(x_B)$ is $p(1 - p)$ under eq. 9). Iterating
+# moves the queries to where the current model — and soon $\pi^*$ — puts its mass, and compares
 # items of similar reward, whose labels are informative. This is the case RLHF is in: the
 # pretrained model rarely writes the responses the annotator likes best.
 #
 # *Active selection halves the queries and keeps improving; uncertainty sampling stalls.*
 # Choosing from the same on-policy candidates by what the posterior expects to learn reaches
-# KL = 0.05 after 128 and 256 queries (medians), half of the best random proposal on each
+# $\mathrm{KL} = 0.05$ after 128 and 256 queries (medians), half of the best random proposal on each
 # bandit, and ends lowest on both (0.0012 and 0.0020 after 4096 queries). Choosing costs
 # under a second per round here (the last column: 0.6–1.0 s in two runs on a busy 2-core CPU)
 # against milliseconds for the others: worth it when a query costs a person's attention, not
@@ -354,15 +362,15 @@ print(f"wrote {FIGURES / 'annotator_in_the_loop.png'} in {time.perf_counter() - 
 # flattens out near 0.01 (0.0105 and 0.0098 at the end). The last column of the table but one
 # shows why: 95–97 % of its queries compare neighbours, the pairs whose label the model finds
 # closest to a coin flip, against 22–31 % for the random proposals. Neighbour comparisons
-# chain the items along a path, and the error in log π(7) − log π(0) is the sum of seven
-# estimated steps: the most uncertain label is not the most informative query about π as a
+# chain the items along a path, and the error in $\log \pi(7) - \log \pi(0)$ is the sum of seven
+# estimated steps: the most uncertain label is not the most informative query about $\pi$ as a
 # whole. The posterior's criterion asks about neighbours somewhat more often than random pairs
 # (35 % and 43 %), but it also asks about the long-range pairs that fix the chain's ends, and
 # once a pair's direction is pinned down it stops asking about it.
 #
 # Active selection cannot do much when there is little to choose between. On two items there
-# is one distinct pair. On the three-armed bandit of `pbde reproduce online` (r = (1, .5, 0),
-# η = 1) even the best possible design needs about 0.65 of the queries of uniform random pairs
+# is one distinct pair. On the three-armed bandit of `pbde reproduce online` ($r = (1, 0.5, 0)$,
+# $\eta = 1$) even the best possible design needs about 0.65 of the queries of uniform random pairs
 # for the same expected KL once the fit is close (`benchmarks/bench_active.py` prints this
 # bound), so halving the queries to a small KL is out of reach there. And with a deterministic
 # annotator the labels carry only a ranking: the BCE fit runs off to infinite logits, and so
@@ -400,13 +408,13 @@ for label in ("on-policy", "main + enhancer (T = 3)"):
     print(f"  learned π_θ = {np.round(learned, 4).tolist()}")
 
 # %% [markdown]
-# Without the prior, on-policy DPO gets stuck. The first fit, on 64 pairs from π_ref in which
+# Without the prior, on-policy DPO gets stuck. The first fit, on 64 pairs from $\pi_{\mathrm{ref}}$ in which
 # items 5–7 turn up only seven times, already puts almost all the mass on the highest items;
 # from then on the sampler hardly draws the low ones (50 of item 0's 51 appearances and 36 of
 # item 1's 37 are in round 1), their logits are never corrected, and items 0–4 end with a
-# total mass of about 0.001 where π\* puts 0.21. After 128 queries the KL *rises*, to 1.17
-# after 4096. The same loop with the enhancer (T = 3) and the same plain fit keeps proposing
-# the neglected items from the flattened π_θ^{1/3} (361 and 330 appearances of items 0 and 1)
+# total mass of about 0.001 where $\pi^*$ puts 0.21. After 128 queries the KL *rises*, to 1.17
+# after 4096. The same loop with the enhancer ($T = 3$) and the same plain fit keeps proposing
+# the neglected items from the flattened $\pi_\theta^{1/3}$ (361 and 330 appearances of items 0 and 1)
 # and recovers (KL 0.004). This is why Xiong et al. pair a main agent that exploits with an
 # enhancer that explores — and why the comparison above used a prior, so that it measures the
 # proposals rather than a fit that does not exist.
@@ -416,15 +424,17 @@ for label in ("on-policy", "main + enhancer (T = 3)"):
 # Everything above relied on Lemma 1: for one PBDE annotator and the BCE loss the optimum is
 # the same for every proposal, so pooling data from a proposal that moves with the model does
 # not move the target. That is not true for a `MixtureAnnotator` (eq. 25) or for the IPO loss.
-# IPO's optimum is the ΨPO optimum with Ψ = identity (Azar et al., eqs. 6–9),
+# IPO's optimum is the ΨPO optimum with $\Psi$ the identity (Azar et al., eqs. 6–9),
 #
-#     π(x) ∝ π_ref(x)·exp(τ⁻¹·E_{x′∼μ}[p*(x ≻ x′)]),
+# $$
+# \pi(x) \propto \pi_{\mathrm{ref}}(x)\, \exp\big(\tau^{-1}\, \mathbb{E}_{x' \sim \mu}[p^*(x \succ x')]\big),
+# $$
 #
-# which depends on μ, the distribution of the other item of the pair. With `target=None`,
+# which depends on $\mu$, the distribution of the other item of the pair. With `target=None`,
 # `run` refuses (Lemma 1 does not apply); `target="pooled"` recomputes, after every round,
 # the optimum for the query-weighted mixture of the pair distributions the proposals actually
 # used (from each proposal's `pair_masses`; `Active` and `BestVsWorst` have none). We fit IPO
-# (τ = 0.1) on the hard bandit, static and on-policy.
+# ($\tau = 0.1$) on the hard bandit, static and on-policy.
 
 # %%
 TAU = 0.1
@@ -518,15 +528,15 @@ print(
 # ![IPO's optimum moves with the proposal](../images/tutorials/annotator_in_the_loop_pooled.png)
 #
 # **What the numbers show.** The static loop's pooled target is the ΨPO closed form for
-# μ = π_ref to 1e-15 (an independent check of `target="pooled"`), and it is not the reward's
+# $\mu = \pi_{\mathrm{ref}}$ to $10^{-15}$ (an independent check of `target="pooled"`), and it is not the reward's
 # ranking: it peaks at item 5 (0.226) and gives item 7 only 0.151, though the annotator prefers
-# 7 to 5 with probability σ(2) = 0.88. Under μ = π_ref four opponents in five are items 0–2,
-# so the win rate E_μ[p*(x ≻ x′)] saturates: 0.92, 0.96 and 0.98 for items 5, 6 and 7. With
-# τ = 0.1 the gap between items 5 and 7 is worth τ⁻¹·0.06 = 0.6 nats, less than the 1 nat by
-# which π_ref favours item 5, so item 5 wins. On-policy, the opponents come from the model
+# 7 to 5 with probability $\sigma(2) = 0.88$. Under $\mu = \pi_{\mathrm{ref}}$ four opponents in five are items 0–2,
+# so the win rate $\mathbb{E}_\mu[p^*(x \succ x')]$ saturates: 0.92, 0.96 and 0.98 for items 5, 6 and 7. With
+# $\tau = 0.1$ the gap between items 5 and 7 is worth $\tau^{-1} \cdot 0.06 = 0.6$ nats, less than the 1 nat by
+# which $\pi_{\mathrm{ref}}$ favours item 5, so item 5 wins. On-policy, the opponents come from the model
 # itself, more and more items 6 and 7, and the pooled target puts 0.693 on item 7. The two
 # destinations are 0.55 apart in total variation, and each fit lands on its own (final KL
-# 0.0083 and 0.0044; the on-policy curve is a single seed and not monotone). Neither is π\*
+# 0.0083 and 0.0044; the on-policy curve is a single seed and not monotone). Neither is $\pi^*$
 # (the red line): IPO estimates a different density than DPO.
 #
 # So, with IPO or with a population of annotators, *iterating changes where you end up*, not
