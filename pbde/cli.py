@@ -743,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         description="The paper's 1-D toy in a few seconds: an energy-based pi_pre is pretrained, "
         "a Luce annotator with density p* labels pairs drawn from pi_pre, and DPO (--beta) is "
         "fitted to them. The fit is compared with its closed-form optimum, "
-        "pi_pre * p*^(1/beta) normalized (Dumoulin et al., eq. 16): the distances are printed, "
+        "pi_pre * p*^{1/beta} normalized (Dumoulin et al., eq. 16): the distances are printed, "
         "and with --out the figure (demo.png) and the numbers (demo.json) are written.",
     )
     demo.add_argument("--beta", type=_positive_float, default=4.0,

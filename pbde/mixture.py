@@ -617,7 +617,7 @@ def select_k(
     Args:
         prefs: the data (hard labels; annotator IDs with ``latent="annotator"``).
         make_component: a fresh component: a callable returning a new annotator model, or an
-            annotator to deep-copy (e.g. ``pbde.Annotator(pi_pre)``).
+            annotator to deep-copy (e.g. ``pbde.Annotator(pi_ref)``).
         k_max: the largest K tried, >= 1.
         latent: ``"comparison"`` or ``"annotator"`` (see :class:`LatentMixture`).
         test_fraction: held-out fraction in (0, 1).

@@ -19,8 +19,12 @@ from pbde.experiments.base import Result
 _REGISTRY = {
     "reward": ("sweeps", True, "Fig. 1/7: a reward model recovers p* (e^r ∝ p*)"),
     "dpo-wellspecified": ("sweeps", True, "Fig. 2: DPO annotator and DPO model → p*"),
-    "dpo": ("sweeps", True, "Fig. 3: DPO under a Luce annotator → π_pre·p*^(1/β), β ∈ {1, 4, 16}"),
-    "geometric": ("sweeps", True, "Fig. 8: geometric behavior → π_pre^(1−α)·p*^α"),
+    "dpo": (
+        "sweeps",
+        True,
+        "Fig. 3: DPO under a Luce annotator → π_ref · p*^{1/β}, β ∈ {1, 4, 16}",
+    ),
+    "geometric": ("sweeps", True, "Fig. 8: geometric behavior → π_ref^{1−α} · p*^α"),
     "slic": ("sweeps", True, "Fig. 9: SLiC-HF-direct, δ × λ sweep (no closed form)"),
     "ipo": ("sweeps", True, "Fig. 10: IPO, τ ∈ {0.1, 0.5, 1}, against its population optimum"),
     "misspecification": ("misspecification", False, "Figs. 4-5: two annotators, one model"),

@@ -2,7 +2,7 @@
 
 ``pbde reproduce lm-mixture-latent``. The models, corpus and pairs are those of
 :mod:`pbde.experiments.lm_mixture` (Fig. 6). The paper's appendix A.4 recipe — two noisy
-copies of π_pre in the mixture of eqs. 29–30 — recovered both annotators of the 1-D toy without
+copies of π_ref in the mixture of eqs. 29–30 — recovered both annotators of the 1-D toy without
 IDs and "proved unsuccessful" here. For these fits the pairs are labelled by a population: ``pairs / m`` annotators (m =
 ``comparisons_per_annotator``), each a *short* or a *long* annotator with probability ½, each
 labelling m pairs with eq. 26 — per comparison exactly eq. 27. Four K = 2 fits of
@@ -106,7 +106,7 @@ class Settings(lm_mixture.Settings):
     Attributes:
         fits: which K = 2 fits to run, a non-empty subset of :data:`FITS`:
             ``"ids_copies"`` / ``"no_ids_copies"`` — the paper's recipe (appendix A.4: copies
-            of π_pre, noise 1e-4, learned weights) with / without annotator IDs; ``"ids"`` /
+            of π_ref, noise 1e-4, learned weights) with / without annotator IDs; ``"ids"`` /
             ``"no_ids"`` — weights held at ½ and the copies' stop logits shifted by ±``spread``.
         comparisons_per_annotator: m, comparisons labelled by each annotator of the population
             (``pairs / m`` annotators). Mini-batches with IDs hold ``batch_size // m``

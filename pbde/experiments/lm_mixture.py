@@ -1,7 +1,7 @@
 """Annotator mixture vs density mixture for a language model (Dumoulin et al. §5.2, Fig. 6).
 
 The *whole*, *short* and *long* language models of :mod:`pbde.experiments.length_bias` are
-trained by maximum likelihood; ``pairs`` pairs of sentences are sampled from *whole* (π_pre)
+trained by maximum likelihood; ``pairs`` pairs of sentences are sampled from *whole* (π_ref)
 and labelled in two ways, both with the length-normalized rule (eq. 26):
 
 * **annotator mixture** (eq. 27): for each pair, *short* or *long* is drawn with probability ½

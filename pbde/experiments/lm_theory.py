@@ -14,7 +14,7 @@ so the theory of Dumoulin et al. is exact there:
 3. **The fits.** DPO (β ∈ {0.5, 1, 4}), IPO (τ) and the length-normalized rule (eq. 26)
    fitted through :func:`pbde.fit`, each from a copy of π_ref.
 4. **The theory.** Each member's optimum, computed before training by
-   :func:`pbde.optimal_density` on the support: eq. 16 for DPO (π ∝ π_ref·p*^{1/β}), the
+   :func:`pbde.optimal_density` on the support: eq. 16 for DPO (π ∝ π_ref · p*^{1/β}), the
    population IPO minimizer under π_ref × π_ref pairs, and for the length-normalized rule
    Theorem 2's π = exp(|x|·(log p* − C)), which is not p*. The metric is KL(optimum ‖ fit).
 

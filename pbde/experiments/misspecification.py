@@ -1,10 +1,10 @@
 """Annotator misspecification (Dumoulin et al. §5, Figs. 4 and 5): "lukewarm coffee".
 
 Two annotators, p*_1 = N_trunc(−2.5, 0.25) and p*_2 = N_trunc(2.5, 1), label pairs drawn from
-π_pre, each comparison by one of them (weights 0.4 / 0.6, eq. 25). A single-annotator Luce model
+π_ref, each comparison by one of them (weights 0.4 / 0.6, eq. 25). A single-annotator Luce model
 (the misspecified one) fitted to those labels converges to the optimum that
 :func:`pbde.optimal_density` computes for that data (Newton's method on the population
-likelihood, pairs from π_pre) — a density that puts its mass between the annotators' modes,
+likelihood, pairs from π_ref) — a density that puts its mass between the annotators' modes,
 where neither likes it. A two-annotator model (eq. 30, weights learned; well specified) fits the
 comparison statistics. Fig. 4 shows P(x_A ≻ x_B) as heatmaps: one annotator whose density is the
 mixture (eq. 24), the two annotators (eq. 25), the misspecified and the well-specified model.

@@ -2,8 +2,8 @@
 
 The §5 population: two Luce annotators, p*_1 = N_trunc(−2.5, 0.25) and p*_2 = N_trunc(2.5, 1),
 each comparison made by one of them with probability 0.4 / 0.6 (eq. 25), on pairs drawn from
-π_pre, without annotator IDs. The model is :class:`pbde.mixture.LatentMixture` with two Luce
-components, energy models initialised as copies of π_pre plus Gaussian noise (eq. 29), the
+π_ref, without annotator IDs. The model is :class:`pbde.mixture.LatentMixture` with two Luce
+components, energy models initialised as copies of π_ref plus Gaussian noise (eq. 29), the
 latent annotator of each comparison summed out by Pyro's enumeration — its likelihood is the
 paper's eq. 30. Each component should recover one annotator, the weights (0.4, 0.6), and the
 weighted mixture of the components p* of eq. 10, which a single-annotator model cannot
@@ -58,7 +58,7 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
 
     * ``kl_annotator1_component`` / ``kl_annotator2_component``: KL(p*_i ‖ its component) on the
       evaluation grid (trapezoid rule, :func:`pbde.kl`);
-    * ``kl_annotator_pi_pre``: KL(p*_i ‖ π_pre) for both annotators — where the components
+    * ``kl_annotator_pi_pre``: KL(p*_i ‖ π_ref) for both annotators — where the components
       started;
     * ``weights``: the learned weights, in the annotators' order (truth 0.4, 0.6), and
       ``weight_error``: the largest absolute error;

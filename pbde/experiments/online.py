@@ -1,11 +1,11 @@
 """Online preference learning: how many annotator queries does each proposal strategy need?
 
-Dumoulin et al. (§6, "Stationarity") ask whether drawing every pair up front from π_pre is better
+Dumoulin et al. (§6, "Stationarity") ask whether drawing every pair up front from π_ref is better
 than alternating between querying pairs drawn from the current model and re-fitting, and whether
 active learning reduces the number of queries. This experiment answers with numbers, with
 :func:`pbde.online.run` and these proposals:
 
-* ``static``: both items from π_pre (π_0), the paper's setting, queried in instalments;
+* ``static``: both items from π_ref, the paper's setting, queried in instalments;
 * ``on_policy``: both items from the current model (iterative DPO, Xiong et al.);
 * ``active``: :class:`pbde.online.Active` with its default criterion — from ``active_pool``
   on-policy candidates per query, a greedy batch of the pairs a Laplace posterior over the model
@@ -22,11 +22,11 @@ on two problems with a known optimum (Lemma 1: eq. 16, the same for every propos
 data of every strategy share it):
 
 * the 1-D toy (§4): p* of eq. 10 with a Luce annotator, an
-  :class:`~pbde.densities.EnergyModel` started at π_pre and fitted with DPO (β = ``toy_beta``);
-  target π_pre · p*^{1/β};
+  :class:`~pbde.densities.EnergyModel` started at π_ref and fitted with DPO (β = ``toy_beta``);
+  target π_ref · p*^{1/β};
 * a finite bandit: a Bradley–Terry annotator with rewards ``bandit_rewards`` (a Luce annotator
-  with p* ∝ exp(r)), a Categorical model started at π_0 and fitted with DPO (β = η); target
-  π* ∝ π_0 · exp(r/η).
+  with p* ∝ exp(r)), a Categorical model started at π_ref and fitted with DPO (β = η); target
+  π* ∝ π_ref · exp(r/η).
 
 KL(target ‖ π_θ) is recorded after every round against the cumulative number of queries, for
 ``repeats`` seeds; the metrics give, per strategy, the queries after which KL stays ≤ each
@@ -78,7 +78,7 @@ class Settings:
             ``"uncertainty"``).
         repeats: seeds per strategy and problem.
         kl_threshold: the KL(target ‖ π_θ) whose query count is reported (both problems).
-        bandit_kl_threshold: a second, smaller threshold on the bandit (whose π_0 starts at KL
+        bandit_kl_threshold: a second, smaller threshold on the bandit (whose π_ref is at KL
             0.078 from π* with the default rewards, so 0.05 tells the strategies apart little).
         active_pool: candidate pairs per query for ``"active"``.
         toy_beta: DPO's β on the 1-D toy.
@@ -87,10 +87,10 @@ class Settings:
         toy_lr: peak learning rate of those fits.
         toy_grid_size: normalization grid of the energy models.
         toy_hidden: hidden layers of the energy models (the paper's 4 × 64).
-        toy_pretrain_steps: steps regressing π_pre onto N_trunc(0, 5).
+        toy_pretrain_steps: steps regressing π_ref onto N_trunc(0, 5).
         toy_eval_points: points of the grid on which KL is computed.
         bandit_rewards: the bandit's rewards r (the annotator is Bradley–Terry in r).
-        bandit_reference: π_0's probabilities; ``None`` for uniform.
+        bandit_reference: π_ref's probabilities; ``None`` for uniform.
         bandit_eta: η of the KL-regularised bandit (DPO's β).
         bandit_queries: pairs queried in each round on the bandit.
         bandit_fit_steps: Adam steps per round on the bandit.

@@ -3,12 +3,12 @@ next to the density the theory says it converges to.
 
 - ``reward`` (Fig. 1/7): a reward model from a fresh initialization on Luce labels; e^r ∝ p*.
 - ``dpo-wellspecified`` (Fig. 2): annotator and model both DPO (β = 4) → p*.
-- ``dpo`` (Fig. 3): Luce annotator, DPO model, β ∈ {1, 4, 16} → π_pre·p*^{1/β} (eq. 16).
-- ``geometric`` (Fig. 8): α ∈ {1, 1/4, 1/16} → π_pre^{1−α}·p*^α (eq. 18).
+- ``dpo`` (Fig. 3): Luce annotator, DPO model, β ∈ {1, 4, 16} → π_ref · p*^{1/β} (eq. 16).
+- ``geometric`` (Fig. 8): α ∈ {1, 1/4, 1/16} → π_ref^{1−α} · p*^α (eq. 18).
 - ``slic`` (Fig. 9): SLiC-HF-direct (eq. 20), δ ∈ {0, .25, .5, 1, 2} × λ ∈ {0, 1}; no closed
-  form, so the metrics are the divergences to p* and to π_pre.
+  form, so the metrics are the divergences to p* and to π_ref.
 - ``ipo`` (Fig. 10): τ ∈ {0.1, 0.5, 1} → the minimizer of the population IPO loss under the
-  pair distribution π_pre × π_pre (:func:`pbde.optimal_density` with ``loss="ipo"``).
+  pair distribution π_ref × π_ref (:func:`pbde.optimal_density` with ``loss="ipo"``).
 
 All members of a sweep are trained together by :func:`pbde.fit_ensemble` (same data, same
 batches, the result of fitting each alone). Divergences are computed on

@@ -1,7 +1,7 @@
 """The 1-D toy problem of Dumoulin et al. §4 (Table 1), shared by the reproductions.
 
-p* is eq. 10 on [−10, 10]; π_pre is the energy MLP (4 hidden layers of 64, tanh) pretrained by
-regression to log N_trunc(0, 5); pairs are drawn from π_pre.
+p* is eq. 10 on [−10, 10]; the reference π_ref is the energy MLP (4 hidden layers of 64, tanh)
+pretrained by regression to log N_trunc(0, 5); pairs are drawn from π_ref.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ ANNOTATOR_WEIGHTS = (0.4, 0.6)
 
 
 def pretrain_prior() -> densities.TruncatedNormalMixture:
-    """The target of π_pre's pre-training: N_trunc(0, 5) on [−10, 10]."""
+    """The target of π_ref's pre-training: N_trunc(0, 5) on [−10, 10]."""
     return densities.TruncatedNormalMixture([0.0], [5.0], low=LOW, high=HIGH)
 
 
@@ -68,7 +68,7 @@ def pretrained_reference(
     hidden: tuple[int, ...] = (64, 64, 64, 64),
     progress: bool | None = None,
 ) -> densities.EnergyModel:
-    """π_pre: an :class:`~pbde.densities.EnergyModel` regressed onto log N_trunc(0, 5).
+    """π_ref: an :class:`~pbde.densities.EnergyModel` regressed onto log N_trunc(0, 5).
 
     Pre-trained once per set of arguments in a process (``pbde reproduce all`` shares it between
     experiments); each call returns a fresh copy.
@@ -98,12 +98,12 @@ def evaluation_grid(points: int = 4001) -> pbde.Grid:
 
 def draw_uniform_pairs(grid: pbde.Grid, pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``pairs`` pairs with both items uniform on the points of ``grid`` (the reward model's
-    setting, "uniformly at random in [−10, 10]²", on the grid π_pre is normalized on)."""
+    setting, "uniformly at random in [−10, 10]²", on the grid π_ref is normalized on)."""
     index = torch.randint(0, grid.size, (2, pairs), generator=torch.Generator().manual_seed(seed))
     return grid.points[index[0]], grid.points[index[1]]
 
 
 def plot_points(points: int = 1001) -> torch.Tensor:
     """Where the figures draw the 1-D densities: ``points`` evenly spaced on [−7.5, 7.5] (the
-    annotators and π_pre have negligible mass beyond), in float64."""
+    annotators and π_ref have negligible mass beyond), in float64."""
     return torch.linspace(-7.5, 7.5, points, dtype=torch.float64)
