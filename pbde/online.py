@@ -5,7 +5,7 @@ alternating between querying the annotator on pairs drawn from the current model
 is better, and whether active learning saves queries. Xiong et al. study the same loop for the
 KL-regularised bandit, whose optimal policy is the Gibbs policy
 
-    π*(x) ∝ π_0(x) · exp(r(x)/η)
+    π*(x) ∝ π_ref(x) · exp(r(x)/η)
 
 (Dumoulin et al., eq. 13 with β = η): iterative DPO re-fits a main policy on all the data so far,
 each round querying pairs whose second response comes from an exploring "enhancer". A
@@ -39,7 +39,7 @@ Proposals are callables ``(model, n, generator) -> (xa, xb)``: :class:`Static`,
 :class:`OnPolicy`, :class:`MainEnhancer` (with :class:`Tempered`, :class:`BestOfN` or
 :class:`RejectionSampled` enhancers), :class:`BestVsWorst` (the RLHFlow recipe) and
 :class:`Active`. :func:`rejection_sample` and :func:`multistep_rejection_sample` draw exactly from
-π_0 · exp(r/η) for any density the library can sample.
+π_0 · exp(r/η) for any base density π_0 the library can sample.
 
 **Active queries.** :class:`Active` (``proposal="active"``) chooses, from a pool of candidate
 pairs (from the current model, a reference policy, or pairs the user already has), a greedy
@@ -474,7 +474,7 @@ class BestVsWorst:
 
     With the reward model itself as the annotator (a :class:`~pbde.DeterministicAnnotator`) the
     labels are deterministic, the BCE optimum lies at infinite logits and DPO goes greedy
-    instead of reaching π_0 · exp(r/η). With a stochastic Bradley–Terry annotator the pairs
+    instead of reaching π_ref · exp(r/η). With a stochastic Bradley–Terry annotator the pairs
     still connect the support and Lemma 1's optimum is unchanged.
 
     Args:
@@ -992,8 +992,9 @@ def run(
             (default ``{"steps": 300, "lr": 1e-2}``; round t uses ``seed + t``), or a callable
             ``(model, data) -> anything`` that trains ``model`` in place (taken to use the BCE
             loss when choosing the target; pass ``target`` otherwise).
-        reference: π_0 for ``proposal="static"``; default: the model behavior's reference
-            (π_ref of :func:`pbde.dpo`), if it has exactly one.
+        reference: π_ref, the density ``proposal="static"`` draws both items from; default:
+            the model behavior's reference (``reference`` of :func:`pbde.dpo`), if it has
+            exactly one.
         support: where densities are compared; default: the model density's support or grid.
             For a language model, a :class:`~pbde.SequenceSupport`; the named on-policy
             proposals (``"on_policy"``, ``"active"``) then draw by enumerating it

@@ -168,7 +168,7 @@ MAX_SEQUENCE_SUPPORT = 2**20
 
 def sequence_count(vocab_size: int, max_length: int, *, min_length: int = 1) -> int:
     """Number of EOS-terminated sequences over ``vocab_size`` tokens (EOS included) of
-    ``min_length … max_length`` tokens (EOS included): Σ_{l} (vocab_size − 1)^(l − 1).
+    ``min_length … max_length`` tokens (EOS included): Σ_{l} (vocab_size − 1)^{l − 1}.
 
     The first ``l − 1`` tokens are any of the ``vocab_size − 1`` other tokens, the last is EOS.
 
@@ -190,7 +190,7 @@ class SequenceSupport(Support):
     :class:`~pbde.densities.CausalLM`), every completion repeated for each of the ``P`` prompts;
     ``width = max(max_length, longest prompt)``. A sequence of length ``l`` (EOS included) is
     ``l − 1`` tokens other than EOS followed by EOS, so there are
-    ``n = Σ_{l=min_length..max_length} (V − 1)^(l − 1)`` of them (:func:`sequence_count`),
+    ``n = Σ_{l=min_length..max_length} (V − 1)^{l − 1}`` of them (:func:`sequence_count`),
     ordered by length, then lexicographically.
 
     **Conditional supports.** With prompts, densities are p(completion | prompt): each prompt's
