@@ -25,8 +25,8 @@
 # share the same optimal policy, and shows when iterating pays, when it does not, and what
 # `target="pooled"` is for.
 #
-# Run it with `python docs/tutorials/annotator_in_the_loop.py` (four to six minutes on a busy
-# 2-core CPU); `PBDE_SMOKE=1` shrinks it to seconds. Figures go to `PBDE_FIGURES_DIR` (default
+# Run it with `python docs/tutorials/annotator_in_the_loop.py` (the time measured for this page
+# is under the title); `PBDE_SMOKE=1` shrinks it to seconds. Figures go to `PBDE_FIGURES_DIR` (default
 # `docs/images/tutorials`).
 
 # %%
