@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +27,6 @@ from pbde._validation import (
 from pbde.annotators import Annotator, PreferenceProcess
 from pbde.data import Preferences
 from pbde.densities.base import device_of, is_frozen
-from pbde.densities.energy import EnergyStack, stackable
 from pbde.io import PAD_TOKEN
 
 
@@ -508,141 +507,6 @@ def evaluate(
     stats = data.take_stats()
     out.update({k: v for k, v in stats.items() if not k.startswith("tokens")})
     return out
-
-
-def fit_ensemble(
-    models: Sequence[PreferenceProcess],
-    prefs: Preferences,
-    *,
-    loss: str | Callable | Sequence[str | Callable] = "bce",
-    loss_kwargs: dict | Sequence[dict] | None = None,
-    regularizer: Callable | Sequence[Callable | None] | None = None,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    batch_size: int | None = None,
-    replacement: bool = False,
-    schedule: str = "cosine",
-    seed: int = 0,
-    progress: bool | None = None,
-    device: str | torch.device | None = None,
-) -> list[FitResult]:
-    """Fit several models to the same data at once — a sweep (β, α, τ, δ…) in one run.
-
-    The result is that of :func:`fit` on each model alone with the same settings: the members
-    see the same batches, and Adam, being elementwise, steps each member's parameters as its
-    own optimizer would. When every model is an :class:`~pbde.Annotator` whose density is an
-    :class:`~pbde.densities.EnergyModel` of one architecture, the members are one module with
-    stacked weights (:class:`~pbde.densities.EnergyStack`: one optimizer step, one pass over
-    the data and one evaluation of the items per step for all of them; the networks run as
-    batched matrix products on a GPU, one after another on the CPU); otherwise the models are
-    fitted one after another. ``steps``, ``lr``, ``batch_size``, ``replacement``,
-    ``schedule``, ``seed``, ``progress`` and ``device`` are those of :func:`fit`; checkpoints
-    are not supported here.
-
-    Args:
-        models: the models, trained in place.
-        prefs: the training data, shared by all.
-        loss: one loss for all, or one per model (see :func:`fit`).
-        loss_kwargs: the loss's parameters: one dict for all, or one per model.
-        regularizer: ``None``, one callable for all, or one (or ``None``) per model; it is called
-            with a stand-in :class:`~pbde.Annotator` whose density reads the stacked weights.
-
-    Returns:
-        One :class:`FitResult` per model, in order. Their ``losses`` are each member's own
-        objective; ``seconds`` is the wall time of the whole ensemble.
-
-    Raises:
-        TypeError, ValueError: as :func:`fit`; also per-model lists of the wrong length.
-        FloatingPointError: if any member's objective becomes NaN or infinite.
-    """
-    models = list(models)
-    if not models or not all(isinstance(m, PreferenceProcess) for m in models):
-        raise TypeError("'models' must be a non-empty list of pbde annotator models.")
-    k = len(models)
-    losses = _per_model("loss", loss, k, lambda v: isinstance(v, (str, Callable)))
-    kwargs = _per_model("loss_kwargs", loss_kwargs or {}, k, lambda v: isinstance(v, dict))
-    regularizers = _per_model("regularizer", regularizer, k, lambda v: v is None or callable(v))
-    loss_fns = [_bind_loss(f, kw) for f, kw in zip(losses, kwargs, strict=True)]
-    for r in regularizers:
-        _check_regularizer(r)
-    densities = [getattr(m, "density", None) for m in models]
-    if not (all(isinstance(m, Annotator) for m in models) and stackable(densities)):
-        return [
-            fit(
-                m,
-                prefs,
-                loss=f,
-                steps=steps,
-                lr=lr,
-                batch_size=batch_size,
-                replacement=replacement,
-                schedule=schedule,
-                seed=seed,
-                progress=progress,
-                regularizer=r,
-                device=device,
-                **kw,
-            )
-            for m, f, kw, r in zip(models, losses, kwargs, regularizers, strict=True)
-        ]
-    target = torch.device(device) if device else device_of(models[0])
-    data = _PairData(prefs, batch_size, target, replacement)
-    for m in models:
-        m.to(data.prefs.device)
-        if is_validation_enabled():
-            check_data_against_model(m, data.items)
-    stack = EnergyStack(densities)
-    # a member that needs its normalizer every step (a regularizer on log π, a non-constant f)
-    # has the whole grid evaluated anyway: it reads the items that lie on it from there
-    stack.grid_members = tuple(
-        i
-        for i, (m, r) in enumerate(zip(models, regularizers, strict=True))
-        if r is not None or m.behavior.constant_f is None
-    )
-    views = [Annotator(stack.member(i), m.behavior) for i, m in enumerate(models)]
-    history = torch.full((k, steps), math.nan, dtype=torch.float64)
-    step = [0]
-
-    def objective(generator: torch.Generator) -> torch.Tensor:
-        stack.new_step()
-        part = next(data.micro_batches(data.draw(generator), 1))
-        values = torch.stack(
-            [
-                data.objective(view, f, r, part)
-                for view, f, r in zip(views, loss_fns, regularizers, strict=True)
-            ]
-        )
-        history[:, step[0]] = values.detach().double().cpu()
-        step[0] += 1
-        return values.sum()
-
-    result = optimize(
-        stack,
-        objective,
-        steps=steps,
-        lr=lr,
-        schedule=schedule,
-        seed=seed,
-        progress=progress,
-        description=f"fit {k} models",
-        sharded=data.world_size > 1,
-    )
-    stack.write_back()
-    return [
-        FitResult(m, history[i], result.learning_rates, result.seconds, steps)
-        for i, m in enumerate(models)
-    ]
-
-
-def _per_model(name: str, value, k: int, is_one) -> list:
-    if is_one(value):
-        return [value] * k
-    values = list(value) if isinstance(value, (list, tuple)) else None
-    if values is None or len(values) != k or not all(is_one(v) for v in values):
-        raise ValueError(
-            f"'{name}' must be one value for all {k} models or a list of {k}. Got {value!r}."
-        )
-    return values
 
 
 def _check_regularizer(regularizer) -> None:

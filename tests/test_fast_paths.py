@@ -16,7 +16,7 @@ from torch import nn
 
 import pbde
 from pbde.densities import Categorical, EnergyModel, TruncatedNormalMixture
-from pbde.densities.energy import EnergyStack
+from pbde.densities import EnergyStack
 from pbde.fit import distinct_items
 
 
@@ -382,7 +382,7 @@ def test_batched_stack_network_equals_each_member():
 
 
 def test_models_with_a_replaced_network_are_not_stacked():
-    from pbde.densities.energy import stackable
+    from pbde.ensemble import stackable
 
     models = [EnergyModel(-1.0, 1.0, hidden=(8,)) for _ in range(2)]
     assert stackable(models)
