@@ -7,7 +7,6 @@ weights (:class:`EnergyStack`), through the one training loop (:func:`pbde.fit.o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -120,8 +119,7 @@ def fit_ensemble(
         if r is not None or m.behavior.constant_f is None
     )
     views = [Annotator(stack.member(i), m.behavior) for i, m in enumerate(models)]
-    history = torch.full((k, steps), math.nan, dtype=torch.float64)
-    step = [0]
+    per_step: list[torch.Tensor] = []  # each step's member objectives, read at the end
 
     def objective(generator: torch.Generator) -> torch.Tensor:
         stack.new_step()
@@ -132,8 +130,7 @@ def fit_ensemble(
                 for view, f, r in zip(views, loss_fns, regularizers, strict=True)
             ]
         )
-        history[:, step[0]] = values.detach().double().cpu()
-        step[0] += 1
+        per_step.append(values.detach())
         return values.sum()
 
     result = optimize(
@@ -148,6 +145,7 @@ def fit_ensemble(
         sharded=data.world_size > 1,
     )
     stack.write_back()
+    history = torch.stack(per_step).to(device="cpu", dtype=torch.float64).T
     return [
         FitResult(m, history[i], result.learning_rates, result.seconds, steps)
         for i, m in enumerate(models)
@@ -195,6 +193,7 @@ class EnergyStack(nn.Module):
             self.weights.append(nn.Parameter(weight, layers[0].weight.requires_grad))
             self.biases.append(nn.Parameter(bias, layers[0].bias.requires_grad))
         self._memo: dict = {}
+        self._indices: dict = {}
         #: the members that need their normalizer every step (a regularizer on log π, a
         #: non-constant f): they evaluate the whole grid once per step and read items on it from
         #: there; the others evaluate only the items they are given
@@ -262,12 +261,22 @@ class EnergyStack(nn.Module):
         group, on_grid = self._groups(k)
 
         def compute():
-            index = self.grid.index_of(x) if on_grid else None
+            index = self._grid_index(x) if on_grid else None
             if index is None:
                 return -self.energies(x, group)
             return self._grid_log_probs(group)[:, index.to(x.device)]
 
         return self._cached(("items", group), x, compute)[group.index(k)]
+
+    def _grid_index(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``grid.index_of(x)``, kept across steps for the tensors seen (a full batch's items
+        are the same tensor at every step): finding it reads a value from the device."""
+        hit = self._indices.get(id(x))
+        if hit is None or hit[0] is not x:
+            if len(self._indices) >= 8:  # mini-batches: a new tensor each step
+                self._indices = {}
+            hit = self._indices[id(x)] = (x, self.grid.index_of(x))
+        return hit[1]
 
     def _grid_log_probs(self, members: tuple[int, ...]) -> torch.Tensor:
         points = self.grid.points.to(self.weights[0].device)

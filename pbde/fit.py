@@ -812,10 +812,18 @@ def optimize(
     if not parameters:
         raise ValueError("The model has no trainable parameters to fit.")
     autocast, scaler = _mixed_precision(precision, parameters[0].device)
-    if optimizer == "adamw":
-        optim = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    else:
-        optim = torch.optim.Adam(parameters, lr=lr)
+    # parameters sharded by FSDP2: their gradients are averaged by FSDP, so each process's part
+    # is scaled by W (the average of W·parts is their sum); the others are summed here
+    fsdp = sharded and any(_distributed.is_sharded(p) for p in parameters)
+    optim = _optimizer(optimizer, parameters, lr, weight_decay, fused=scaler is None and not fsdp)
+    # a step whose objective is not finite is skipped on the device (the fused step reads this
+    # flag, as it reads a gradient scaler's), and so is every later one: the run reads the
+    # objective's values only now and then, and stops at the first bad step with the parameters
+    # of the last good one. Without a fused step, each step's value is read before stepping.
+    skip_on_device = bool(optim.defaults.get("fused"))
+    found_inf = torch.zeros((), dtype=torch.float32, device=parameters[0].device)
+    if skip_on_device:
+        optim.found_inf = found_inf
     scheduler = _scheduler(optim, schedule, steps, warmup_steps)
     generator = torch.Generator().manual_seed(seed)
     history = torch.full((steps,), math.nan, dtype=torch.float64)
@@ -850,9 +858,6 @@ def optimize(
     if on_start is not None:
         on_start(start)
     main_process = _distributed.is_main_process()
-    # parameters sharded by FSDP2: their gradients are averaged by FSDP, so each process's part
-    # is scaled by W (the average of W·parts is their sum); the others are summed here
-    fsdp = sharded and any(_distributed.is_sharded(p) for p in parameters)
     scale = _distributed.rank_and_world_size()[1] if fsdp else 1
     replicated = [p for p in parameters if not _distributed.is_sharded(p)]
     if sharded:
@@ -864,7 +869,9 @@ def optimize(
         progress = sys.stderr.isatty()
     progress = progress and main_process
     logger = _MetricsLog(log if main_process else None, log_every, statistics)
+    values = _Values(history, start, steps, checkpoint)
     validate_first = is_validation_enabled()
+    learning_rate = optim.param_groups[0]
     module.train()
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, desc=description, disable=not progress) as bar:
@@ -890,11 +897,11 @@ def optimize(
                     total = total.clone().reshape(1)
                     _distributed.all_reduce_sum_([total])
                     total = total[0]
-                if not bool(torch.isfinite(total)):
-                    raise FloatingPointError(
-                        f"The objective became {float(total)} at step {step} of {steps}; stopping. "
-                        + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
-                    )
+                values.append(total)
+                if skip_on_device:
+                    found_inf.masked_fill_(~torch.isfinite(total), 1.0)
+                else:
+                    values.check()  # reads the value: a bad step stops before stepping
                 if sharded and replicated:
                     _distributed.all_reduce_gradients_(replicated)
                     if fsdp:  # these parts were scaled by W too
@@ -907,24 +914,27 @@ def optimize(
                     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
                     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
                         grad_norm = grad_norm.full_tensor()
-                learning_rates[step] = optim.param_groups[0]["lr"]
+                lr_now = learning_rates[step] = learning_rate["lr"]
                 if scaler is None:
                     optim.step()
                 else:
                     scaler.step(optim)
                     scaler.update()
                 scheduler.step()
-            history[step] = float(total)
-            logger.step(step, float(history[step]), float(learning_rates[step]), grad_norm)
             done = step + 1 == steps
-            if evaluate is not None and (done or (eval_every and (step + 1) % eval_every == 0)):
+            evaluating = evaluate is not None and (
+                done or (eval_every and (step + 1) % eval_every == 0)
+            )
+            saving = checkpoint is not None and ((step + 1) % checkpoint_every == 0 or done)
+            # the values are read (and a bad step stops the run) only here: at the end, at
+            # records, evaluations and checkpoints (on every process alike), and now and then
+            if done or evaluating or saving or logger.records_at(step) or values.full():
+                values.check()
+            logger.step(step, history, lr_now, grad_norm)
+            if evaluating:
                 logger.record(step + 1, evaluate())
                 module.train()
-            if (
-                checkpoint is not None
-                and main_process
-                and ((step + 1) % checkpoint_every == 0 or done)
-            ):
+            if saving and main_process:
                 _save_checkpoint(
                     checkpoint,
                     module,
@@ -938,11 +948,84 @@ def optimize(
                 )
             bar.update(1)
             if progress and (step % 50 == 0 or done):
+                values.read()  # shown, not checked: the checks are at the same steps everywhere
                 bar.set_postfix(loss=f"{history[step]:.4f}")
     module.eval()
     return FitResult(
         module, history, learning_rates, time.perf_counter() - began, steps, logger.records
     )
+
+
+def _optimizer(name: str, parameters: list, lr: float, weight_decay: float, *, fused: bool):
+    """Adam or AdamW over ``parameters``: the fused step (one kernel per device and dtype for
+    all tensors, and a step that reads a ``found_inf`` flag) where torch has one for them,
+    otherwise the multi-tensor one."""
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    options = {"lr": lr} if name == "adam" else {"lr": lr, "weight_decay": weight_decay}
+    if fused and _fused_supported(parameters):
+        return kind(parameters, fused=True, **options)
+    return kind(parameters, **options)
+
+
+def _fused_supported(parameters: list) -> bool:
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return all(
+        type(p) is nn.Parameter  # not a DTensor or another tensor subclass
+        and p.is_floating_point()
+        and p.device.type in devices
+        for p in parameters
+    )
+
+
+class _Values:
+    """The objective's value at each step, kept on the device and read now and then.
+
+    ``append`` keeps a step's value (no read); ``read`` copies the values kept so far into the
+    history (one device read for all of them); ``check`` reads them and raises at the first
+    value that is not finite, naming its step.
+    """
+
+    #: the most values kept on the device between two reads
+    window = 1024
+
+    def __init__(self, history: torch.Tensor, start: int, steps: int, checkpoint):
+        self.history, self.steps, self.checkpoint = history, steps, checkpoint
+        self.kept: list[torch.Tensor] = []
+        self.read_to = self.checked_to = start
+
+    def append(self, value: torch.Tensor) -> None:
+        self.kept.append(value)
+
+    def full(self) -> bool:
+        return len(self.kept) >= self.window
+
+    def read(self) -> None:
+        if not self.kept:
+            return
+        values = torch.stack(self.kept).to(device="cpu", dtype=torch.float64)
+        self.history[self.read_to : self.read_to + values.shape[0]] = values
+        self.read_to += values.shape[0]
+        self.kept = []
+
+    def check(self) -> None:
+        self.read()
+        if self.checked_to == self.read_to:
+            return
+        bad = torch.nonzero(~torch.isfinite(self.history[self.checked_to : self.read_to]))
+        if bad.numel():
+            step = self.checked_to + int(bad[0, 0])
+            raise FloatingPointError(
+                f"The objective became {float(self.history[step])} at step {step} of "
+                f"{self.steps}; stopping. "
+                + (
+                    f"The last good checkpoint is in {self.checkpoint!s}."
+                    if self.checkpoint
+                    else ""
+                )
+            )
+        self.checked_to = self.read_to
 
 
 def _mixed_precision(precision, device: torch.device):
@@ -990,20 +1073,25 @@ class _MetricsLog:
     def __init__(self, destination, every: int | None, statistics):
         self.destination, self.every, self.statistics = destination, every, statistics
         self.records: list[dict] = []
-        self._losses: list[float] = []
+        self._count = 0  # steps since the last record
         self._norms: list[torch.Tensor] = []
         self._since = time.perf_counter()
 
-    def step(self, step: int, loss: float, lr: float, grad_norm) -> None:
+    def records_at(self, step: int) -> bool:
+        """Whether :meth:`step` makes a record at ``step`` (and so reads the losses)."""
+        return self.every is not None and (step + 1) % self.every == 0
+
+    def step(self, step: int, history: torch.Tensor, lr: float, grad_norm) -> None:
         if self.every is None:
             return
-        self._losses.append(loss)
+        self._count += 1
         if grad_norm is not None:
             self._norms.append(grad_norm.detach())
         if (step + 1) % self.every:
             return
         now = time.perf_counter()
-        record = {"loss": sum(self._losses) / len(self._losses), "learning_rate": float(lr)}
+        losses = history[step + 1 - self._count : step + 1].tolist()
+        record = {"loss": sum(losses) / len(losses), "learning_rate": float(lr)}
         if self._norms:
             record["grad_norm"] = float(torch.stack(self._norms).double().mean())
         if self.statistics is not None:
@@ -1013,7 +1101,7 @@ class _MetricsLog:
             if tokens is not None:
                 record["tokens_per_second"] = tokens / max(now - self._since, 1e-9)
         record["seconds"] = now - self._since
-        self._losses, self._norms, self._since = [], [], now
+        self._count, self._norms, self._since = 0, [], now
         self.record(step + 1, record)
 
     def record(self, step: int, values: dict) -> None:
