@@ -88,16 +88,34 @@ class EnergyModel(Density):
         Large batches go through the network in chunks of :attr:`chunk_size` points, so that a
         chunk's activations stay in the CPU's cache (same values, same gradients). The network
         as built here (``Linear``, activation, …, ``Linear``) is evaluated from its layers'
-        weights by a faster function with the same values (:func:`_mlp`; with tanh, through
-        tanh(z) = 2σ(2z) − 1), so module hooks on :attr:`energy_net` do not fire; a replaced
-        ``energy_net`` of another form is called as it is.
+        weights as plain tensor operations, without the modules' calls (:func:`_mlp`: the same
+        function), so module hooks on :attr:`energy_net` do not fire; a replaced ``energy_net``
+        of another form is called as it is.
         """
-        scaled = _to_input(x, self.low, self.high, self.input_range).to(self._dtype())
-        net = self.energy_net
-        if _is_plain_mlp(net):
-            layers = net[::2]
+        net, layers = self.energy_net, self._plain_layers()
+        if layers is not None:
             net = _mlp([x.weight.T for x in layers], [x.bias for x in layers], net[1])
-        return _chunked(net, scaled[:, None], self.chunk_size, dim=0).squeeze(-1)
+        return _chunked(net, self._input(x), self.chunk_size, dim=0).squeeze(-1)
+
+    def _plain_layers(self) -> list[nn.Linear] | None:
+        """The ``Linear`` layers of :attr:`energy_net` if it is a plain MLP (:func:`_is_plain_mlp`),
+        else ``None``; found once per network (a training step asks every time)."""
+        net, known = self.energy_net, self.__dict__.get("_plain")
+        if known is None or known[0] is not net or known[1] != len(net):
+            layers = list(net[::2]) if _is_plain_mlp(net) else None
+            known = self.__dict__["_plain"] = (net, len(net), layers)
+        return known[2]
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's input for the items ``x``, shape ``(batch, 1)``; the last one is kept
+        (a full batch's items are the same tensor at every step)."""
+        dtype, known = self._dtype(), self.__dict__.get("_last_input")
+        if known is not None and known[0] is x and known[1] == (x._version, dtype):
+            return known[2]
+        scaled = _to_input(x, self.low, self.high, self.input_range).to(dtype)[:, None]
+        if not scaled.requires_grad:  # items, not a variable of a graph
+            self.__dict__["_last_input"] = (x, (x._version, dtype), scaled)
+        return scaled
 
     def log_normalizer(self) -> torch.Tensor:
         """log Z = log ∫ exp(−E(x)) dx by the trapezoid rule on the grid (a scalar)."""
@@ -186,6 +204,9 @@ class EnergyModel(Density):
     def _device(self) -> torch.device:
         return self.energy_net[0].weight.device
 
+    def _param_device(self) -> torch.device:
+        return self._device()
+
 
 def _to_input(x: torch.Tensor, low: float, high: float, half_width: float) -> torch.Tensor:
     return (2.0 * (x - low) / (high - low) - 1.0) * half_width
@@ -223,59 +244,21 @@ def _mlp(weights: list[torch.Tensor], biases: list[torch.Tensor], activation: nn
     ``(K, in, out)``, biases broadcastable to ``(out,)`` or ``(K, 1, out)``; returns
     ``(n, 1)`` or ``(K, n, 1)``.
 
-    The same function as ``nn.Sequential``, faster on the CPU:
-
-    * the first layer has one input feature: an outer product (``addcmul``), not a matmul
-      with an inner dimension of 1; the read-out's input gradient likewise (:class:`_Readout`);
-    * tanh(z) is computed as 2σ(2z) − 1 (:class:`_TanhOfHalf`), the 2z by doubling the layer's
-      weights and bias (exact in floating point): ``torch.tanh`` (which also copies its
-      output) costs about five times an in-place σ on this torch's CPU build. Measured on a
-      4×64 float32 network on [−10, 10]: max |ΔE| 1.3e-7 and gradients within 1.3e-6
-      (relative) of a float64 reference, against 6.7e-8 and 1.7e-6 for ``nn.Sequential``.
+    The same function as ``nn.Sequential``, as plain tensor operations (no module calls): the
+    first layer, with one input feature, is an outer product (``addcmul``), which also lets K
+    networks share one input. tanh is ``torch.tanh``: computing it as 2σ(2z) − 1 in a custom
+    autograd function was faster with an earlier torch on the CPU, and is slower with
+    torch 2.13 at every size (``benchmarks/RESULTS.md``, "the training step's fixed cost").
     """
-    if isinstance(activation, nn.Tanh):
-        scale, act = 2.0, _TanhOfHalf.apply
-    else:
-        scale, act = 1.0, activation
-    first = (scale * weights[0], scale * biases[0])
-    middle = [(scale * w, scale * b) for w, b in zip(weights[1:-1], biases[1:-1], strict=True)]
+    act = torch.tanh if isinstance(activation, nn.Tanh) else activation.forward
+    first_w, first_b = weights[0], biases[0]
+    middle = list(zip(weights[1:-1], biases[1:-1], strict=True))
+    last_w, last_b = weights[-1], biases[-1]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        h = act(torch.addcmul(first[1], x, first[0]))
+        h = act(torch.addcmul(first_b, x, first_w))
         for w, b in middle:
             h = act(torch.baddbmm(b, h, w) if w.dim() == 3 else torch.addmm(b, h, w))
-        return _Readout.apply(h, weights[-1]) + biases[-1]
+        return torch.matmul(h, last_w) + last_b
 
     return forward
-
-
-class _TanhOfHalf(torch.autograd.Function):
-    """y = tanh(u / 2) = 2σ(u) − 1, computed in place; dy/du = (1 − y²) / 2."""
-
-    @staticmethod
-    def forward(ctx, u):
-        y = torch.sigmoid(u).mul_(2.0).sub_(1.0)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y).mul_(0.5)
-
-
-class _Readout(torch.autograd.Function):
-    """h @ w for a one-unit output layer (w of shape ``(..., in, 1)``), whose input gradient is
-    a broadcast product rather than a matmul with an inner dimension of 1."""
-
-    @staticmethod
-    def forward(ctx, h, w):
-        ctx.save_for_backward(h, w)
-        return h @ w
-
-    @staticmethod
-    def backward(ctx, grad):
-        h, w = ctx.saved_tensors
-        grad_h = grad * w.transpose(-1, -2) if ctx.needs_input_grad[0] else None
-        grad_w = h.transpose(-1, -2) @ grad if ctx.needs_input_grad[1] else None
-        return grad_h, grad_w
