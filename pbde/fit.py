@@ -120,6 +120,7 @@ def fit(
     eval_prefs: Preferences | None = None,
     eval_every: int | None = None,
     eval_batch_size: int | None = None,
+    check_convergence: bool = True,
     **loss_kwargs,
 ) -> FitResult:
     """Fit an annotator model to preference data by minimizing a per-pair loss.
@@ -193,6 +194,9 @@ def fit(
             with ``eval/`` names: :func:`evaluate`'s metrics).
         eval_every: steps between evaluations (default: only at the end).
         eval_batch_size: pairs per forward pass of the evaluation (default ``batch_size``).
+        check_convergence: warn (:class:`ConvergenceWarning`) when a full-batch fit of
+            >= :data:`CONVERGENCE_MIN_STEPS` steps clearly did not converge (see
+            :func:`warn_if_unconverged`); ``False``: no check.
         **loss_kwargs: parameters of the loss (``tau`` for ``"ipo"``, ``delta`` for ``"hinge"``).
 
     Returns:
@@ -227,6 +231,8 @@ def fit(
         )
     loss_fn = _bind_loss(loss, loss_kwargs)
     _check_regularizer(regularizer)
+    if not isinstance(check_convergence, bool):
+        raise TypeError(f"'check_convergence' must be True or False. Got {check_convergence!r}.")
     accumulation = check_int("gradient_accumulation", gradient_accumulation, 1)
     if log_every is not None:
         check_int("log_every", log_every, 1)
@@ -275,7 +281,7 @@ def fit(
         )
         return {f"eval/{name}": value for name, value in metrics.items()}
 
-    return optimize(
+    result = optimize(
         model,
         objective,
         steps=steps,
@@ -300,6 +306,9 @@ def fit(
         eval_every=eval_every,
         fingerprint=fingerprint,
     )
+    if check_convergence and data.full_batch and _distributed.is_main_process():
+        warn_if_unconverged(result)
+    return result
 
 
 #: the most optimization steps of one run (its loss history takes 16 bytes per step)
@@ -413,6 +422,81 @@ def warn_if_separated(model, prefs: Preferences) -> None:
         "without bound, so the result depends on 'steps' and 'lr'. Add comparisons, a "
         "regularizer (pbde.nll_regularizer), or use a bounded loss ('ipo').",
         SeparationWarning,
+        stacklevel=3,
+    )
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """The fit stopped while its objective was still falling steadily: more steps (or a larger
+    learning rate) would have lowered it further."""
+
+
+#: the shortest run :func:`warn_if_unconverged` judges (shorter runs are demonstrations)
+CONVERGENCE_MIN_STEPS = 100
+
+
+def unconverged(
+    losses: torch.Tensor, learning_rates: torch.Tensor, *, tail: float = 0.1
+) -> tuple[float, float] | None:
+    """Whether a run's objective was still falling steadily when it stopped.
+
+    Judged from the recorded objective ``L_t`` (read once, at the end) over the last ``tail``
+    of the steps, against the whole run, per unit of learning rate (so that a schedule that
+    decays to 0 does not pass for convergence): the run is *unconverged* when
+
+    * it has >= :data:`CONVERGENCE_MIN_STEPS` steps, all finite, and fell overall;
+    * the objective fell at >= 90% of the steps of the tail (a steady descent, not the noise
+      of a converged or oscillating run), by more than ``1e-6·(1 + |L_end|)``;
+    * over the tail it fell, per unit of learning rate spent there, at least a quarter as fast
+      as over the whole run (a converged run's descent per unit of learning rate is far slower
+      at the end than at the start).
+
+    Meant for full-batch runs, whose ``L_t`` is the objective itself (a mini-batch's is a
+    noisy estimate of it).
+
+    Args:
+        losses: the objective at each step, shape ``(steps,)``.
+        learning_rates: the learning rate of each step, shape ``(steps,)``.
+        tail: the fraction of the run judged as its end.
+
+    Returns:
+        ``None`` if the run is not judged unconverged, else ``(fall over the tail, ratio of the
+        tail's rate to the whole run's)``.
+    """
+    n = losses.shape[0]
+    if n < CONVERGENCE_MIN_STEPS:
+        return None
+    losses, rates = losses.double(), learning_rates.double()
+    if not bool(torch.isfinite(losses).all() and torch.isfinite(rates).all()):
+        return None
+    start = n - max(2, round(tail * n))
+    fall, fall_tail = float(losses[0] - losses[-1]), float(losses[start] - losses[-1])
+    steady = float((losses[start + 1 :] < losses[start:-1]).double().mean())
+    if fall <= 0 or steady < 0.9 or fall_tail <= 1e-6 * (1 + abs(float(losses[-1]))):
+        return None
+    # the update of step t moves L_t to L_{t+1}: the falls above are over steps [.., n − 1)
+    spent, spent_tail = float(rates[: n - 1].sum()), float(rates[start : n - 1].sum())
+    if spent <= 0 or spent_tail <= 0:
+        return None
+    ratio = (fall_tail / spent_tail) / (fall / spent)
+    return (fall_tail, ratio) if ratio >= 0.25 else None
+
+
+def warn_if_unconverged(result: FitResult) -> None:
+    """Warn (:class:`ConvergenceWarning`) when :func:`unconverged` judges the run unconverged."""
+    found = unconverged(result.losses, result.learning_rates)
+    if found is None:
+        return
+    fall, ratio = found
+    import warnings
+
+    losses = result.losses
+    warnings.warn(
+        f"The fit did not converge: over its last 10% of steps the objective was still falling "
+        f"steadily (by {fall:.3g}, to {float(losses[-1]):.6g}), per unit of learning rate at "
+        f"{ratio:.0%} of its pace over the whole run. More 'steps' or a larger 'lr' would lower "
+        "it further (check_convergence=False turns this check off).",
+        ConvergenceWarning,
         stacklevel=3,
     )
 
