@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -121,6 +122,7 @@ def fit(
     eval_every: int | None = None,
     eval_batch_size: int | None = None,
     check_convergence: bool = True,
+    cuda_graph: bool = True,
     **loss_kwargs,
 ) -> FitResult:
     """Fit an annotator model to preference data by minimizing a per-pair loss.
@@ -197,6 +199,9 @@ def fit(
         check_convergence: warn (:class:`ConvergenceWarning`) when a full-batch fit of
             >= :data:`CONVERGENCE_MIN_STEPS` steps clearly did not converge (see
             :func:`warn_if_unconverged`); ``False``: no check.
+        cuda_graph: on a GPU, a full-batch step without logging (the same tensors at every
+            step) is recorded once as a CUDA graph and replayed (the same values, to the
+            rounding of the learning rate to float32); ``False``: ordinary steps.
         **loss_kwargs: parameters of the loss (``tau`` for ``"ipo"``, ``delta`` for ``"hinge"``).
 
     Returns:
@@ -231,8 +236,9 @@ def fit(
         )
     loss_fn = _bind_loss(loss, loss_kwargs)
     _check_regularizer(regularizer)
-    if not isinstance(check_convergence, bool):
-        raise TypeError(f"'check_convergence' must be True or False. Got {check_convergence!r}.")
+    for name, value in (("check_convergence", check_convergence), ("cuda_graph", cuda_graph)):
+        if not isinstance(value, bool):
+            raise TypeError(f"'{name}' must be True or False. Got {value!r}.")
     accumulation = check_int("gradient_accumulation", gradient_accumulation, 1)
     if log_every is not None:
         check_int("log_every", log_every, 1)
@@ -305,6 +311,8 @@ def fit(
         evaluate=evaluation if eval_prefs is not None else None,
         eval_every=eval_every,
         fingerprint=fingerprint,
+        static=data.full_batch and accumulation == 1 and data.world_size == 1 and log_every is None,
+        cuda_graph=cuda_graph,
     )
     if check_convergence and data.full_batch and _distributed.is_main_process():
         warn_if_unconverged(result)
@@ -840,6 +848,8 @@ def optimize(
     evaluate: Callable[[], dict] | None = None,
     eval_every: int | None = None,
     fingerprint: str | None = None,
+    static: bool = False,
+    cuda_graph: bool = True,
 ) -> FitResult:
     """The one optimization loop of pbde (used by :func:`fit` and by density pre-training).
 
@@ -851,6 +861,15 @@ def optimize(
     ``eval_every``) are those of :func:`fit`; ``statistics()`` returns the metrics gathered by
     the objective since its last call (logged every ``log_every`` steps), ``evaluate()`` the
     held-out metrics, and ``on_start(step)`` learns the step the run starts (or resumes) at.
+
+    The step never waits for the device: the objective's values stay there and are read at the
+    end, at records, evaluations, checkpoints and progress updates (and every
+    :attr:`_Values.window` steps); a step whose objective is not finite is skipped on the device,
+    and so is every later one, and the run stops at the next read naming the first bad step,
+    with the parameters of the last good one. ``static=True`` says the objective evaluates the
+    same tensors at every step, in one part, with no effect on the host (a full batch): on a
+    GPU the step is then recorded once as a CUDA graph and replayed (unless
+    ``cuda_graph=False``; see :class:`_GraphedStep`).
 
     In a ``torch.distributed`` run only rank 0 shows progress, logs and writes checkpoints
     (every process reads the checkpoint when resuming: it must be on a file system they all
@@ -899,7 +918,22 @@ def optimize(
     # parameters sharded by FSDP2: their gradients are averaged by FSDP, so each process's part
     # is scaled by W (the average of W·parts is their sum); the others are summed here
     fsdp = sharded and any(_distributed.is_sharded(p) for p in parameters)
-    optim = _optimizer(optimizer, parameters, lr, weight_decay, fused=scaler is None and not fsdp)
+    # a step that can be recorded as a CUDA graph: the optimizer must then be capturable
+    graphable = (
+        cuda_graph
+        and static
+        and precision is None
+        and not sharded
+        and parameters[0].device.type == "cuda"
+    )
+    optim = _optimizer(
+        optimizer,
+        parameters,
+        lr,
+        weight_decay,
+        fused=scaler is None and not fsdp,
+        capturable=graphable,
+    )
     # a step whose objective is not finite is skipped on the device (the fused step reads this
     # flag, as it reads a gradient scaler's), and so is every later one: the run reads the
     # objective's values only now and then, and stops at the first bad step with the parameters
@@ -956,55 +990,65 @@ def optimize(
     values = _Values(history, start, steps, checkpoint)
     validate_first = is_validation_enabled()
     learning_rate = optim.param_groups[0]
+    graphed = None
+    if graphable and skip_on_device:
+        graphed = _GraphedStep(objective, optim, generator, found_inf, parameters, max_grad_norm)
     module.train()
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, desc=description, disable=not progress) as bar:
         for step in range(start, steps):
-            with validation(validate_first and step == start):
-                optim.zero_grad(set_to_none=True)
-                total = None
-                parts = objective(generator)
-                parts = iter([parts] if isinstance(parts, torch.Tensor) else parts)
-                while True:
-                    with autocast():
-                        value = next(parts, None)
-                    if value is None:
-                        break
-                    part = value.detach()
-                    if part.dtype in (torch.float16, torch.bfloat16):
-                        part = part.float()
-                    total = part if total is None else total + part
-                    if value.requires_grad:  # not so for an empty slice of a shard
-                        value = value * scale if fsdp else value
-                        (value if scaler is None else scaler.scale(value)).backward()
-                if sharded:  # every process sees the same total, so all stop together
-                    total = total.clone().reshape(1)
-                    _distributed.all_reduce_sum_([total])
-                    total = total[0]
-                values.append(total)
-                if skip_on_device:
-                    found_inf.masked_fill_(~torch.isfinite(total), 1.0)
-                else:
-                    values.check()  # reads the value: a bad step stops before stepping
-                if sharded and replicated:
-                    _distributed.all_reduce_gradients_(replicated)
-                    if fsdp:  # these parts were scaled by W too
-                        for p in replicated:
-                            p.grad.div_(scale)
-                if scaler is not None:
-                    scaler.unscale_(optim)
-                grad_norm = None
-                if max_grad_norm is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-                    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
-                        grad_norm = grad_norm.full_tensor()
+            if graphed is not None and graphed.ready(step - start):
                 lr_now = learning_rates[step] = learning_rate["lr"]
-                if scaler is None:
-                    optim.step()
-                else:
-                    scaler.step(optim)
-                    scaler.update()
+                values.append(graphed.step())
                 scheduler.step()
+                grad_norm = None
+            else:
+                warming = graphed.warming() if graphed is not None else contextlib.nullcontext()
+                with warming, validation(validate_first and step == start):
+                    optim.zero_grad(set_to_none=True)
+                    total = None
+                    parts = objective(generator)
+                    parts = iter([parts] if isinstance(parts, torch.Tensor) else parts)
+                    while True:
+                        with autocast():
+                            value = next(parts, None)
+                        if value is None:
+                            break
+                        part = value.detach()
+                        if part.dtype in (torch.float16, torch.bfloat16):
+                            part = part.float()
+                        total = part if total is None else total + part
+                        if value.requires_grad:  # not so for an empty slice of a shard
+                            value = value * scale if fsdp else value
+                            (value if scaler is None else scaler.scale(value)).backward()
+                    if sharded:  # every process sees the same total, so all stop together
+                        total = total.clone().reshape(1)
+                        _distributed.all_reduce_sum_([total])
+                        total = total[0]
+                    values.append(total)
+                    if skip_on_device:
+                        found_inf.masked_fill_(~torch.isfinite(total), 1.0)
+                    else:
+                        values.check()  # reads the value: a bad step stops before stepping
+                    if sharded and replicated:
+                        _distributed.all_reduce_gradients_(replicated)
+                        if fsdp:  # these parts were scaled by W too
+                            for p in replicated:
+                                p.grad.div_(scale)
+                    if scaler is not None:
+                        scaler.unscale_(optim)
+                    grad_norm = None
+                    if max_grad_norm is not None:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+                        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                            grad_norm = grad_norm.full_tensor()
+                    lr_now = learning_rates[step] = learning_rate["lr"]
+                    if scaler is None:
+                        optim.step()
+                    else:
+                        scaler.step(optim)
+                        scaler.update()
+                    scheduler.step()
             done = step + 1 == steps
             evaluating = evaluate is not None and (
                 done or (eval_every and (step + 1) % eval_every == 0)
@@ -1040,14 +1084,16 @@ def optimize(
     )
 
 
-def _optimizer(name: str, parameters: list, lr: float, weight_decay: float, *, fused: bool):
+def _optimizer(
+    name: str, parameters: list, lr: float, weight_decay: float, *, fused: bool, capturable: bool
+):
     """Adam or AdamW over ``parameters``: the fused step (one kernel per device and dtype for
     all tensors, and a step that reads a ``found_inf`` flag) where torch has one for them,
-    otherwise the multi-tensor one."""
+    ``capturable`` (in a CUDA graph) if asked, otherwise torch's default implementation."""
     kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     options = {"lr": lr} if name == "adam" else {"lr": lr, "weight_decay": weight_decay}
     if fused and _fused_supported(parameters):
-        return kind(parameters, fused=True, **options)
+        return kind(parameters, fused=True, capturable=capturable, **options)
     return kind(parameters, **options)
 
 
@@ -1061,6 +1107,86 @@ def _fused_supported(parameters: list) -> bool:
         and p.device.type in devices
         for p in parameters
     )
+
+
+class _GraphedStep:
+    """A training step recorded once as a CUDA graph and replayed at every later step.
+
+    For an objective that evaluates the same tensors at every step (a full batch): after
+    :attr:`warmup` ordinary steps on a side stream (as recording requires), the whole step —
+    objective, backward, the found-inf flag, clipping, the fused optimizer step — is recorded,
+    with the optimizer reading its learning rate from a float32 device tensor that is set
+    before each replay (the scheduler keeps its Python floats). A replay launches the recorded
+    kernels at once, without Python work or host synchronization; its values equal the
+    ordinary step's but for the learning rate's rounding to float32. Where the recording fails
+    (an operation that cannot be recorded, e.g. a copy from host memory or a value read on the
+    host), :attr:`failure` says why and the run goes on with ordinary steps.
+    """
+
+    #: ordinary steps before the recording (the optimizer's state and caches are created)
+    warmup = 3
+
+    def __init__(self, objective, optim, generator, found_inf, parameters, max_grad_norm):
+        self.objective, self.optim, self.generator = objective, optim, generator
+        self.found_inf, self.parameters, self.max_grad_norm = found_inf, parameters, max_grad_norm
+        self.side = torch.cuda.Stream(device=found_inf.device)
+        self.graph = self.total = None
+        self.failure: str | None = None
+        self._learning_rates: list[torch.Tensor] = []
+
+    def ready(self, done: int) -> bool:
+        """Whether the step is recorded, after ``done`` ordinary steps (records it then)."""
+        if self.graph is None and self.failure is None and done >= self.warmup:
+            self._record()
+        return self.graph is not None
+
+    def warming(self):
+        """Where an ordinary step runs: on the side stream until the recording."""
+        if self.graph is not None or self.failure is not None:
+            return contextlib.nullcontext()
+        return self._on_side_stream()
+
+    @contextlib.contextmanager
+    def _on_side_stream(self):
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            yield
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def _record(self) -> None:
+        groups = self.optim.param_groups
+        floats = [group["lr"] for group in groups]
+        device = self.found_inf.device
+        self._learning_rates = [torch.tensor(f, dtype=torch.float32, device=device) for f in floats]
+        self.optim.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            for group, rate in zip(groups, self._learning_rates, strict=True):
+                group["lr"] = rate
+            with validation(False), torch.cuda.graph(graph):
+                parts = self.objective(self.generator)
+                value = parts if isinstance(parts, torch.Tensor) else next(iter(parts))
+                total = value.detach()
+                value.backward()
+                self.found_inf.masked_fill_(~torch.isfinite(total), 1.0)
+                if self.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+                self.optim.step()
+        except Exception as error:  # noqa: BLE001 - any failure to record: ordinary steps
+            self.failure = f"{type(error).__name__}: {error}"
+            self.optim.zero_grad(set_to_none=True)
+            return
+        finally:
+            for group, rate in zip(groups, floats, strict=True):
+                group["lr"] = rate
+        self.graph, self.total = graph, total
+
+    def step(self) -> torch.Tensor:
+        """One step (a replay); returns the step's objective (a new tensor)."""
+        for group, rate in zip(self.optim.param_groups, self._learning_rates, strict=True):
+            rate.fill_(group["lr"])
+        self.graph.replay()
+        return self.total.clone()
 
 
 class _Values:
@@ -1114,8 +1240,6 @@ class _Values:
 
 def _mixed_precision(precision, device: torch.device):
     """``(autocast context factory, gradient scaler or None)`` for ``precision``."""
-    import contextlib
-
     if precision is None:
         return contextlib.nullcontext, None
     if precision not in ("bf16", "fp16"):

@@ -354,3 +354,106 @@ def test_on_cuda_the_fit_equals_the_cpu_fit():
     pbde.fit(on_gpu, prefs, steps=30, lr=1e-2, progress=False, device="cuda")
     for a, b in zip(parameters_of(on_cpu), parameters_of(on_gpu), strict=True):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-9, atol=1e-11)  # float64
+
+
+def test_cuda_graph_is_checked_and_means_nothing_on_the_cpu():
+    prefs = categorical_prefs(200)
+    with pytest.raises(TypeError, match="'cuda_graph' must be True or False. Got 'yes'"):
+        pbde.fit(dpo_model(), prefs, steps=1, cuda_graph="yes")
+    a, b = dpo_model(), dpo_model()
+    pbde.fit(a, prefs, steps=20, lr=0.05, progress=False, cuda_graph=True)
+    pbde.fit(b, prefs, steps=20, lr=0.05, progress=False, cuda_graph=False)
+    for x, y in zip(parameters_of(a), parameters_of(b), strict=True):
+        assert torch.equal(x, y)
+
+
+class _GraphSpy:
+    """Records the recordings and replays of the CUDA-graph step."""
+
+    def __init__(self, monkeypatch):
+        self.replays, self.steps = 0, []
+        spy = self
+        original_step, original_record = FIT._GraphedStep.step, FIT._GraphedStep._record
+
+        def step(graphed):
+            spy.replays += 1
+            return original_step(graphed)
+
+        def record(graphed):
+            original_record(graphed)
+            spy.steps.append(graphed)
+
+        monkeypatch.setattr(FIT._GraphedStep, "step", step)
+        monkeypatch.setattr(FIT._GraphedStep, "_record", record)
+
+
+@cuda
+@pytest.mark.parametrize("kind", ["categorical", "energy"])
+def test_on_cuda_the_recorded_step_equals_the_ordinary_step(monkeypatch, kind):
+    """Tolerance: the recorded step reads the learning rate as float32 (relative rounding
+    < 6e-8 of each step's size); the parameters are float64."""
+    prefs = categorical_prefs(dtype=torch.float64) if kind == "categorical" else energy_prefs()
+
+    def model():
+        return dpo_model(torch.float64) if kind == "categorical" else energy_model()[0]
+
+    spy = _GraphSpy(monkeypatch)
+    graphed, ordinary = model(), model()
+    options = dict(steps=40, lr=1e-2, progress=False, device="cuda", check_convergence=False)
+    first = pbde.fit(graphed, prefs, **options)
+    assert [s.failure for s in spy.steps] == [None] and spy.replays == 40 - FIT._GraphedStep.warmup
+    second = pbde.fit(ordinary, prefs, cuda_graph=False, **options)
+    assert spy.replays == 40 - FIT._GraphedStep.warmup  # no more
+    for a, b in zip(parameters_of(graphed), parameters_of(ordinary), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(first.losses, second.losses, rtol=1e-6, atol=1e-9)
+
+
+def _nan_at_on_the_device(step: int, device):
+    """A BCE loss that is NaN at ``step`` by a counter on the device (so in a recorded step too:
+    a replay does not call the loss function)."""
+    counter = torch.zeros((), device=device)
+
+    def loss(logits, y):
+        counter.add_(1)
+        return pbde.losses.bce(logits, y) + torch.where(counter == step + 1, math.nan, 0.0)
+
+    return loss
+
+
+@cuda
+def test_on_cuda_a_recorded_step_stops_at_a_non_finite_objective(monkeypatch):
+    k = 11  # a replayed step
+    prefs = categorical_prefs()
+    options = dict(lr=0.05, schedule="constant", progress=False, device="cuda",
+                   check_convergence=False)  # fmt: skip
+    spy = _GraphSpy(monkeypatch)
+    model = dpo_model()
+    with pytest.raises(FloatingPointError, match=rf"at step {k} of 40;"):
+        pbde.fit(model, prefs, loss=_nan_at_on_the_device(k, "cuda"), steps=40, **options)
+    assert [s.failure for s in spy.steps] == [None]
+    independent = dpo_model()
+    pbde.fit(independent, prefs, loss=_nan_at_on_the_device(10**6, "cuda"), steps=k, **options)
+    for got, want in zip(parameters_of(model), parameters_of(independent), strict=True):
+        assert torch.equal(got.cpu(), want.cpu())
+
+
+@cuda
+def test_on_cuda_a_step_that_cannot_be_recorded_runs_as_ordinary_steps(monkeypatch):
+    """A loss that reads a value on the host cannot be recorded: the run goes on with ordinary
+    steps, as without recording."""
+
+    def host_reading_bce(logits, y):
+        float(logits.detach().sum())  # a host read: not allowed while recording
+        return pbde.losses.bce(logits, y)
+
+    prefs = categorical_prefs(dtype=torch.float64)
+    spy = _GraphSpy(monkeypatch)
+    options = dict(loss=host_reading_bce, steps=20, lr=0.05, progress=False, device="cuda",
+                   check_convergence=False)  # fmt: skip
+    tried, ordinary = dpo_model(torch.float64), dpo_model(torch.float64)
+    pbde.fit(tried, prefs, **options)
+    assert len(spy.steps) == 1 and spy.steps[0].failure is not None and spy.replays == 0
+    pbde.fit(ordinary, prefs, cuda_graph=False, **options)
+    for a, b in zip(parameters_of(tried), parameters_of(ordinary), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
