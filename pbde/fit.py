@@ -261,8 +261,9 @@ def fit(
     model.to(data.prefs.device)
     if is_validation_enabled():
         check_data_against_model(model, data.items)
+    separated = False
     if loss_fn.loss == "bce" or loss_fn.loss is _losses.bce:
-        warn_if_separated(model, data.prefs)
+        separated = warn_if_separated(model, data.prefs)
     fingerprint = None
     if checkpoint is not None:
         fingerprint = _fingerprint(
@@ -314,7 +315,8 @@ def fit(
         static=data.full_batch and accumulation == 1 and data.world_size == 1 and log_every is None,
         cuda_graph=cuda_graph,
     )
-    if check_convergence and data.full_batch and _distributed.is_main_process():
+    # separated data have no finite optimum: their warning says why the loss keeps falling
+    if check_convergence and data.full_batch and not separated and _distributed.is_main_process():
         warn_if_unconverged(result)
     return result
 
@@ -404,17 +406,18 @@ def separated_items(prefs: Preferences) -> tuple[list, list] | None:
     return never_lost, never_won
 
 
-def warn_if_separated(model, prefs: Preferences) -> None:
+def warn_if_separated(model, prefs: Preferences) -> bool:
     """Warn (:class:`SeparationWarning`) when a categorical model is fitted by maximum
-    likelihood to comparisons that separate its items (see :func:`separated_items`)."""
+    likelihood to comparisons that separate its items (see :func:`separated_items`); returns
+    whether it warned."""
     from pbde.densities.finite import Categorical
 
     annotators = _annotators(model)
     if not annotators or not all(isinstance(a.density, Categorical) for a in annotators):
-        return
+        return False
     found = separated_items(prefs)
     if found is None:
-        return
+        return False
     never_lost, never_won = found
 
     def listed(values):
@@ -432,6 +435,7 @@ def warn_if_separated(model, prefs: Preferences) -> None:
         SeparationWarning,
         stacklevel=3,
     )
+    return True
 
 
 class ConvergenceWarning(RuntimeWarning):
