@@ -443,8 +443,9 @@ class ConvergenceWarning(RuntimeWarning):
     learning rate) would have lowered it further."""
 
 
-#: the shortest run :func:`warn_if_unconverged` judges (shorter runs are demonstrations)
-CONVERGENCE_MIN_STEPS = 100
+#: the shortest run :func:`warn_if_unconverged` judges (shorter runs are demonstrations and
+#: quick checks; :func:`fit` takes 1000 steps by default)
+CONVERGENCE_MIN_STEPS = 500
 
 
 def unconverged(
@@ -457,8 +458,8 @@ def unconverged(
     decays to 0 does not pass for convergence): the run is *unconverged* when
 
     * it has >= :data:`CONVERGENCE_MIN_STEPS` steps, all finite, and fell overall;
-    * the objective fell at >= 90% of the steps of the tail (a steady descent, not the noise
-      of a converged or oscillating run), by more than ``1e-6·(1 + |L_end|)``;
+    * the objective did not rise at >= 90% of the steps of the tail (a steady descent, not the
+      noise of a converged or oscillating run), and fell by more than ``1e-6·(1 + |L_end|)``;
     * over the tail it fell, per unit of learning rate spent there, at least a quarter as fast
       as over the whole run (a converged run's descent per unit of learning rate is far slower
       at the end than at the start).
@@ -483,7 +484,7 @@ def unconverged(
         return None
     start = n - max(2, round(tail * n))
     fall, fall_tail = float(losses[0] - losses[-1]), float(losses[start] - losses[-1])
-    steady = float((losses[start + 1 :] < losses[start:-1]).double().mean())
+    steady = float((losses[start + 1 :] <= losses[start:-1]).double().mean())
     if fall <= 0 or steady < 0.9 or fall_tail <= 1e-6 * (1 + abs(float(losses[-1]))):
         return None
     # the update of step t moves L_t to L_{t+1}: the falls above are over steps [.., n − 1)

@@ -258,7 +258,7 @@ def _loss_at_the_optimum(prefs, beta=2.0) -> float:
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_an_under_trained_fit_warns(schedule):
     with pytest.warns(pbde.ConvergenceWarning, match="did not converge"):
-        result, prefs = _readme_fit(steps=200, lr=1e-3, schedule=schedule)
+        result, prefs = _readme_fit(steps=500, lr=3e-4, schedule=schedule)
     assert result.final_loss > _loss_at_the_optimum(prefs) + 0.01  # far from it
 
 
@@ -272,9 +272,9 @@ def test_a_converged_fit_does_not_warn():
 @pytest.mark.parametrize(
     "options",
     [
-        dict(steps=200, lr=1e-3, check_convergence=False),  # switched off
-        dict(steps=99, lr=1e-3),  # a short run
-        dict(steps=200, lr=1e-3, batch_size=256),  # mini-batches: a noisy loss
+        dict(steps=500, lr=3e-4, check_convergence=False),  # switched off
+        dict(steps=499, lr=1e-4),  # a short run
+        dict(steps=500, lr=3e-4, batch_size=256),  # mini-batches: a noisy loss
     ],
 )
 def test_no_convergence_check_where_it_does_not_apply(options):
@@ -291,7 +291,7 @@ def test_check_convergence_must_be_a_bool():
 def test_unconverged_reads_a_steady_descent_per_unit_of_learning_rate():
     """Hand-made histories: a straight descent is unconverged, whatever the schedule; a
     plateau, an oscillation and a rise are not."""
-    n = 200
+    n = 500
     constant = torch.full((n,), 1e-3, dtype=torch.float64)
     cosine = 0.5 * (1 + torch.cos(math.pi * torch.arange(n, dtype=torch.float64) / n)) * 1e-3
     for rates in (constant, cosine):
