@@ -868,13 +868,13 @@ def optimize(
     held-out metrics, and ``on_start(step)`` learns the step the run starts (or resumes) at.
 
     The step never waits for the device: the objective's values stay there and are read at the
-    end, at records, evaluations, checkpoints and progress updates (and every
-    :attr:`_Values.window` steps); a step whose objective is not finite is skipped on the device,
-    and so is every later one, and the run stops at the next read naming the first bad step,
-    with the parameters of the last good one. ``static=True`` says the objective evaluates the
+    end, at records, evaluations, checkpoints and progress updates (and every 1024 steps); a
+    step whose objective is not finite is skipped on the device, and so is every later one,
+    and the run stops at the next read naming the first bad step, with the parameters of the
+    last good one. ``static=True`` says the objective evaluates the
     same tensors at every step, in one part, with no effect on the host (a full batch): on a
     GPU the step is then recorded once as a CUDA graph and replayed (unless
-    ``cuda_graph=False``; see :class:`_GraphedStep`).
+    ``cuda_graph=False``; see ``_GraphedStep``).
 
     In a ``torch.distributed`` run only rank 0 shows progress, logs and writes checkpoints
     (every process reads the checkpoint when resuming: it must be on a file system they all

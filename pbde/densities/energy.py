@@ -98,7 +98,7 @@ class EnergyModel(Density):
         return _chunked(net, self._input(x), self.chunk_size, dim=0).squeeze(-1)
 
     def _plain_layers(self) -> list[nn.Linear] | None:
-        """The ``Linear`` layers of :attr:`energy_net` if it is a plain MLP (:func:`_is_plain_mlp`),
+        """The ``Linear`` layers of :attr:`energy_net` if it is a plain MLP (``_is_plain_mlp``),
         else ``None``; found once per network (a training step asks every time)."""
         net, known = self.energy_net, self.__dict__.get("_plain")
         if known is None or known[0] is not net or known[1] != len(net):
