@@ -331,7 +331,9 @@ def _read_tokenized(args, density, max_length, max_prompt_length, command: str, 
     from pbde.cli import _read_data
     from pbde.densities import CausalLM
 
-    read = _read_data(args.data, "text", args.on_error, command=command)
+    read = _read_data(
+        args.data, "text", args.on_error, command=command, format=args.format, columns=args.columns
+    )
     try:
         tokenized = CausalLM.tokenize(
             read.prefs,

@@ -347,7 +347,7 @@ def sample_pairs(proposal, n: int, *, generator: torch.Generator | None = None):
 
     Args:
         proposal: a :class:`~pbde.densities.Density` (x_A and x_B drawn independently from it,
-            the paper's setting with π_pre) or a callable ``(n, generator) -> (xa, xb)``.
+            the paper's setting with π_ref) or a callable ``(n, generator) -> (xa, xb)``.
         n: number of pairs, >= 1.
         generator: optional ``torch.Generator`` for reproducibility.
 

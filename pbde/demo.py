@@ -1,8 +1,8 @@
 """The built-in example: DPO on the paper's 1-D toy, with theory next to the fit.
 
 Dumoulin et al., Fig. 3 at laptop scale: a Luce annotator with p* of eq. 10 labels pairs drawn
-from a pretrained energy model π_pre; a copy of π_pre is fitted with the DPO behavior (β);
-eq. 16 predicts the result, π ∝ π_pre · p*^{1/β}, which :func:`pbde.optimal_density` computes.
+from a pretrained energy model π_ref; a copy of π_ref is fitted with the DPO behavior (β);
+eq. 16 predicts the result, π ∝ π_ref · p*^{1/β}, which :func:`pbde.optimal_density` computes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run_demo(settings: DemoSettings, out: Path | None = None, *, progress: bool 
 
     Returns:
         dict: the settings, the metrics (KL and TV between the fitted density and the
-            theoretical optimum, and between π_pre and the optimum, for scale) and the wall
+            theoretical optimum, and between π_ref and the optimum, for scale) and the wall
             time.
     """
     began = time.perf_counter()
@@ -95,8 +95,8 @@ def _plot(grid, p_star, pi_pre, theory, learned, beta, path):
     with torch.no_grad():
         curves = [
             (p_star, "p* (annotator, eq. 10)", dict(color="tab:blue", ls="--")),
-            (pi_pre, "π_pre", dict(color="tab:orange", ls=":")),
-            (theory, f"theory: π_pre·p*^(1/{beta:g}) (eq. 16)", dict(color="tab:red", ls="-.")),
+            (pi_pre, "π_ref (pre-trained)", dict(color="tab:orange", ls=":")),
+            (theory, f"theory: π_ref · p*^{{1/{beta:g}}} (eq. 16)", dict(color="tab:red", ls="-.")),
             (learned, "learned (DPO)", dict(color="tab:green", lw=2, alpha=0.8)),
         ]
         fig, ax = plt.subplots(figsize=(7, 4), dpi=120)

@@ -28,6 +28,7 @@ from pbde._validation import (
 from pbde.annotators import Annotator, PreferenceProcess
 from pbde.data import Preferences
 from pbde.densities.base import device_of, is_frozen
+from pbde.densities.finite import Precomputed
 from pbde.io import PAD_TOKEN
 
 
@@ -64,7 +65,7 @@ def nll_regularizer(
     """SLiC-HF's λ term: ``weight · (−mean log π_θ(samples))`` (Dumoulin et al., eq. 20).
 
     Args:
-        samples: items to keep likely, e.g. draws from π_pre, shape ``(m, *event_shape)``.
+        samples: items to keep likely, e.g. draws from π_ref, shape ``(m, *event_shape)``.
         weight: λ >= 0.
 
     Returns:
@@ -330,9 +331,11 @@ def check_data_against_model(model: nn.Module, items: torch.Tensor) -> None:
     behaviors, once, before training: the training loop validates only its first step, so an
     item outside a density's domain (or an f(x) <= 0) in a later mini-batch would otherwise pass
     unnoticed. Vectorized and without gradient: the items' shapes, dtypes and domains for each
-    density and reference density, and the behaviors' f (and, for items that are not token
-    sequences, g) on them. A language model's reference is not run here (its g is checked batch
-    by batch while validation is on, and a non-finite objective stops the fit).
+    density and reference density, and the behaviors' f and g on them. On token sequences g is
+    checked here only when every reference is a :class:`~pbde.densities.Precomputed` table (the
+    language-model trainer's π_ref: a lookup, which also finds items missing from the table); a
+    reference network is not run over the whole data set (its g is checked batch by batch while
+    validation is on, and a non-finite objective stops the fit).
 
     Raises:
         TypeError, ValueError: what the density or behavior raises, naming the items.
@@ -347,7 +350,8 @@ def check_data_against_model(model: nn.Module, items: torch.Tensor) -> None:
                 reference._validate_items(x.to(reference._param_device()))
             if behavior.constant_f is None:
                 behavior.f(x)
-            if not token_items and not isinstance(behavior._g, float):
+            tabulated = all(isinstance(r, Precomputed) for r in behavior.references)
+            if (not token_items or tabulated) and not isinstance(behavior._g, float):
                 behavior.g(x)
 
 

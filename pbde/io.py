@@ -1298,23 +1298,29 @@ def _rename(record: Mapping, columns: Mapping[str, str | None] | None, source: s
     return dict(zip(names, record.values(), strict=True))
 
 
-def _check_columns(columns) -> None:
+def _silenced(columns: Mapping[str, str | None] | None) -> list[str]:
+    """The unknown columns ``columns`` maps to ``None``: ignored without a misspelling check."""
+    return [k for k, v in (columns or {}).items() if v is None]
+
+
+def _check_columns(columns, name: str = "'columns'") -> None:
+    """``name``: how the message names the mapping (the CLI's ``--column``)."""
     if columns is None:
         return
     if not isinstance(columns, Mapping) or not all(
         isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in columns.items()
     ):
         raise TypeError(
-            f"'columns' must be a mapping from the file's column names to pbde's names or None "
+            f"{name} must be a mapping from the file's column names to pbde's names or None "
             f"(e.g. {{'response_a': 'xa', 'notes': None}}). Got {columns!r}."
         )
     unknown = sorted(set(columns.values()) - set(_KNOWN) - {None})
     if unknown:
-        raise ValueError(f"'columns' maps to unknown names {unknown}; known names: {_KNOWN}.")
+        raise ValueError(f"{name} maps to unknown names {unknown}; known names: {_KNOWN}.")
     ignored_known = sorted(k for k, v in columns.items() if v is None and k in _KNOWN)
     if ignored_known:
         raise ValueError(
-            f"'columns' maps the known columns {ignored_known} to None; None ignores only "
+            f"{name} maps the known columns {ignored_known} to None; None ignores only "
             f"unknown columns (rename a known column to read it under another name)."
         )
 
@@ -1859,7 +1865,7 @@ def read_preferences(
         "parquet": "rows are 0-based",
     }[fmt]
     source_name = f"{fmt.upper() if fmt != 'jsonl' else 'JSONL'} file {path!r}"
-    silenced = [k for k, v in (columns or {}).items() if v is None]
+    silenced = _silenced(columns)
     builder = _Builder(items, on_error, source_name, numbering, allow_missing, silenced)
     builder.private = True  # the Arrow buffers read here belong to nobody else
     reader = {"jsonl": _read_jsonl, "csv": _read_csv_arrow, "parquet": _read_parquet}[fmt]
@@ -1880,13 +1886,15 @@ def from_records(
     items: str = "auto",
     on_error: str = "raise",
     chunk_rows: int = 65536,
+    columns: Mapping[str, str | None] | None = None,
     allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a list (or iterable) of dicts, e.g. a Hugging Face dataset split.
 
     Each record has the columns of the module docstring: ``{"xa", "xb", "y"}`` or
     ``{"prompt", "chosen", "rejected"}`` (items already tokenized or numeric), plus the
-    optional ``tie``, ``annotator_id``, ``weight``.
+    optional ``tie``, ``annotator_id``, ``weight``; ``columns`` renames keys as in
+    :func:`read_preferences` (``{"response_j": "chosen", "response_k": "rejected"}``).
 
     Example:
         >>> out = from_records([{"prompt": [5], "chosen": [1, 2], "rejected": [3]}])
@@ -1894,15 +1902,18 @@ def from_records(
         (tensor([[ 3, -1]]), [[5]])
     """
     _check_options(items, on_error, chunk_rows, allow_missing)
+    _check_columns(columns)
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise TypeError(f"'records' must be an iterable of dicts. Got {type(records).__name__}.")
-    builder = _Builder(items, on_error, "records", "rows are 0-based positions", allow_missing)
+    builder = _Builder(
+        items, on_error, "records", "rows are 0-based positions", allow_missing, _silenced(columns)
+    )
     for start, chunk in enumerate(_chunks(records, chunk_rows)):
         rows = list(range(start * chunk_rows, start * chunk_rows + len(chunk)))
         pre, clean = {}, []
         for i, record in enumerate(chunk):
             if isinstance(record, Mapping):
-                clean.append({str(k): v for k, v in record.items()})
+                clean.append(_rename({str(k): v for k, v in record.items()}, columns, "records"))
             else:
                 clean.append(None)
                 pre[i] = [Problem(rows[i], None, f"not a dict: {type(record).__name__}")]
@@ -1916,9 +1927,11 @@ def from_dataframe(
     items: str = "auto",
     on_error: str = "raise",
     chunk_rows: int | None = None,
+    columns: Mapping[str, str | None] | None = None,
     allow_missing: bool = False,
 ) -> ReadResult:
-    """Comparisons from a pandas or polars DataFrame with the columns of the module docstring.
+    """Comparisons from a pandas or polars DataFrame with the columns of the module docstring
+    (``columns`` renames them as in :func:`read_preferences`).
 
     The columns go to Arrow (without copying where their types allow) and are validated as
     :func:`from_arrow` does; a pandas column that Arrow cannot type (mixed Python objects) is read
@@ -1932,24 +1945,34 @@ def from_dataframe(
         ValueError: as :func:`read_preferences`.
     """
     _check_options(items, on_error, chunk_rows, allow_missing)
-    options = (items, on_error, chunk_rows, allow_missing)
+    _check_columns(columns)
+    options = (items, on_error, chunk_rows, allow_missing, columns)
     if type(df).__module__.startswith("polars") and type(df).__name__ == "DataFrame":
         return _from_table(df.to_arrow(), *options, "polars DataFrame")
     pd = _require_pandas()
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"'df' must be a pandas DataFrame. Got {type(df).__name__}.")
-    names = [str(c) for c in df.columns]
-    _check_unique(names, names, "DataFrame")
+    original = [str(c) for c in df.columns]
+    names = _renamed(original, columns)
+    _check_unique(names, original, "DataFrame")
     pa = _require_pyarrow()
     try:  # from_pandas=False: a NaN stays a NaN (a problem in an item or a label), not a null
         table = pa.table(
-            [pa.array(df.iloc[:, k], from_pandas=False) for k in range(df.shape[1])], names=names
+            [pa.array(df.iloc[:, k], from_pandas=False) for k in range(df.shape[1])],
+            names=original,  # renamed in _from_table
         )
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         table = None
     if table is not None:
         return _from_table(table, *options, "DataFrame")
-    builder = _Builder(items, on_error, "DataFrame", "rows are 0-based positions", allow_missing)
+    builder = _Builder(
+        items,
+        on_error,
+        "DataFrame",
+        "rows are 0-based positions",
+        allow_missing,
+        _silenced(columns),
+    )
     chunk_rows = chunk_rows or _CHUNK_ROWS
     for start in range(0, len(df), chunk_rows):
         part = df.iloc[start : start + chunk_rows]
@@ -1967,6 +1990,7 @@ def from_arrow(
     items: str = "auto",
     on_error: str = "raise",
     chunk_rows: int | None = None,
+    columns: Mapping[str, str | None] | None = None,
     allow_missing: bool = False,
 ) -> ReadResult:
     """Comparisons from a ``pyarrow.Table`` or ``RecordBatch``, or a Hugging Face
@@ -1980,6 +2004,7 @@ def from_arrow(
         on_error: as in :func:`read_preferences`.
         chunk_rows: rows validated per record batch; ``None`` (default): the whole table in one
             vectorized pass.
+        columns: as in :func:`read_preferences` (the table itself is not changed).
         allow_missing: as in :func:`read_preferences`.
 
     Returns:
@@ -1990,6 +2015,7 @@ def from_arrow(
         ValueError: as :func:`read_preferences`.
     """
     _check_options(items, on_error, chunk_rows, allow_missing)
+    _check_columns(columns)
     pa = _require_pyarrow()
     source = "Arrow table"
     if hasattr(table, "with_format") and hasattr(table, "features"):  # datasets.Dataset
@@ -2001,20 +2027,31 @@ def from_arrow(
             f"'table' must be a pyarrow.Table, a pyarrow.RecordBatch or a datasets.Dataset. Got "
             f"{type(table).__name__}."
         )
-    return _from_table(table, items, on_error, chunk_rows, allow_missing, source)
+    return _from_table(table, items, on_error, chunk_rows, allow_missing, columns, source)
 
 
 def _from_table(
-    table, items: str, on_error: str, chunk_rows: int | None, allow_missing: bool, source: str
+    table,
+    items: str,
+    on_error: str,
+    chunk_rows: int | None,
+    allow_missing: bool,
+    columns: Mapping[str, str | None] | None,
+    source: str,
 ) -> ReadResult:
-    names = [str(n) for n in table.column_names]
-    _check_unique(names, names, source)
+    original = [str(n) for n in table.column_names]
+    names = _renamed(original, columns)
+    _check_unique(names, original, source)
+    if names != original:
+        table = table.rename_columns(names)  # a new table over the same buffers
     if not ({"xa", "xb"} <= set(names) or {"chosen", "rejected"} <= set(names)):
         raise ValueError(
             f"{source} has no item columns: it must hold 'xa' and 'xb' (or 'chosen' and "
             f"'rejected'). Got {names}."
         )
-    builder = _Builder(items, on_error, source, "rows are 0-based positions", allow_missing)
+    builder = _Builder(
+        items, on_error, source, "rows are 0-based positions", allow_missing, _silenced(columns)
+    )
     builder.seen_columns.update(names)
     if chunk_rows is None:  # one vectorized pass over the whole table
         builder.add_arrow_batch(table, names, np.arange(table.num_rows, dtype=np.int64))

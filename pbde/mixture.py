@@ -167,7 +167,7 @@ class LatentMixture(nn.Module):
         concentration: float = 1.0,
         learn_weights: bool = True,
     ) -> LatentMixture:
-        """K deep copies of one annotator (e.g. a model initialised at π_pre), uniform weights.
+        """K deep copies of one annotator (e.g. a model initialised at π_ref), uniform weights.
 
         The copies are identical: :meth:`fit` adds noise to them before training (``noise``),
         which breaks the symmetry as in Dumoulin et al., appendix A.4.
@@ -356,7 +356,7 @@ class LatentMixture(nn.Module):
 
         Each restart starts from the state the mixture had when ``fit`` was called, adds
         Gaussian noise of standard deviation ``noise`` to every trainable parameter of the
-        components (symmetry breaking: Dumoulin et al., appendix A.4, copy π_pre twice and add
+        components (symmetry breaking: Dumoulin et al., appendix A.4, copy π_ref twice and add
         noise of std 1e-4), resets the weights, and minimizes :meth:`objective` with
         :func:`pbde.fit.optimize` (Adam, cosine decay). The restart with the lowest final
         full-data objective is kept.

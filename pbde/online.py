@@ -1,6 +1,6 @@
 """The annotator in the loop: online and iterative preference learning (Xiong et al., 2024).
 
-Dumoulin et al. (§6, "Stationarity") draw every pair up front, from π_pre, and leave open whether
+Dumoulin et al. (§6, "Stationarity") draw every pair up front, from π_ref, and leave open whether
 alternating between querying the annotator on pairs drawn from the current model and re-fitting
 is better, and whether active learning saves queries. Xiong et al. study the same loop for the
 KL-regularised bandit, whose optimal policy is the Gibbs policy
@@ -328,7 +328,7 @@ class RejectionSampled:
 
 
 class Static:
-    """Both items drawn independently from a fixed density, e.g. π_pre (the paper's setting).
+    """Both items drawn independently from a fixed density, e.g. π_ref (the paper's setting).
 
     Args:
         density: the density q the pairs are drawn from (x_A, x_B ~ q independently).
@@ -838,7 +838,7 @@ def run(
     labels them with ``annotator.label``, appends them to the data of the earlier rounds
     (:meth:`pbde.Preferences.concat`), re-fits the model on all of it (warm start) and records
     KL(target ‖ π_θ) and TV against the cumulative number of queries. With an on-policy
-    proposal and a DPO model this is iterative DPO (Xiong et al.); with a static π_pre proposal
+    proposal and a DPO model this is iterative DPO (Xiong et al.); with a static π_ref proposal
     it is the paper's offline setting, queried in instalments.
 
     The default target is the optimum of Lemma 1 (eq. 16 for a DPO model under a Luce

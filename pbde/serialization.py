@@ -79,6 +79,27 @@ def save_model(model: Annotator | MixtureAnnotator, path: str | os.PathLike) -> 
     os.replace(tmp, path)
 
 
+def _check_torch_file(path, what: str) -> None:
+    """Refuse a file that is not a torch archive before unpickling anything: torch.save writes a
+    zip archive (and older torch a pickle), so a text file (a preference file passed by mistake)
+    is named for what it looks like instead of failing inside the unpickler."""
+    with open(path, "rb") as file:
+        head = file.read(64)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return
+    if not head:
+        found = "it is empty"
+    else:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            found = f"it starts with the bytes {head[:8]!r}"
+        else:
+            first = text.lstrip().splitlines()[0] if text.strip() else text
+            found = f"it is text, starting {first[:40]!r}"
+    raise ValueError(f"{os.fspath(path)!r} is not {what}: {found}.")
+
+
 def load_model(
     path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
 ) -> Annotator | MixtureAnnotator:
@@ -107,6 +128,7 @@ def load_model(
     """
     if os.path.isdir(path):
         return _load_causal_lm(os.fspath(path), map_location)
+    _check_torch_file(path, "a pbde model file (written by pbde fit or pbde.save_model)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

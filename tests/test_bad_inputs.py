@@ -826,9 +826,10 @@ def _model_file(tmp_path, model=None):
 
 
 MODEL_FILES = [
-    ("empty", lambda p: p.write_bytes(b""), "EOFError"),
+    ("empty", lambda p: p.write_bytes(b""), "it is empty"),
     ("truncated", lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable"),
-    ("json", lambda p: p.write_text("{}"), "loaded safely"),
+    ("json", lambda p: p.write_text("{}"), "it is text, starting '{}'"),
+    ("binary", lambda p: p.write_bytes(b"\x00\xff\x13garbage"), "starts with the bytes"),
     ("foreign", lambda p: torch.save({"a": 1}, p), "no 'format' tag"),
     ("version", lambda p: _edited(p, lambda s: s.__setitem__("version", 99)), "version 99"),
     (
@@ -1233,3 +1234,27 @@ def test_fuzz_behavior_parameters_finite_or_clear_error(value):
             assert "Ω(x)" in str(error) or "g(x)" in str(error)
         else:
             assert bool(torch.isfinite(logits).all()), (name, value, logits)
+
+
+@pytest.mark.parametrize("problem", ["missing", "zero-probability"])
+def test_token_data_against_a_precomputed_reference_is_checked_before_training(problem):
+    # the language-model trainer's setting: token sequences, pi_ref a Precomputed table; the bad
+    # item only appears in the last mini-batch, and the fit must refuse before its first step
+    from pbde.densities import Autoregressive, Precomputed
+
+    torch.manual_seed(0)
+    density = Autoregressive(vocab_size=4, max_length=3)
+    seqs = t([[1, 0, -1], [2, 0, -1], [3, 0, -1], [1, 2, 0]])
+    xa, xb = seqs[[0, 1, 0, 1, 0, 1, 2, 0]], seqs[[1, 2, 2, 0, 1, 2, 0, 3]]
+    if problem == "missing":  # the table lacks [1, 2, 0]
+        reference, expected = Precomputed.of(density, seqs[:3]), ["'x'", "[1, 2, 0]"]
+    else:  # pi_ref([1, 2, 0]) = 0: g = -beta log pi_ref is infinite
+        values = Precomputed.of(density, seqs).values.clone()
+        reference, expected = Precomputed(seqs, values.index_fill(0, t([3]), -math.inf)), ["g"]
+    model = pbde.Annotator(density, pbde.dpo(1.0, reference))
+    before = [p.detach().clone() for p in density.parameters()]
+    with pytest.raises(ValueError) as caught:
+        pbde.fit(model, pbde.Preferences(xa, xb, torch.ones(8)), steps=4, batch_size=2, lr=0.1,
+                 progress=False)  # fmt: skip
+    assert all(word in str(caught.value) for word in expected), caught.value
+    assert all(torch.equal(a, b) for a, b in zip(before, density.parameters(), strict=True))

@@ -225,7 +225,8 @@ def test_data_errors_exit_2(data, tmp_path, capsys):
         (["fit", data / "numbers.jsonl", "--density", "energy", "--low", 0, "--high", 2,
           "--steps", 5, "--lr", 0.1, "--out", tmp_path / "o"], "--low"),
         (["fit", data / "prefs.jsonl", "--density", "categorical", "--items", 5, "--lr", 0.1,
-          "--out", tmp_path / "o"], "--steps"),
+          "--format", "csv", "--out", tmp_path / "o"], "DATA"),
+        (["evaluate", data / "prefs.jsonl", data / "prefs.jsonl"], "MODEL"),
         (["evaluate", tmp_path / "missing.pt", data / "prefs.jsonl"], "MODEL"),
     ]  # fmt: skip
     for argv, option in cases:
@@ -349,3 +350,95 @@ def test_fit_names_more_items_than_allowed_and_misspelled_columns(data, tmp_path
     code, _, err = run(fit_args(typo, tmp_path / "o"), capsys)
     assert code == 2 and "column 'yy' is not known: did you mean 'y'?" in err, err
     assert "missing field" not in err
+
+
+def test_fit_without_steps_or_lr_uses_the_density_defaults(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["fit", data / "prefs.jsonl", "--density", "categorical", "--items", 5,
+            "--out", out, "--no-progress"]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 500 and report["settings"]["lr"] == 0.05, report
+    # the defaults fit: the learned probabilities are those of the annotator (2400 pairs)
+    logits = torch.load(out / "model.pt", weights_only=True)["state"]["density.logits"]
+    assert 0.5 * float((logits.softmax(-1) - P_STAR).abs().sum()) < 0.05
+
+
+def test_format_option_reads_a_file_whatever_its_suffix(data, tmp_path, capsys):
+    renamed = tmp_path / "prefs.txt"
+    renamed.write_bytes((data / "prefs.jsonl").read_bytes())
+    code, _, err = run(fit_args(renamed, tmp_path / "o"), capsys)
+    assert code == 2 and "--format jsonl, csv or parquet" in err and "format=" not in err, err
+    code, _, err = run(fit_args(renamed, tmp_path / "o", "--format", "jsonl"), capsys)
+    assert code == 0, err
+    code, out, err = run(["evaluate", tmp_path / "o" / "model.pt", renamed, "--format", "jsonl"],
+                         capsys)  # fmt: skip
+    assert code == 0 and "comparisons" in out, err
+
+
+def test_a_preference_file_passed_as_the_model_is_named_for_what_it_is(data, capsys):
+    code, _, err = run(["evaluate", data / "prefs.jsonl", data / "prefs.jsonl"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "is not a pbde model file" in err and "it is text, starting '{" in err, err
+
+
+def test_the_data_format_examples_in_fit_help_read(tmp_path):
+    from pbde.cli import _DATA_FORMAT
+
+    rows, kinds = [], []
+    for line in _DATA_FORMAT.splitlines():
+        if line.startswith("  {"):
+            rows.append(line.strip())
+        elif line.startswith("   "):  # a continued example row
+            rows[-1] += " " + line.strip()
+    assert len(rows) == 4, rows
+    for row in rows:
+        path = tmp_path / "row.jsonl"
+        path.write_text(row + "\n")
+        kinds.append(pbde.io.read_preferences(path).items)
+    assert kinds == ["id", "text", "text", "text"], kinds
+    named = tmp_path / "named.jsonl"
+    named.write_text(rows[1] + "\n")
+    read = pbde.io.read_preferences(named, items="name")
+    assert read.item_names == ["Boston", "Ohio State"] and read.prefs.y.tolist() == [0.0]
+    assert read.annotator_names == ["ann7"] and read.prefs.weight.tolist() == [2.0]
+
+
+def test_column_option_reads_other_column_names(data, tmp_path, capsys):
+    rows = [json.loads(line) for line in (data / "prefs.jsonl").read_text().splitlines()]
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(
+        "".join(
+            json.dumps({"left": r["xa"], "right": r["xb"], "win": r["y"], "notes": "-"}) + "\n"
+            for r in rows
+        )  # fmt: skip
+    )
+    mapping = ["--column", "left=xa", "--column", "right=xb", "--column", "win=y"]
+    code, _, err = run(fit_args(renamed, tmp_path / "a", *mapping, "--column", "notes="), capsys)
+    assert code == 0 and "ignored" not in err, err  # notes= asked for: no notice
+    code, _, err = run(fit_args(data / "prefs.jsonl", tmp_path / "b"), capsys)
+    assert code == 0, err
+    first = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state"]
+    second = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state"]
+    assert torch.equal(first["density.logits"], second["density.logits"])  # the same fit
+    code, out, err = run(["evaluate", tmp_path / "a" / "model.pt", renamed, *mapping], capsys)
+    assert code == 0 and "comparisons" in out and "notes" in err, (out, err)
+    for bad, words in [("left", "FILE_COLUMN=NAME"), ("=xa", "FILE_COLUMN=NAME"),
+                       ("left=x_a", "unknown names ['x_a']")]:  # fmt: skip
+        code, _, err = run(fit_args(renamed, tmp_path / "c", "--column", bad), capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+        assert "--column" in err, err
+
+
+def test_warnings_are_one_line_without_source_code(tmp_path, capsys):
+    # every comparison won by the larger id: separated items, which pbde fit warns about
+    rows = [{"xa": a, "xb": b, "y": 1.0} for a in range(3) for b in range(3) if a > b] * 5
+    path = tmp_path / "separated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(["fit", path, "--density", "categorical", "--items", 3, "--steps", 5,
+                        "--out", tmp_path / "o", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    warning_lines = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("pbde fit: warning: "), err
+    assert "never lost" in warning_lines[0] and "cli.py" not in err and "pbde.fit(" not in err

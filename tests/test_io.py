@@ -1208,3 +1208,38 @@ def test_property_bad_rows_are_the_same_in_every_format(tmp_path, n, kind, data)
         assert (out.rows - offset).tolist() == [r for r in range(n) if r not in bad_rows], name
         results[name] = out
     assert_same(results)
+
+
+def test_columns_rename_in_memory_sources_as_in_files(tmp_path):
+    # the same rows under other names, read from records, pandas, Arrow and a file: one result
+    pd = pytest.importorskip("pandas")
+    pa = pytest.importorskip("pyarrow")
+    rows = [
+        {"question": "Q1", "response_j": "good", "response_k": "bad", "score": 0.9, "notes": "-"},
+        {"question": "Q2", "response_j": "fine", "response_k": "poor", "score": 0.7, "notes": "-"},
+    ]
+    columns = {"question": "prompt", "response_j": "chosen", "response_k": "rejected",
+               "score": "weight", "notes": None}  # fmt: skip
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = [
+        io.read_preferences(path, columns=columns),
+        io.from_records(rows, columns=columns),
+        io.from_dataframe(pd.DataFrame(rows), columns=columns),
+        io.from_arrow(pa.Table.from_pylist(rows), columns=columns),
+    ]
+    for out in results:
+        prefs = out.prefs
+        assert prefs.prompt == ["Q1", "Q2"] and prefs.xa == ["good", "fine"], prefs
+        assert prefs.xb == ["bad", "poor"] and prefs.weight.tolist() == pytest.approx([0.9, 0.7])
+        assert out.ignored_columns == ["notes"]
+    # two names swapped: no double renaming
+    swapped = [{"xa": 0, "xb": 1, "y": 1.0}]
+    for read in (io.from_records, lambda r, **k: io.from_dataframe(pd.DataFrame(r), **k),
+                 lambda r, **k: io.from_arrow(pa.Table.from_pylist(r), **k)):  # fmt: skip
+        prefs = read(swapped, columns={"xa": "xb", "xb": "xa"}).prefs
+        assert prefs.xa.tolist() == [1] and prefs.xb.tolist() == [0]
+        with pytest.raises(ValueError, match=r"duplicate columns \['xb'\].*'xa' -> 'xb'"):
+            read(swapped, columns={"xa": "xb"})
+        with pytest.raises(ValueError, match=r"unknown names \['x_a'\]"):
+            read(swapped, columns={"xa": "x_a"})

@@ -12,25 +12,25 @@
 #
 # `pbde fit DATA --model DIR --out RUN` aligns a Hugging Face causal language model on
 # prompt/chosen/rejected text, the data format of TRL and of most preference data sets. It is the
-# same fit as every other in pbde: the model is a density π_θ(completion | prompt)
+# same fit as every other in pbde: the model is a density $\pi_\theta(\text{completion} \mid \text{prompt})$
 # (`pbde.densities.CausalLM`), the behavior says how an annotator with that density would turn it
-# into preferences, P(x_A ≻ x_B) = σ(Ω(x_A) − Ω(x_B)) with Ω(x) = f(x)·log π_θ(x) + g(x)
+# into preferences, $P(x_A \succ x_B) = \sigma (\Omega (x_A) - \Omega (x_B))$ with $\Omega (x) = f(x)\, \log \pi_\theta(x) + g(x)$
 # (Dumoulin et al., eq. 11), and the loss is the negative log-likelihood of the labels. DPO is
-# f = β, g = −β·log π_ref (eq. 15); the length-normalized rule is f = 1/|x|, g = 0 (eq. 26).
+# $f = \beta, g = -\beta \, \log \pi_{\mathrm{ref}}$ (eq. 15); the length-normalized rule is $f = 1/\lvert x\rvert, g = 0$ (eq. 26).
 #
 # Nothing is downloaded. This tutorial
 #
 # 1. builds a small GPT-2 from a `transformers.GPT2Config`, with a byte-level BPE tokenizer
-#    trained on an offline English corpus, and pre-trains it by maximum likelihood: π_ref;
+#    trained on an offline English corpus, and pre-trains it by maximum likelihood: $\pi_{\mathrm{ref}}$;
 # 2. invents an annotator whose taste is stated exactly — it likes long completions — and has it
-#    label pairs of completions that π_ref samples for prompts from the corpus;
+#    label pairs of completions that $\pi_{\mathrm{ref}}$ samples for prompts from the corpus;
 # 3. fits three behaviors to those labels: DPO and the length-normalized rule with the command
-#    line, and a behavior of our own (DPO with the annotator's length taste in g) with
+#    line, and a behavior of our own (DPO with the annotator's length taste in $g$) with
 #    `pbde.fit`; then looks at the training curves, at samples, and at what each fit did to the
 #    length of the completions.
 #
 # Run it with `python docs/tutorials/align_a_language_model.py`: about 4 minutes on the
-# project's 2-core CPU (223 s in the last run, 63 s of which pre-train π_ref).
+# project's 2-core CPU (223 s in the last run, 63 s of which pre-train $\pi_{\mathrm{ref}}$).
 # `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much. Figures go to
 # `PBDE_FIGURES_DIR` (default `docs/images/tutorials`); the model folders and runs go to a
 # temporary folder.
@@ -82,7 +82,7 @@ torch.manual_seed(SEED)
 began = time.perf_counter()
 
 # %% [markdown]
-# ## π_ref: a small GPT-2, pre-trained by maximum likelihood
+# ## The reference policy: a small GPT-2, pre-trained by maximum likelihood
 #
 # The corpus is the English prose of Python's documentation, which ships with CPython
 # (`pbde.text.english_sentences`: about 2 900 sentences). `pbde.text.bpe_tokenizer` trains a
@@ -91,7 +91,7 @@ began = time.perf_counter()
 #
 # The model is a GPT-2 built from its config, trained for a few hundred steps on the sentences.
 # `CausalLM` is pbde's density for any causal LM: its items are (prompt, completion) pairs of
-# token sequences, and `log_prob` is log π(completion | prompt), the sum of the log-probabilities
+# token sequences, and `log_prob` is $\log \pi (\text{completion} \mid \text{prompt})$, the sum of the log-probabilities
 # of the completion's tokens. Here each sentence's first token is the prompt and the rest, with
 # EOS, the completion, so maximum likelihood is a plain loop on `-log_prob`. `save_pretrained`
 # writes the model and the tokenizer to a folder, which is all `pbde fit --model` reads.
@@ -140,19 +140,21 @@ print(
 # %% [markdown]
 # ## An annotator who likes long completions
 #
-# The prompts are the first three words of corpus sentences. For each, π_ref samples two
+# The prompts are the first three words of corpus sentences. For each, $\pi_{\mathrm{ref}}$ samples two
 # completions (`generate` with `do_sample=True` and `top_k=0`, so that the samples are draws
-# from the density itself, with a fixed seed). A completion ends at EOS; its length |x| counts
+# from the density itself, with a fixed seed). A completion ends at EOS; its length $\lvert x\rvert$ counts
 # its tokens, EOS included.
 #
-# The annotator is a PBDE too, with π_ref as its density and a taste for length in g:
+# The annotator is a PBDE too, with $\pi_{\mathrm{ref}}$ as its density and a taste for length in $g$:
 #
-#     Ω*(x) = log π_ref(x) + γ·|x|,   f = 1, g(x) = γ·|x|,   γ = 6 nats per token.
+# $$
+# \Omega^*(x) = \log \pi_{\mathrm{ref}}(x) + \gamma\lvert x\rvert, \qquad f = 1,\; g(x) = \gamma\lvert x\rvert, \qquad \gamma = 6 \text{ nats per token.}
+# $$
 #
-# Under π_ref each token costs about 4 nats on average, so γ = 6 more than pays for it: the
+# Under $\pi_{\mathrm{ref}}$ each token costs about 4 nats on average, so $\gamma = 6$ more than pays for it: the
 # annotator still weighs how likely each completion is, but a longer one usually wins.
 # `pbde.Annotator(π_ref, pbde.PBDE(f=1, g=...))` is this annotator, and `annotator.label` draws
-# y ~ Bernoulli(σ(Ω*(x_A) − Ω*(x_B))) for each pair, on the pairs tokenized the way the fits will
+# $y \sim \mathrm{Bernoulli}(\sigma (\Omega^*(x_A) - \Omega^*(x_B)))$ for each pair, on the pairs tokenized the way the fits will
 # read them (`CausalLM.tokenize`). The labelled pairs are written as prompt/chosen/rejected JSON
 # Lines (`pbde.io.write_preferences`).
 
@@ -230,7 +232,7 @@ print(DATA.read_text().splitlines()[0])
 # ## Fit DPO and the length-normalized rule with `pbde fit`
 #
 # `pbde fit DATA --model DIR --out RUN` reads the file, tokenizes it with the folder's tokenizer,
-# holds out 20 % of the comparisons, evaluates π_ref once on every completion (DPO's reference is
+# holds out 20 % of the comparisons, evaluates $\pi_{\mathrm{ref}}$ once on every completion (DPO's reference is
 # then a table), and trains with AdamW, a linear schedule and gradient clipping. It writes the
 # fitted model as a Hugging Face folder (`RUN/model/`, with `pbde.json` naming the behavior and the
 # reference), the metrics (`RUN/metrics.jsonl`), the curves (`RUN/training.png`), a report
@@ -266,15 +268,17 @@ for name, behavior in (
 # %% [markdown]
 # ## A behavior of our own: DPO that knows the annotator likes length
 #
-# A behavior is any f > 0 and g. If we know the annotator adds γ per token, we can put that
-# taste in the model's g instead of asking π_θ to learn it:
+# A behavior is any $f > 0$ and $g$. If we know the annotator adds $\gamma$ per token, we can put that
+# taste in the model's $g$ instead of asking $\pi_\theta$ to learn it:
 #
-#     Ω_θ(x) = β·log π_θ(x) − β·log π_ref(x) + γ·|x|,   f = β,   g(x) = −β·log π_ref(x) + γ·|x|.
+# $$
+# \Omega_\theta(x) = \beta\log \pi_\theta(x) - \beta\log \pi_{\mathrm{ref}}(x) + \gamma\lvert x\rvert, \qquad f = \beta, \qquad g(x) = -\beta\log \pi_{\mathrm{ref}}(x) + \gamma\lvert x\rvert.
+# $$
 #
 # (The idea of length-regularized DPO, Park et al., 2024, written as a PBDE.) The preference logit
-# of a pair then already holds γ·(|x_A| − |x_B|), and π_θ is free to learn the rest of the
-# annotator's taste, which is log π_ref itself. The fit is the command's, done by hand: read and
-# tokenize the file, split it the same way (20 %, seed 0), tabulate π_ref
+# of a pair then already holds $\gamma \, (\lvert x_A\rvert - \lvert x_B\rvert)$, and $\pi_\theta$ is free to learn the rest of the
+# annotator's taste, which is $\log \pi_{\mathrm{ref}}$ itself. The fit is the command's, done by hand: read and
+# tokenize the file, split it the same way (20 %, seed 0), tabulate $\pi_{\mathrm{ref}}$
 # (`Precomputed.of`), build `pbde.PBDE(f, g)`, and call `pbde.fit` with the same optimizer
 # settings.
 
@@ -320,7 +324,7 @@ policy.eval()
 # ## The curves
 #
 # Each run's `metrics.jsonl` holds one record every 5 steps (the training loss, the reward margin
-# Ω(chosen) − Ω(rejected), the reward accuracy, …) and, with `eval/` names, the held-out ones.
+# $\Omega$(chosen) − $\Omega$(rejected), the reward accuracy, …) and, with `eval/` names, the held-out ones.
 # The report of a `pbde fit` run also has the held-out metrics before training
 # (`initial_heldout`).
 
@@ -381,18 +385,18 @@ plt.close(fig)
 #
 # | run | held-out loss | held-out accuracy |
 # |---|---|---|
-# | DPO (β = 0.1) | 0.693 → 0.609 | 0.500 → 0.751 |
+# | DPO ($\beta = 0.1$) | 0.693 → 0.609 | 0.500 → 0.751 |
 # | length-normalized (eq. 26) | 0.733 → 0.427 | 0.541 → 0.895 |
-# | DPO + γ·|x| in g | 9.20 → 8.97 | 0.787 → 0.787 |
+# | DPO + $\gamma\lvert x\rvert$ in $g$ | 9.20 → 8.97 | 0.787 → 0.787 |
 #
-# DPO starts at π_θ = π_ref, where every logit is zero (up to float round-off, which
-# `pbde.evaluate` counts as a tie): loss log 2, accuracy ½. Two epochs take it to 75 % held-out
+# DPO starts at $\pi_\theta = \pi_{\mathrm{ref}}$, where every logit is zero (up to float round-off, which
+# `pbde.evaluate` counts as a tie): loss $\log 2$, accuracy ½. Two epochs take it to 75 % held-out
 # accuracy. The length-normalized
-# model predicts the labels best (90 %). The third run is different in kind: its g alone,
-# γ·(|x_A| − |x_B|), orders 78.7 % of the held-out pairs right before any step, and it is
+# model predicts the labels best (90 %). The third run is different in kind: its $g$ alone,
+# $\gamma \, (\lvert x_A\rvert - \lvert x_B\rvert)$, orders 78.7 % of the held-out pairs right before any step, and it is
 # confidently wrong, by tens of nats, on the pairs where the annotator chose the shorter
-# completion, hence a loss of 9. What is left for π_θ to learn is the annotator's other taste,
-# log π_ref: to score it, β·log(π_θ/π_ref) has to reach the size of log π_ref itself, tens of nats,
+# completion, hence a loss of 9. What is left for $\pi_\theta$ to learn is the annotator's other taste,
+# $\log \pi_{\mathrm{ref}}$: to score it, $\beta \, \log(\pi_\theta/\pi_{\mathrm{ref}})$ has to reach the size of $\log \pi_{\mathrm{ref}}$ itself, tens of nats,
 # and two epochs of clipped steps at lr 1e-4 move the loss only from 9.20 to 8.97.
 
 # %% [markdown]
@@ -485,34 +489,34 @@ print(f"total {time.perf_counter() - began:.0f} s")
 #
 # | model | mean length (tokens) | not ended after 60 |
 # |---|---|---|
-# | π_ref | 21.5 ± 0.4 | 0 % |
+# | $\pi_{\mathrm{ref}}$ | 21.5 ± 0.4 | 0 % |
 # | DPO | 39.3 ± 0.5 | 10 % |
 # | length-normalized | 54.4 ± 0.4 (at least) | 70 % |
-# | DPO + γ·|x| in g | 10.3 ± 0.3 | 0 % |
+# | DPO + $\gamma\lvert x\rvert$ in $g$ | 10.3 ± 0.3 | 0 % |
 #
 # **What the numbers show.** The annotator chose completions 27 tokens long on average and
 # rejected ones of 18; the three behaviors read that in three different ways.
 #
-# * **DPO** nearly doubles the length (21.5 → 39.3 tokens). The annotator is a Luce rule on
-#   p* ∝ π_ref·e^{γ|x|}, and under a Luce annotator DPO's optimum is π ∝ π_ref·p*^{1/β} (eq. 16),
-#   here π_ref^{1+1/β}·e^{γ|x|/β}: per token, the bonus γ/β = 60 nats outweighs the roughly
-#   11 × 4 nats that π_ref^{11} charges, so the optimum favours long completions, and two epochs
+# * **DPO** nearly doubles the length ($21.5 \to 39.3$ tokens). The annotator is a Luce rule on
+#   $p^* \propto \pi_{\mathrm{ref}}\, e^{\gamma \lvert x\rvert}$, and under a Luce annotator DPO's optimum is $\pi \propto \pi_{\mathrm{ref}}\, {p^*}^{1/\beta}$ (eq. 16),
+#   here $\pi_{\mathrm{ref}}^{1+1/\beta}\, e^{\gamma \lvert x\rvert /\beta}$: per token, the bonus $\gamma /\beta = 60$ nats outweighs the roughly
+#   $11 \times 4$ nats that $\pi_{\mathrm{ref}}^{11}$ charges, so the optimum favours long completions, and two epochs
 #   move the model that way.
-# * **The length-normalized rule** has no reference to hold it back. Ω = log π_θ(x)/|x| can only
+# * **The length-normalized rule** has no reference to hold it back. $\Omega = \log \pi_\theta(x)/\lvert x\rvert$ can only
 #   say "longer is better" by making long completions likely per token, and the fitted model
 #   learns to stop rarely: 70 % of its samples run past 60 tokens, so its mean of 54.4 is a lower
 #   bound, and its samples ramble on. It is also the run that predicts the held-out labels best.
-# * **DPO with γ·|x| in g** (the annotator's length taste given to the model) *halves* the length
-#   (21.5 → 10.3). With length accounted for by g, the labels that are left say that the
-#   annotator likes completions π_ref finds likely, which Lemma 1 turns into
-#   π ∝ π_ref^{1+1/β}: a sharper π_ref, and, since every token costs about 4 nats, a shorter
+# * **DPO with $\gamma\lvert x\rvert$ in $g$** (the annotator's length taste given to the model) *halves* the length
+#   ($21.5 \to 10.3$). With length accounted for by $g$, the labels that are left say that the
+#   annotator likes completions $\pi_{\mathrm{ref}}$ finds likely, which Lemma 1 turns into
+#   $\pi \propto \pi_{\mathrm{ref}}^{1+1/\beta}$: a sharper $\pi_{\mathrm{ref}}$, and, since every token costs about 4 nats, a shorter
 #   one. Its loss barely moved, yet its samples changed the most: the loss is dominated by the
-#   pairs g gets wrong, which the policy cannot fix.
+#   pairs $g$ gets wrong, which the policy cannot fix.
 #
-# Where the model's behavior puts the annotator's taste for length (in π_θ, as DPO and eq. 26
-# do, or in g) decides what the policy learns about length. Had we given the model the
-# annotator's own behavior, f = 1 and g = γ·|x| (`pbde.PBDE(f=1.0, g=length_bonus)`), Theorem 2
-# would put its optimum at the annotator's density, π_ref itself: nothing to learn, and the
+# Where the model's behavior puts the annotator's taste for length (in $\pi_\theta$, as DPO and eq. 26
+# do, or in $g$) decides what the policy learns about length. Had we given the model the
+# annotator's own behavior, $f = 1$ and $g = \gamma\lvert x\rvert$ (`pbde.PBDE(f=1.0, g=length_bonus)`), Theorem 2
+# would put its optimum at the annotator's density, $\pi_{\mathrm{ref}}$ itself: nothing to learn, and the
 # lengths would stay where they are.
 #
 # The text is not good English: the model has 444 000 parameters and saw 2 300 sentences for a

@@ -10,14 +10,17 @@
 # %% [markdown]
 # # Define your own annotator
 #
-# In Dumoulin et al. an annotator is a density p* plus a *preference behavior distribution
+# In Dumoulin et al. an annotator is a density $p^*$ plus a *preference behavior distribution
 # equation* (PBDE, eq. 11):
 #
-#     P(x_A ≻ x_B) = σ(Ω(x_A) − Ω(x_B)),   Ω(x) = f(x)·log p*(x) + g(x),   f(x) > 0.
+# $$
+# P(x_A \succ x_B) = \sigma\big(\Omega(x_A) - \Omega(x_B)\big), \qquad
+# \Omega(x) = f(x)\log p^*(x) + g(x), \qquad f(x) > 0.
+# $$
 #
-# `pbde.PBDE(f, g)` is that equation with your own f and g. When the model you fit assumes a
-# different behavior (here: the Luce rule, f = 1, g = 0 — what a reward model assumes), the
-# fit does not converge to p*. Lemma 1 and Theorem 2 say where it converges instead, and
+# `pbde.PBDE(f, g)` is that equation with your own $f$ and $g$. When the model you fit assumes a
+# different behavior (here: the Luce rule, $f = 1$, $g = 0$ — what a reward model assumes), the
+# fit does not converge to $p^*$. Lemma 1 and Theorem 2 say where it converges instead, and
 # `pbde.optimal_density` computes it *before* you train. This tutorial writes three annotators,
 # predicts the optimum of a Luce model for each, fits a categorical model on 20 items, and
 # compares.
@@ -53,9 +56,9 @@ SEED = 0
 began = time.perf_counter()
 
 # %% [markdown]
-# ## The annotator's taste p*
+# ## The annotator's taste
 #
-# Twenty items (think: twenty responses, item k of "length" k) and a bimodal taste.
+# Twenty items (think: twenty responses, item k of "length" k) and a bimodal taste $p^*$.
 
 # %%
 k = torch.arange(ITEMS, dtype=torch.float64)
@@ -68,13 +71,13 @@ support = torch.arange(ITEMS)
 # %% [markdown]
 # ## Three annotators
 #
-# 1. **Tempered**: f = 1/T with T = 2, g = 0. Preferences are noisier than Luce:
-#    P = σ((log p*(x_A) − log p*(x_B))/T). A Luce model absorbs the temperature into its density:
-#    Lemma 1 gives log π = log p*/T + C, i.e. π ∝ p*^{1/T}, flatter than p*.
-# 2. **Likes large x** (a length bias): f = 1, g(x) = c·x with c = 0.15. Lemma 1 gives
-#    log π = log p* + c·x + C, i.e. π ∝ p*·e^{c·x}: the model mistakes the bias for taste.
+# 1. **Tempered**: $f = 1/T$ with $T = 2$, $g = 0$. Preferences are noisier than Luce:
+#    $P = \sigma ((\log p^*(x_A) - \log p^*(x_B))/T)$. A Luce model absorbs the temperature into its density:
+#    Lemma 1 gives $\log \pi = \log p^*/T + C$, i.e. $\pi \propto {p^*}^{1/T}$, flatter than $p^*$.
+# 2. **Likes large $x$** (a length bias): $f = 1$, $g(x) = c\, x$ with $c = 0.15$. Lemma 1 gives
+#    $\log \pi = \log p^* + c\, x + C$, i.e. $\pi \propto p^*\, e^{c\, x}$: the model mistakes the bias for taste.
 # 3. **A population with a random clicker**: 80 % of comparisons come from the Luce annotator
-#    with density p*, 20 % from a clicker whose P is always ½ (an `Annotator` whose density is
+#    with density $p^*$, 20 % from a clicker whose $P$ is always ½ (an `Annotator` whose density is
 #    uniform). This is a `pbde.MixtureAnnotator` (eq. 25), not one annotator, so Lemma 1 does
 #    not apply; `optimal_density` minimizes the expected loss numerically (Newton's method) and
 #    needs the distribution of pairs, here uniform.
@@ -131,7 +134,7 @@ for row in rows:
 # The first column is how wrong a Luce model is *by construction* for that annotator: the
 # distance between the annotator's taste and the best the model can do. The second is the
 # estimation error of the fit; it is much smaller than the first, so the misspecification,
-# not the finite data, is what moves the model away from p*.
+# not the finite data, is what moves the model away from $p^*$.
 #
 # ## The picture
 
@@ -157,10 +160,10 @@ print(f"wrote {FIGURES / 'custom_annotators.png'} in {time.perf_counter() - bega
 # %% [markdown]
 # ![predicted vs learned](../images/tutorials/custom_annotators.png)
 #
-# **What the picture shows.** The tempered annotator's optimum is p*^{1/2}, renormalized: the
-# same modes, flatter. The length-biased annotator's optimum shifts mass to large x, so the
+# **What the picture shows.** The tempered annotator's optimum is ${p^*}^{1/2}$, renormalized: the
+# same modes, flatter. The length-biased annotator's optimum shifts mass to large $x$, so the
 # second mode overtakes the first — a reward model fitted to such labels "prefers long
-# answers" even though the annotator's taste p* does not. The random clicker squeezes every
-# preference probability into [0.1, 0.9] (P = 0.8·P_Luce + 0.2·½), so the largest log-ratios
-# of p* are compressed the most; the model reads the noise as a flatter taste. In all three,
-# the fitted model lands on the prediction, not on p*.
+# answers" even though the annotator's taste $p^*$ does not. The random clicker squeezes every
+# preference probability into $[0.1, 0.9]$ ($P = 0.8\, P_{\text{Luce}} + 0.2\, \tfrac12$), so the largest log-ratios
+# of $p^*$ are compressed the most; the model reads the noise as a flatter taste. In all three,
+# the fitted model lands on the prediction, not on $p^*$.

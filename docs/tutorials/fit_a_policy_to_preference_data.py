@@ -13,17 +13,17 @@
 # The workflow on your own data: preferences in a file, a choice of behavior (what you assume
 # about the annotator and the policy) and of loss, a fit, a held-out evaluation, and a
 # comparison with what theory says the fit should converge to. The data here are synthetic, so
-# that the theory can be checked: a Luce annotator (Dumoulin et al., eq. 9) with taste p* on 10
-# items labels pairs drawn from a reference policy π_ref (the "pretrained" model).
+# that the theory can be checked: a Luce annotator (Dumoulin et al., eq. 9) with taste $p^*$ on 10
+# items labels pairs drawn from a reference policy $\pi_{\mathrm{ref}}$ (the "pretrained" model).
 #
 # The methods, each a behavior plus a loss (`docs/concepts.md` has the table):
 #
 # | method | behavior | loss | predicted optimum |
 # |---|---|---|---|
-# | reward model | `luce()` | `"bce"` | p* (Lemma 1, Theorem 1) |
-# | DPO | `dpo(beta, π_ref)` (eq. 15) | `"bce"` | π_ref·p*^{1/β} (eq. 16) |
-# | IPO | `dpo(1, π_ref)` | `"ipo"` (Azar et al. eq. 17) | ΨPO optimum, Ψ = identity (Azar et al. eqs. 6–9) |
-# | geometric | `geometric(alpha, π_ref)` (eq. 18) | `"bce"` | π_ref^{1−α}·p*^α |
+# | reward model | `luce()` | `"bce"` | $p^*$ (Lemma 1, Theorem 1) |
+# | DPO | `dpo(beta, reference)` (eq. 15) | `"bce"` | $\pi_{\mathrm{ref}}\, {p^*}^{1/\beta}$ (eq. 16) |
+# | IPO | `dpo(1, reference)` | `"ipo"` (Azar et al. eq. 17) | ΨPO optimum, $\Psi = \mathrm{identity}$ (Azar et al. eqs. 6–9) |
+# | geometric | `geometric(alpha, reference)` (eq. 18) | `"bce"` | $\pi_{\mathrm{ref}}^{1-\alpha}\, {p^*}^\alpha$ |
 # | SLiC-HF-direct | `luce()` | `"hinge"` + `nll_regularizer` (eq. 20) | none computed by pbde |
 #
 # Run it with `python docs/tutorials/fit_a_policy_to_preference_data.py`; `PBDE_SMOKE=1`
@@ -89,9 +89,9 @@ print(f"train {len(train)}, held out {len(test)}")
 # %% [markdown]
 # ## Fit each method
 #
-# Every model starts from a copy of π_ref, as fine-tuning would. The predicted optimum of the
+# Every model starts from a copy of $\pi_{\mathrm{ref}}$, as fine-tuning would. The predicted optimum of the
 # BCE methods is `pbde.optimal_density(annotator, behavior, support)`; IPO's is
-# `pbde.psipo_optimum(annotator, "identity", tau, π_ref, μ, support)` with μ = π_ref the
+# `pbde.psipo_optimum(annotator, "identity", tau, reference, proposal, support)` with $\mu = \pi_{\mathrm{ref}}$ the
 # distribution the pairs were drawn from (the IPO optimum depends on it). SLiC's hinge loss
 # is not a likelihood and pbde has no closed form for its optimum, so it gets none.
 
@@ -146,8 +146,8 @@ print(
 # %% [markdown]
 # ## The table
 #
-# Held-out log-likelihood is the mean of log p(y | x_A, x_B) under the model's own preference
-# probabilities σ(Ω_θ(x_A) − Ω_θ(x_B)); accuracy counts a held-out label as right when the
+# Held-out log-likelihood is the mean of $\log p(y \mid x_A, x_B)$ under the model's own preference
+# probabilities $\sigma (\Omega_\theta (x_A) - \Omega_\theta (x_B))$; accuracy counts a held-out label as right when the
 # model's logit has its sign (`pbde.cli.evaluate_model`, what `pbde evaluate` prints). The first
 # row is the annotator itself: no model can do better on average.
 
@@ -174,7 +174,7 @@ for name, r in results.items():
 # ## The picture
 #
 # One panel per method: the learned policy (bars) against the predicted optimum (red dots),
-# with p* and π_ref as lines for orientation.
+# with $p^*$ and $\pi_{\mathrm{ref}}$ as lines for orientation.
 
 # %%
 x = support.numpy()
@@ -211,15 +211,15 @@ print(f"wrote {FIGURES / 'fit_a_policy.png'} in {time.perf_counter() - began:.1f
 # **What the numbers show.** For the reward model, DPO, IPO and the geometric behavior the
 # learned policy sits on the predicted optimum (the red dots; TV(theory, learned) in the table):
 # choosing a behavior and a loss is choosing *which* density you estimate. Only the reward
-# model targets p* itself; DPO with β = 2 and the geometric behavior with α = ½ land between
-# π_ref and p*, and IPO's optimum depends on the pairs' distribution μ as well. SLiC's hinge
-# stops pushing once a margin exceeds δ, and its λ term pulls towards π_ref; pbde predicts no
+# model targets $p^*$ itself; DPO with $\beta = 2$ and the geometric behavior with $\alpha = \tfrac12$ land between
+# $\pi_{\mathrm{ref}}$ and $p^*$, and IPO's optimum depends on the pairs' distribution $\mu$ as well. SLiC's hinge
+# stops pushing once a margin exceeds $\delta$, and its $\lambda$ term pulls towards $\pi_{\mathrm{ref}}$; pbde predicts no
 # optimum for it, so only the fit is shown.
 #
 # The held-out columns make the paper's point from the other side. The reward model, DPO and
 # the geometric behavior print the same held-out log-likelihood and accuracy: all three are
 # fitted by maximum likelihood under a PBDE, and Lemma 1 says each reaches the same preference
-# logits Ω_π(x_A) − Ω_π(x_B) = log p*(x_A) − log p*(x_B) — the same model of the annotator —
-# and differs only in the density π that the behavior's f and g read off those logits. IPO's
+# logits $\Omega_\pi (x_A) - \Omega_\pi (x_B) = \log p^*(x_A) - \log p^*(x_B)$ — the same model of the annotator —
+# and differs only in the density $\pi$ that the behavior's f and g read off those logits. IPO's
 # squared loss and SLiC's hinge are not the annotator's likelihood, and their held-out
 # log-likelihood is lower.

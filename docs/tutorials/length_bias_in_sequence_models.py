@@ -12,19 +12,23 @@
 #
 # For a language model the Luce choice rule (Dumoulin et al., eq. 9),
 #
-#     P(x_A ≻ x_B) = p*(x_A) / (p*(x_A) + p*(x_B)) = σ(log p*(x_A) − log p*(x_B)),
+# $$
+# P(x_A \succ x_B) = \frac{p^*(x_A)}{p^*(x_A) + p^*(x_B)} = \sigma\big(\log p^*(x_A) - \log p^*(x_B)\big),
+# $$
 #
 # is a poor model of an annotator. An autoregressive density is a product of one probability
-# per token, log p(x) = Σ_t log p(x_t | x_<t), so every extra token costs a few nats: a longer
+# per token, $\log p(x) = \sum_t \log p(x_t \mid x_{<t})$, so every extra token costs a few nats: a longer
 # sentence has a *much* lower likelihood than a shorter one, whatever the annotator's taste. An
-# annotator whose p* only ever produces long sentences still prefers short ones under eq. 9
+# annotator whose $p^*$ only ever produces long sentences still prefers short ones under eq. 9
 # (§5.2 and Table 2 of the paper). The length-normalized rule (eq. 26) compares the mean
 # log-likelihood per token instead,
 #
-#     P(x_A ≻ x_B) = σ(log p*(x_A)/|x_A| − log p*(x_B)/|x_B|),
+# $$
+# P(x_A \succ x_B) = \sigma\big(\log p^*(x_A)/\lvert x_A\rvert - \log p^*(x_B)/\lvert x_B\rvert\big),
+# $$
 #
-# a PBDE (eq. 11) with f(x) = 1/|x| and g = 0 (`pbde.length_normalized`), so Theorem 2 still
-# says that a model with the same behavior recovers p*.
+# a PBDE (eq. 11) with $f(x) = 1/\lvert x\rvert$ and $g = 0$ (`pbde.length_normalized`), so Theorem 2 still
+# says that a model with the same behavior recovers $p^*$.
 #
 # This tutorial (1) trains three small GRU language models (`pbde.densities.Autoregressive`)
 # on English text, (2) shows why eq. 9 prefers short sentences and eq. 26 does not, computing
@@ -118,9 +122,9 @@ for name, model in models.items():
 # ## Why longer sentences have lower likelihood
 #
 # Each model becomes a synthetic annotator twice: with the Luce rule (eq. 9, `pbde.luce()`,
-# Ω = log p) and with the length-normalized rule (eq. 26, Ω = log p / |x|).
+# $\Omega = \log p$) and with the length-normalized rule (eq. 26, $\Omega = \log p / \lvert x\rvert$).
 # `length_bias.behaviors(lm)` returns both; `pbde.Annotator(lm, behavior)` is the annotator and
-# `annotator.omega(x)` its score Ω(x). We score the sentences sampled from *whole*.
+# `annotator.omega(x)` its score $\Omega (x)$. We score the sentences sampled from *whole*.
 
 # %%
 RULES = {"luce": "eq. 9 (Luce)", "length_normalized": "eq. 26 (length-normalized)"}
@@ -178,8 +182,8 @@ with torch.no_grad():
 # %% [markdown]
 # ## Table 2: which lengths each annotator prefers
 #
-# P(X ≻ Y) averages P(x_A ≻ x_B) = σ(Ω(x_A) − Ω(x_B)) over every sentence x_A of bin X and
-# x_B of bin Y (S: ≤ 20 tokens, M: 21–29, L: ≥ 30). `length_bias.table` prints it with the
+# $P(X \succ Y)$ averages $P(x_A \succ x_B) = \sigma (\Omega (x_A) - \Omega (x_B))$ over every sentence $x_A$ of bin $X$ and
+# $x_B$ of bin $Y$ (S: at most 20 tokens, M: 21–29, L: 30 or more). `length_bias.table` prints it with the
 # paper's LM1B numbers in brackets.
 
 # %%
@@ -195,19 +199,19 @@ for rule in RULES:
 print(length_bias.table({"table": table}))
 
 # %% [markdown]
-# Under eq. 9 every annotator prefers short sentences, the *long* one included (P(S ≻ L) near
+# Under eq. 9 every annotator prefers short sentences, the *long* one included ($P(S \succ L)$ near
 # 1, as in the paper's 0.97). Under eq. 26 the *long* annotator prefers long sentences
-# (P(S ≻ L) well below ½), *whole* is close to indifferent, and *short* prefers short ones. The
+# ($P(S \succ L)$ well below ½), *whole* is close to indifferent, and *short* prefers short ones. The
 # eq. 26 effects are weaker than in the paper: here the three annotators share their next-token
-# model and differ only in their stopping probabilities, so P(S ≻ L) of *short* under eq. 26
+# model and differ only in their stopping probabilities, so $P(S \succ L)$ of *short* under eq. 26
 # comes from one stopping penalty spread over 30 or more tokens.
 #
 # ## What DPO learns from the annotator who likes long sentences
 #
-# Now the *long* annotator labels pairs of sentences sampled from *whole* (π_ref), once with
+# Now the *long* annotator labels pairs of sentences sampled from *whole* ($\pi_{\mathrm{ref}}$), once with
 # eq. 9 and once with eq. 26 (`label_in_chunks` calls `annotator.label` a chunk at a time). A
-# copy of *whole* is fitted with DPO (`pbde.dpo(1, π_ref)`, eq. 15: f = β, g = −β log π_ref, a
-# Luce rule on the ratio π/π_ref) and, for comparison, with the length-normalized behavior
+# copy of *whole* is fitted with DPO (`pbde.dpo(1, reference)`, eq. 15: $f = \beta, g = -\beta \log \pi_{\mathrm{ref}}$, a
+# Luce rule on the ratio $\pi /\pi_{\mathrm{ref}}$) and, for comparison, with the length-normalized behavior
 # (eq. 26), the annotator's own process when it labels with eq. 26. As in
 # `pbde reproduce lm-mixture`, only the stopping probabilities are trained
 # (`length_bias.trainable_copy(whole, only_length=True)`): the fit can change how long the
@@ -266,8 +270,8 @@ for name, drawn in drawn_lengths.items():
 # %% [markdown]
 # ## The picture
 #
-# Top: the two scores Ω(x) of each annotator, averaged over the sampled sentences of each
-# length. Bottom left: P(short ≻ long) of Table 2. Bottom middle and right: the lengths of
+# Top: the two scores $\Omega (x)$ of each annotator, averaged over the sampled sentences of each
+# length. Bottom left: $P(\text{short} \succ \text{long})$ of Table 2. Bottom middle and right: the lengths of
 # sentences sampled from *whole*, from *long* and from the fitted models, for the eq. 9 and the
 # eq. 26 labels.
 
@@ -394,8 +398,8 @@ print(f"wrote {FIGURES / 'length_bias.png'} in {time.perf_counter() - began:.1f}
 # Bottom middle: the annotator whose own sentences are all long teaches DPO to write *shorter*
 # sentences when it labels by eq. 9: the mean length falls from about 20 to about 14 tokens,
 # and 90 % of the samples are short. The eq. 9 labels say that short beats long, and DPO (a
-# Luce rule on π/π_ref) takes them at their word: over all densities, Lemma 1 puts its optimum
-# at π ∝ π_ref·p*^{1/β} (eq. 16), and a product of two sequence densities favours short
+# Luce rule on $\pi /\pi_{\mathrm{ref}}$) takes them at their word: over all densities, Lemma 1 puts its optimum
+# at $\pi \propto \pi_{\mathrm{ref}}\, {p^*}^{1/\beta}$ (eq. 16), and a product of two sequence densities favours short
 # sentences even more than one does. After 200 steps the fit is still on its way: it has made
 # the model stop at 16 tokens for 39 % of the samples (the clipped peak) and rarely go on
 # past that.
@@ -404,7 +408,7 @@ print(f"wrote {FIGURES / 'length_bias.png'} in {time.perf_counter() - began:.1f}
 # DPO a little (mean about 23 tokens), the length-normalized model further (about 27), first by
 # removing the shortest sentences, the ones *long* likes least per token (top right). The
 # length-normalized model's behavior is the annotator's, so Theorem 2 puts its optimum at
-# p* = *long* itself (mean about 38; *long* is in the model family, since it differs from
+# $p^*$ = *long* itself (mean about 38; *long* is in the model family, since it differs from
 # *whole* only by its stop logits). DPO has no such guarantee: its logits compare
 # whole-sentence log-ratios where the annotator compares per-token averages. Neither fit is at
 # its optimum after 200 steps: under eq. 26 a change of the length distribution moves each

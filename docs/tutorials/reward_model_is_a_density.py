@@ -10,20 +10,22 @@
 # %% [markdown]
 # # A reward model is a density
 #
-# Dumoulin et al. (Theorem 1) show that fitting a reward model r_θ by maximum likelihood on
-# Bradley–Terry labels is density estimation. The annotator prefers x_A to x_B with probability
+# Dumoulin et al. (Theorem 1) show that fitting a reward model $r_\theta$ by maximum likelihood on
+# Bradley–Terry labels is density estimation. The annotator prefers $x_A$ to $x_B$ with probability
 #
-#     P(x_A ≻ x_B) = p*(x_A) / (p*(x_A) + p*(x_B)) = σ(log p*(x_A) − log p*(x_B)),
+# $$
+# P(x_A \succ x_B) = \frac{p^*(x_A)}{p^*(x_A) + p^*(x_B)} = \sigma\big(\log p^*(x_A) - \log p^*(x_B)\big),
+# $$
 #
-# the Luce choice rule (eq. 9): a PBDE (eq. 11) with f = 1 and g = 0. A reward model is trained
-# with the same likelihood on σ(r_θ(x_A) − r_θ(x_B)), so r_θ only matters up to a constant, and
-# π_θ = e^{r_θ}/Z is a density. Lemma 1 says the likelihood's global optimum has
-# log π_θ = log p* + C, i.e. **π_θ = p***: the normalized reward model recovers the annotator's
+# the Luce choice rule (eq. 9): a PBDE (eq. 11) with $f = 1$ and $g = 0$. A reward model is trained
+# with the same likelihood on $\sigma (r_\theta (x_A) - r_\theta (x_B))$, so $r_\theta$ only matters up to a constant, and
+# $\pi_\theta = e^{r_\theta}/Z$ is a density. Lemma 1 says the likelihood's global optimum has
+# $\log \pi_\theta = \log p^* + C$, i.e. **$\pi_\theta = p^*$**: the normalized reward model recovers the annotator's
 # implicit preference distribution, whatever the (full-support) distribution of the pairs.
 #
-# Here we check this on the paper's 1-D toy problem: p* is the truncated Gaussian mixture of
-# eq. 10, pairs are drawn uniformly on [−10, 10], and the reward model is an energy-based
-# model (`pbde.densities.EnergyModel`, r_θ = −E_θ, normalized on a grid) trained from scratch
+# Here we check this on the paper's 1-D toy problem: $p^*$ is the truncated Gaussian mixture of
+# eq. 10, pairs are drawn uniformly on $[-10, 10]$, and the reward model is an energy-based
+# model (`pbde.densities.EnergyModel`, $r_\theta = -E_\theta$, normalized on a grid) trained from scratch
 # with the Luce behavior and the BCE loss.
 #
 # Run it with `python docs/tutorials/reward_model_is_a_density.py` (about a minute on a 2-core
@@ -60,9 +62,9 @@ began = time.perf_counter()
 # %% [markdown]
 # ## The annotator and the data
 #
-# `paper_p_star()` is eq. 10: 0.4·N(−2.5, 0.25²) + 0.6·N(2.5, 1²), truncated to [−10, 10].
-# The annotator is `pbde.Annotator(p_star, pbde.luce())`; it labels pairs (x_A, x_B) drawn
-# independently and uniformly from [−10, 10].
+# `paper_p_star()` is eq. 10: $0.4\, N(-2.5, 0.25^2) + 0.6\, N(2.5, 1^2)$, truncated to $[-10, 10]$.
+# The annotator is `pbde.Annotator(p_star, pbde.luce())`; it labels pairs $(x_A, x_B)$ drawn
+# independently and uniformly from $[-10, 10]$.
 
 # %%
 p_star = paper_p_star()
@@ -77,8 +79,8 @@ print(prefs)
 # ## The reward model
 #
 # The model has the same Luce behavior, so its preference logits are
-# r_θ(x_A) − r_θ(x_B) with r_θ = log π_θ (the normalizer cancels in the difference; pbde keeps
-# it so that `model.density` is a normalized density you can compare with p*). `pbde.fit`
+# $r_\theta (x_A) - r_\theta (x_B)$ with $r_\theta = \log \pi_\theta$ (the normalizer cancels in the difference; pbde keeps
+# it so that `model.density` is a normalized density you can compare with $p^*$). `pbde.fit`
 # minimizes the BCE loss — the negative log-likelihood of eq. 1 — with Adam and a cosine decay
 # of the learning rate, as in the paper's Table 1.
 
@@ -93,8 +95,8 @@ print(f"final training loss {result.final_loss:.4f} after {result.steps} steps")
 # ## What theory predicts, and how close the fit is
 #
 # `pbde.optimal_density(annotator, behavior, support)` computes the global optimum on a grid.
-# With the model's behavior equal to the annotator's, Lemma 1 gives π = p* exactly, so the TV
-# distance between the prediction and p* is zero up to the grid's quadrature. The distance
+# With the model's behavior equal to the annotator's, Lemma 1 gives $\pi = p^*$ exactly, so the TV
+# distance between the prediction and $p^*$ is zero up to the grid's quadrature. The distance
 # between the prediction and the fitted reward model is the estimation error of a finite data
 # set and a finite number of steps.
 
@@ -112,13 +114,13 @@ for name, value in numbers.items():
     print(f"{name:<20} = {value:.4f}")
 
 # %% [markdown]
-# `TV(p*, uniform)` is for scale: it is how far p* is from a model that learned nothing (the
-# uniform density on [−10, 10]).
+# `TV(p*, uniform)` is for scale: it is how far $p^*$ is from a model that learned nothing (the
+# uniform density on $[-10, 10]$).
 #
 # ## The picture
 #
-# Left: p* and the normalized reward model e^{r_θ}/Z. Right: the reward itself, r_θ = log π_θ
-# up to a constant, next to log p* — the two differ by a constant where the data are informative.
+# Left: $p^*$ and the normalized reward model $e^{r_\theta}/Z$. Right: the reward itself, $r_\theta = \log \pi_\theta$
+# up to a constant, next to $\log p^*$ — the two differ by a constant where the data are informative.
 # Far in the tails the labels are nearly deterministic (both densities are tiny, but one is
 # much tinier), and the reward model only learns that the tails lose.
 
@@ -156,9 +158,9 @@ print(f"wrote {FIGURES / 'reward_model_density.png'} in {time.perf_counter() - b
 # ![reward model vs p*](../images/tutorials/reward_model_density.png)
 #
 # **What the numbers show.** `TV(p*, theory)` is zero to quadrature accuracy: the optimum of
-# the reward-model likelihood is p* itself (Theorem 1). `TV(p*, learned)` is small compared with
+# the reward-model likelihood is $p^*$ itself (Theorem 1). `TV(p*, learned)` is small compared with
 # `TV(p*, uniform)`: with 4096 uniformly drawn pairs, the normalized reward model recovers both
-# modes of p*, including how the mass splits between them — which no single comparison
+# modes of $p^*$, including how the mass splits between them — which no single comparison
 # reveals. The remaining error is visible in the picture: the narrow mode at −2.5 comes out a
 # little too tall and the wide mode at 2.5 a little too low, and in the far tails (right panel)
-# the learned log-density falls faster than log p*, where the labels only say "the tail loses".
+# the learned log-density falls faster than $\log p^*$, where the labels only say "the tail loses".

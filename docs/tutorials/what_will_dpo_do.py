@@ -11,20 +11,22 @@
 # # What will DPO do to my language model?
 #
 # Dumoulin et al. show that a preference-fitting rule is density estimation: with enough data
-# and a flexible enough model, DPO with parameter β ends at
+# and a flexible enough model, DPO with parameter $\beta$ ends at
 #
-#     π(x) ∝ π_ref(x) · p*(x)^{1/β}                                    (eq. 16)
+# $$
+# \pi(x) \propto \pi_{\mathrm{ref}}(x)\, p^*(x)^{1/\beta} \qquad \text{(eq. 16)}
+# $$
 #
-# when the annotator follows the Luce rule with density p* (eq. 9), and the length-normalized
-# rule (eq. 26) ends at π(x) = exp(|x| · (log p*(x) − C)) (Theorem 2), which is not p*. These
+# when the annotator follows the Luce rule with density $p^*$ (eq. 9), and the length-normalized
+# rule (eq. 26) ends at $\pi (x) = \exp(\lvert x\rvert \, (\log p^*(x) - C))$ (Theorem 2), which is not $p^*$. These
 # optima can be computed *before any training*, when the set of all sequences is small enough
-# to enumerate: a vocabulary of V = 5 tokens (EOS included) and at most L = 5 tokens give
-# 1 + 4 + 16 + 64 + 256 = 341 sequences (`pbde.SequenceSupport`).
+# to enumerate: a vocabulary of $V = 5$ tokens (EOS included) and at most $L = 5$ tokens give
+# $1 + 4 + 16 + 64 + 256 = 341$ sequences (`pbde.SequenceSupport`).
 #
-# This tutorial (1) pre-trains a small GRU language model π_ref on a known distribution,
-# (2) defines an annotator with a known p*, (3) computes with `pbde.optimal_density` what DPO at
-# several β and the length-normalized rule will do — how mass moves between lengths and which
-# sequences come out on top — and (4) fits DPO for one β and compares the fit with the
+# This tutorial (1) pre-trains a small GRU language model $\pi_{\mathrm{ref}}$ on a known distribution,
+# (2) defines an annotator with a known $p^*$, (3) computes with `pbde.optimal_density` what DPO at
+# several $\beta$ and the length-normalized rule will do — how mass moves between lengths and which
+# sequences come out on top — and (4) fits DPO for one $\beta$ and compares the fit with the
 # prediction.
 #
 # Run it with `python docs/tutorials/what_will_dpo_do.py` (under a minute on a 2-core CPU);
@@ -66,10 +68,10 @@ torch.manual_seed(SEED)
 began = time.perf_counter()
 
 # %% [markdown]
-# ## The sample space and π_ref
+# ## The sample space and the reference policy
 #
 # `pbde.SequenceSupport(5, 5)` enumerates every EOS-terminated sequence of at most 5 tokens as
-# padded token rows. π_ref is an `Autoregressive` GRU with EOS forced at the maximum length, so
+# padded token rows. $\pi_{\mathrm{ref}}$ is an `Autoregressive` GRU with EOS forced at the maximum length, so
 # its probabilities sum to exactly 1 on the support (a language model without that limit would
 # leak mass to longer sequences: see `pbde.mass_beyond`). It is trained by maximum likelihood on
 # a known distribution over the sequences (`lm_theory.data_distribution`, a Markov chain over
@@ -115,10 +117,10 @@ def top(density: Tabulated, k: int = 5) -> str:
 # %% [markdown]
 # ## The annotator
 #
-# A Luce annotator (eq. 9) with p*(x) ∝ exp(reward(x) / 2), where the reward
-# (`lm_theory.reward`) pays +1 per token *a*, −1 per token *b*, +0.5 per repeated token and
-# −0.5 per token of distance from length 3. It prefers x_A to x_B with probability
-# p*(x_A) / (p*(x_A) + p*(x_B)).
+# A Luce annotator (eq. 9) with $p^*(x) \propto \exp(\text{reward}(x) / 2)$, where the reward
+# (`lm_theory.reward`) pays $+1$ per token *a*, $-1$ per token *b*, $+0.5$ per repeated token and
+# $-0.5$ per token of distance from length 3. It prefers $x_A$ to $x_B$ with probability
+# $p^*(x_A) / (p^*(x_A) + p^*(x_B))$.
 
 # %%
 p_star = Tabulated(support, lm_theory.reward(support) / 2.0, normalize=True)
@@ -130,10 +132,10 @@ print("top of p*:   ", top(p_star))
 # ## The optima, before any training
 #
 # `pbde.optimal_density(annotator, behavior, support)` solves the population problem on the
-# support. For DPO (`pbde.dpo(β, π_ref)`) it is eq. 16; for the length-normalized rule
-# (`pbde.length_normalized`, f(x) = 1/|x|) it is Theorem 2's density, whatever π_ref is. Both
+# support. For DPO (`pbde.dpo(beta, reference)`) it is eq. 16; for the length-normalized rule
+# (`pbde.length_normalized`, $f(x) = 1/\lvert x\rvert$) it is Theorem 2's density, whatever $\pi_{\mathrm{ref}}$ is. Both
 # hold for any distribution of pairs that connects the support (Lemma 1); pairs drawn from
-# π_ref do.
+# $\pi_{\mathrm{ref}}$ do.
 
 # %%
 frozen = Precomputed(support.points, log_ref)  # π_ref looked up, not recomputed
@@ -156,11 +158,11 @@ for name, density in optima.items():
     print(f"top of {name}: {top(density)}")
 
 # %% [markdown]
-# Small β trusts the annotator: DPO at β = 0.25 is π_ref · p*⁴, which piles mass on the few
-# sequences p* likes most (`aaaa·`); β = 4 barely leaves π_ref, whose favourite is the empty
-# answer (EOS alone), and β = 1 sits in between. The length-normalized rule does not depend on
-# π_ref at all, and it does not recover p*: π = exp(|x| · (log p*(x) − C)) raises p* to the
-# power |x|, which sharpens it most on the longest sequences, so the best long sequence takes
+# Small $\beta$ trusts the annotator: DPO at $\beta = 0.25$ is $\pi_{\mathrm{ref}}\,{p^*}^4$, which piles mass on the few
+# sequences $p^*$ likes most (`aaaa·`); $\beta = 4$ barely leaves $\pi_{\mathrm{ref}}$, whose favourite is the empty
+# answer (EOS alone), and $\beta = 1$ sits in between. The length-normalized rule does not depend on
+# $\pi_{\mathrm{ref}}$ at all, and it does not recover $p^*$: $\pi = \exp(\lvert x\rvert \, (\log p^*(x) - C))$ raises $p^*$ to the
+# power $\lvert x\rvert$, which sharpens it most on the longest sequences, so the best long sequence takes
 # most of the mass.
 #
 # ![mass by length and top sequences of each optimum](../images/tutorials/what_will_dpo_do.png)
@@ -199,8 +201,8 @@ plt.close(fig)
 # %% [markdown]
 # ## Fit DPO and compare
 #
-# Now train: pairs drawn from π_ref, labelled by the annotator (Bernoulli labels), and
-# `pbde.fit` with DPO at β = 1 from a copy of π_ref. The fit should land near its optimum,
+# Now train: pairs drawn from $\pi_{\mathrm{ref}}$, labelled by the annotator (Bernoulli labels), and
+# `pbde.fit` with DPO at $\beta = 1$ from a copy of $\pi_{\mathrm{ref}}$. The fit should land near its optimum,
 # the gap being the finite sample of pairs and the optimization.
 
 # %%
@@ -255,7 +257,7 @@ print(f"done in {time.perf_counter() - began:.0f} s")
 # * On a support small enough to enumerate, what a preference rule will do is a computation:
 #   `pbde.optimal_density` gives the optimum of DPO, IPO (`loss="ipo"`) or any PBDE behavior
 #   before a single gradient step, and `pbde.kl` measures how far a fit is from it.
-# * β sets how far DPO moves from π_ref towards p*; the length-normalized rule moves mass to
-#   long sequences whatever π_ref does.
+# * $\beta$ sets how far DPO moves from $\pi_{\mathrm{ref}}$ towards $p^*$; the length-normalized rule moves mass to
+#   long sequences whatever $\pi_{\mathrm{ref}}$ does.
 # * For a real model the support is not enumerable, but the same optimum holds per prompt; the
 #   small case tells which way the mass will go.

@@ -15,7 +15,9 @@
 # the annotators disagree. Two annotators judge coffees by temperature; one likes iced coffee,
 # the other hot coffee. Each comparison is made by one of them (eq. 25):
 #
-#     P(x_A ≻ x_B) = Σ_i w_i · p*_i(x_A) / (p*_i(x_A) + p*_i(x_B)).
+# $$
+# P(x_A \succ x_B) = \sum_i w_i\, \frac{p^*_i(x_A)}{p^*_i(x_A) + p^*_i(x_B)}.
+# $$
 #
 # A single-annotator model — a reward model, or any policy fitted with the Luce rule (eq. 9) —
 # assumes one taste behind every label. Fitted to the pooled labels, it learns to serve
@@ -83,7 +85,7 @@ began = time.perf_counter()
 # * `pbde.MixtureAnnotator([iced, hot], [0.4, 0.6])` — **two annotators**, one of them drawn
 #   for each comparison (eq. 25). This is our crowd.
 # * `pbde.Annotator(Mixture([p_iced, p_hot], [0.4, 0.6]))` — **one annotator** whose taste is
-#   bimodal, p* = 0.4·p*_1 + 0.6·p*_2 (eq. 24, the p* of eq. 10). Used below as a control.
+#   bimodal, $p^* = 0.4\, p^*_1 + 0.6\, p^*_2$ (eq. 24, the $p^*$ of eq. 10). Used below as a control.
 
 # %%
 support = torch.arange(ITEMS)
@@ -139,11 +141,11 @@ pbde.fit(single, train, steps=STEPS, lr=LR, seed=SEED, progress=False)
 # %% [markdown]
 # How far is each density from each annotator's taste? Three measures:
 #
-# * KL(p*_i ‖ π): large when π puts little mass where annotator i's taste is;
-# * "i prefers π": the probability that annotator i prefers a coffee drawn from π to one
-#   drawn from their own taste p*_i, `Σ_{a,b} π(a) p*_i(b) P_i(a ≻ b)` — 0.5 means π serves
+# * $\mathrm{KL}(p^*_i \,\|\, \pi)$: large when $\pi$ puts little mass where annotator $i$'s taste is;
+# * "$i$ prefers $\pi$": the probability that annotator $i$ prefers a coffee drawn from $\pi$ to one
+#   drawn from their own taste $p^*_i$, $\sum_{a,b} \pi (a) p^*_i(b) P_i(a \succ b)$ — 0.5 means $\pi$ serves
 #   them as well as their own taste does;
-# * the mean over all pairs of |P_model(x_A ≻ x_B) − P_crowd(x_A ≻ x_B)|, P_crowd from eq. 25:
+# * the mean over all pairs of $\lvert P_{\text{model}}(x_A \succ x_B) - P_{\text{crowd}}(x_A \succ x_B)\rvert$, $P_{\text{crowd}}$ from eq. 25:
 #   how well the model, as a preference process, predicts a label of the crowd.
 #
 # A uniform density — coffee at a random temperature — is listed for scale.
@@ -211,16 +213,16 @@ with torch.no_grad():  # the crowd's preferences between lukewarm and each favou
 # taste is lukewarm: the crowd prefers lukewarm coffee (item 5) to *each* annotator's
 # favourite. Against item 2 it wins the votes of the hot-coffee annotator, 60 % of the crowd;
 # against item 8 it wins those of the iced-coffee annotator, who dislikes 8 far more than
-# the hot-coffee annotator dislikes 5. No single taste can explain both annotators. Even the bimodal p* of eq. 24 — the crowd's "average taste" — predicts the
+# the hot-coffee annotator dislikes 5. No single taste can explain both annotators. Even the bimodal $p^*$ of eq. 24 — the crowd's "average taste" — predicts the
 # crowd's labels worse (last column): eq. 25's statistics are not those of any one Luce
 # annotator.
 #
 # ## 2. Detect it from the data: `diagnose_misspecification`
 #
-# In practice there are no p*_i to compare with. What the data do show is whether one
+# In practice there are no $p^*_i$ to compare with. What the data do show is whether one
 # annotator can explain them. `pbde.diagnose_misspecification(prefs, component, k_max=...)`
-# fits latent-annotator mixtures with K = 1..k_max components of the given single-annotator
-# model (K = 1 *is* the single-annotator model) on a training part, scores the marginal
+# fits latent-annotator mixtures with $K = 1, \dots$, `k_max` components of the given single-annotator
+# model ($K = 1$ *is* the single-annotator model) on a training part, scores the marginal
 # log-likelihood of the held-out comparisons, and says "several" when a mixture predicts them
 # significantly better (by more than 2 standard errors of the paired difference). Its
 # `selection` is the `pbde.select_k` result behind the verdict.
@@ -237,8 +239,8 @@ print(diagnosis)
 
 # %% [markdown]
 # And the control: the same pairs labelled by **one** annotator whose taste is the bimodal
-# p* of eq. 24. A Luce model with a `Categorical` density can represent that taste exactly
-# (Theorem 1: fitted to Luce labels, it converges to p*), so K = 1 is well specified and a
+# $p^*$ of eq. 24. A Luce model with a `Categorical` density can represent that taste exactly
+# (Theorem 1: fitted to Luce labels, it converges to $p^*$), so $K = 1$ is well specified and a
 # mixture should not help.
 
 # %%
@@ -252,17 +254,17 @@ print(control_diagnosis)
 # annotator's labels the two are within noise: verdict "one". (At smoke size there are too
 # few comparisons to tell, and the verdict on the crowd may be "one" too.) Note what the test
 # compares: *preference processes*, not densities. The two data sets have the same bimodal
-# "average taste" p*; only the crowd's labels have the statistics of eq. 25 (see the heatmaps
+# "average taste" $p^*$; only the crowd's labels have the statistics of eq. 25 (see the heatmaps
 # at the end).
 #
 # ## 3. The latent-annotator mixture, without annotator ids
 #
-# `pbde.LatentMixture` is the model of appendix A.4: K Luce components π_1..π_K with weights
-# w (eq. 29), each comparison made by a latent annotator type z_n ~ Cat(w), so
-# p(y_n) = Σ_k w_k σ(log π_k(x_A) − log π_k(x_B)) (eq. 30). It is a Pyro model whose discrete
-# z_n are summed out exactly by enumeration (`TraceEnum_ELBO`), trained with pbde's one
+# `pbde.LatentMixture` is the model of appendix A.4: $K$ Luce components $\pi_1, \dots, \pi_K$ with weights
+# $w$ (eq. 29), each comparison made by a latent annotator type $z_n \sim \mathrm{Cat}(w)$, so
+# $p(y_n) = \sum_k w_k \sigma (\log \pi_k(x_A) - \log \pi_k(x_B))$ (eq. 30). It is a Pyro model whose discrete
+# $z_n$ are summed out exactly by enumeration (`TraceEnum_ELBO`), trained with pbde's one
 # training loop. `select_k` chose K above by held-out log-likelihood; its fitted models are in
-# `diagnosis.selection.models`. We take K = 2 and match its components to the annotators.
+# `diagnosis.selection.models`. We take $K = 2$ and match its components to the annotators.
 
 # %%
 selection = diagnosis.selection
@@ -309,7 +311,7 @@ print(
 #
 # If the data record who made each comparison (`Preferences.annotator_id`) — not their type,
 # only an anonymous id — then all comparisons of one annotator share one latent type:
-# `LatentMixture(latent="annotator")`, p(y_j) = Σ_k w_k Π_{n ∈ j} p_k(y_n). A person's
+# `LatentMixture(latent="annotator")`, $p(y_j) = \sum_k w_k \prod_{n \in j} p_k(y_n)$. A person's
 # comparisons together reveal their type. Here 200 people (40 at smoke size), each of a type
 # drawn with the weights (0.4, 0.6), make the same total number of comparisons. `select_k`
 # with `latent="annotator"` holds out whole annotators.
@@ -479,7 +481,7 @@ print(f"wrote {FIGURES / 'when_annotators_disagree.png'}")
 # %% [markdown]
 # ![two annotators, one model, a mixture](../images/tutorials/when_annotators_disagree.png)
 #
-# The second figure is the paper's Fig. 4 for this problem: P(x_A ≻ x_B) for every pair, for
+# The second figure is the paper's Fig. 4 for this problem: $P(x_A \succ x_B)$ for every pair, for
 # the crowd (eq. 25), for one annotator with the bimodal taste (eq. 24), for the learned
 # single model and for the learned mixture.
 
@@ -516,17 +518,17 @@ print(
 # **What the numbers show** (full size; the smoke run's numbers are noise).
 #
 # * *Misspecification is predictable.* The single Luce model fitted to the pooled labels lands
-#   on the optimum that `optimal_density` computed before training (TV ≈ 0.02), and that
+#   on the optimum that `optimal_density` computed before training ($\mathrm{TV} \approx 0.02$), and that
 #   optimum is lukewarm: mode at item 5, between the annotators' modes 2 and 8. It is the best
 #   single taste for these labels, and it serves the iced-coffee annotator no better than a
 #   random temperature would.
-# * *Misspecification is detectable without ids.* K = 2 predicts held-out labels about
-#   0.011 nats per comparison better than K = 1, some five standard errors; K = 3 adds
-#   nothing, so `select_k` keeps K = 2. On labels from one bimodal annotator (eq. 24) a
+# * *Misspecification is detectable without ids.* $K = 2$ predicts held-out labels about
+#   0.011 nats per comparison better than $K = 1$, some five standard errors; $K = 3$ adds
+#   nothing, so `select_k` keeps $K = 2$. On labels from one bimodal annotator (eq. 24) a
 #   mixture gains nothing and the verdict is "one": the test tells a crowd from one
-#   annotator with a two-mode taste, though both have the same average taste p*.
+#   annotator with a two-mode taste, though both have the same average taste $p^*$.
 # * *The latent mixture recovers both annotators without ids.* Its components are within
-#   KL ≈ 0.03 and 0.01 of the tastes (the single model: 0.76 and 0.27), its weights are close
+#   $\mathrm{KL} \approx 0.03$ and 0.01 of the tastes (the single model: 0.76 and 0.27), its weights are close
 #   to 0.4 / 0.6, and its predictive process (eq. 30) predicts the crowd's preference
 #   probabilities four times more accurately than the single model — though it names the
 #   annotator of a single comparison correctly only about four times in five, no worse than
@@ -535,9 +537,9 @@ print(
 #   type, every person is classified correctly and the components are as good as the
 #   oracle's, which knows who made every comparison. The weights then estimate the share of
 #   *people* of each type among the 160 training annotators — a sample, not 0.4 exactly —
-#   which is also why this model's preference error against the w = 0.4 crowd is not lower.
+#   which is also why this model's preference error against the $w = 0.4$ crowd is not lower.
 #
-# The heatmaps show the same thing pair by pair. The crowd's P(x_A ≻ x_B) is two Luce
+# The heatmaps show the same thing pair by pair. The crowd's $P(x_A \succ x_B)$ is two Luce
 # processes overlaid. Where both coffees are cold (bottom left), the hot-coffee majority
 # decides: coffee at 4 beats coffee at 0 four times in five, though the iced-coffee annotator
 # is indifferent between them. Where both are hot (top right), the iced-coffee minority's

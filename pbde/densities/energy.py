@@ -165,7 +165,7 @@ class EnergyModel(Density):
         points: int = 2048,
         progress: bool | None = None,
     ):
-        """Regress −E on a target log-density over the domain (how the paper makes π_pre).
+        """Regress −E on a target log-density over the domain (how the paper makes its pre-trained π_ref).
 
         Minimizes the mean squared error between −E(x) and ``target_log_prob(x)`` on a grid of
         ``points`` points, both centred (a constant offset is the normalizer's business).

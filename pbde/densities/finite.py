@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pbde._validation import check_finite, check_tensor
+from pbde._validation import check_finite, check_tensor, short_repr
 from pbde.densities.base import Density
 from pbde.io import PAD_TOKEN
 from pbde.support import Grid, Support, as_support
@@ -326,7 +326,8 @@ class Precomputed(Density):
             row = int(torch.nonzero(~found)[0, 0])
             raise ValueError(
                 "'x' must hold items this Precomputed density was computed on. Row "
-                f"{row} is not one of its {self.items.shape[0]} items."
+                f"{row}, {short_repr(x[row].tolist())}, is not one of its "
+                f"{self.items.shape[0]} items."
             )
         return self.values[index]
 
