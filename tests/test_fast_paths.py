@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 import pbde
-from pbde.densities import Categorical, EnergyModel, TruncatedNormalMixture
-from pbde.densities import EnergyStack
+from pbde.densities import Categorical, EnergyModel, EnergyStack, TruncatedNormalMixture
 from pbde.fit import distinct_items
 
 
