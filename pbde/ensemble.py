@@ -51,7 +51,7 @@ def fit_ensemble(
     see the same batches, and Adam, being elementwise, steps each member's parameters as its
     own optimizer would. When every model is an :class:`~pbde.Annotator` whose density is an
     :class:`~pbde.densities.EnergyModel` of one architecture, the members are one module with
-    stacked weights (:class:`~pbde.densities.EnergyStack`: one optimizer step, one pass over
+    stacked weights (:class:`EnergyStack`: one optimizer step, one pass over
     the data and one evaluation of the items per step for all of them; the networks run as
     batched matrix products on a GPU, one after another on the CPU); otherwise the models are
     fitted one after another. ``steps``, ``lr``, ``batch_size``, ``replacement``,
