@@ -6,7 +6,7 @@ An annotator with implicit preference distribution p* prefers x_A to x_B with pr
 preferences, and computes what the fit should converge to.
 """
 
-from pbde import densities, io, losses, online
+from pbde import densities, io, losses, online, posterior
 from pbde._validation import is_validation_enabled, set_validation, validation
 from pbde.annotators import (
     Annotator,
@@ -80,6 +80,7 @@ __all__ = [
     "losses",
     "io",
     "online",
+    "posterior",
     "mixture",
     "LatentMixture",
     "select_k",

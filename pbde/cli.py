@@ -640,6 +640,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from pbde import experiments
 
+    if args.from_json:
+        given = [f"--{k}" for k in ("quick", "fast", "list", "json") if getattr(args, k)]
+        given += [f"--{k}" for k in ("seed", "steps", "pairs", "device")
+                  if getattr(args, k) is not None]  # fmt: skip
+        if args.name or given:
+            raise UsageError(f"--from-json redraws saved runs (the NAME is in each FILE): "
+                             f"{' '.join(args.name + given)} does not apply")  # fmt: skip
+        for source in args.from_json:
+            print(f"wrote {experiments.redraw(source, args.out)}")
+        return 0
     if args.list or not args.name:
         if not args.name and not args.list:
             raise UsageError("give an experiment NAME (or several), 'all', or --list")
@@ -669,6 +679,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         result = experiments.run(name, settings[name], progress=not args.no_progress)
         written = result.save(args.out)
         summaries[name] = result.report()
+        summaries[name].pop("figure", None)  # the figure's numbers stay in NAME.json
         top = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         numbers = ", ".join(f"{k} = {v:.4g}" for k, v in top.items())
         print(f"{name}: {result.seconds:.1f} s" + (f"; {numbers}" if numbers else ""))
@@ -874,6 +885,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     reproduce.add_argument("--device", default=None, help="where to fit, e.g. cuda")
     reproduce.add_argument("--json", action="store_true", help="print the reports as JSON")
+    reproduce.add_argument(
+        "--from-json", nargs="+", type=Path, metavar="FILE", default=None,
+        help="draw the figure again from NAME.json files of earlier runs, into --out; runs nothing",
+    )  # fmt: skip
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     reproduce.set_defaults(handler=_reproduce)
 

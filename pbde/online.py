@@ -40,6 +40,17 @@ Proposals are callables ``(model, n, generator) -> (xa, xb)``: :class:`Static`,
 :class:`RejectionSampled` enhancers), :class:`BestVsWorst` (the RLHFlow recipe) and
 :class:`Active`. :func:`rejection_sample` and :func:`multistep_rejection_sample` draw exactly from
 π_0 · exp(r/η) for any density the library can sample.
+
+**Active queries.** :class:`Active` (``proposal="active"``) chooses, from a pool of candidate
+pairs (from the current model, a reference policy, or pairs the user already has), a greedy
+batch of the pairs a Laplace posterior over the model says are most informative
+(:mod:`pbde.posterior`); :func:`run` passes it the data pooled so far, and records per round the
+wall time spent choosing the pairs next to the time spent re-fitting, so the saving in queries
+can be weighed against its compute. ``offline`` adds a data set the user already has (Xiong et
+al.'s hybrid setting): pooled with the queries in every fit, seen by the posterior, not counted
+as queries. How much selection can save is bounded by the problem: on a 3-armed bandit even the
+best possible design of pairs needs about 0.65 of the queries of uniform random pairs for the
+same expected KL (``benchmarks/bench_active.py`` prints the bound).
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ from numbers import Real
 import torch
 from tqdm.auto import tqdm
 
+from pbde import posterior
 from pbde._validation import check_positive_number
 from pbde.annotators import Annotator, DeterministicAnnotator, PreferenceProcess
 from pbde.data import Preferences
@@ -510,42 +522,138 @@ class BestVsWorst:
 
 
 class Active:
-    """Uncertainty sampling: from a pool of candidate pairs, query those whose label the current
-    model is least sure of (the largest binary entropy of σ(Ω_θ(x_A) − Ω_θ(x_B)), i.e. the
-    smallest |logit|).
+    """Active selection: from a pool of candidate pairs, query those a posterior over the model
+    says are worth most (:mod:`pbde.posterior`).
 
-    Pairs of two identical items are never preferred: their logit is 0 for every model, so their
-    label says nothing about it. (Nearly identical items in a continuous space are close to that;
-    the criterion does not know it — give ``score`` to use another one.)
+    Each call builds a Laplace posterior over the model density's parameters (every logit of a
+    tabular model; the last layer of a network) from the pairs labelled so far (:func:`run`
+    passes them), scores the candidates and picks a batch greedily, updating the posterior after
+    each pick so that the batch does not repeat itself (no candidate is picked twice).
+
+    Criteria:
+
+    * ``"policy"`` (default): the expected decrease of E_θ[KL(π_θ̂ ‖ π_θ)] from one more label,
+      the posterior's spread measured on the policy (:func:`pbde.posterior.policy_gain`);
+    * ``"bald"``: the mutual information between the label and the parameters
+      (:func:`pbde.posterior.bald`);
+    * ``"label_entropy"``: uncertainty sampling, the pairs whose *label* the current model is
+      least sure of (the smallest |Ω_θ(x_A) − Ω_θ(x_B)|, identical items last). It needs no
+      posterior, and it loses: it keeps asking about nearly identical items.
+
+    When it helps and when it cannot: active selection pays when the pool holds pairs of very
+    different value — some whose label is nearly certain or redundant with the data, others
+    that pin down directions of the model the data have not; it saves compute-cheap queries
+    only if choosing them costs less than asking (each call differentiates the model on every
+    distinct item of the pool, the data and the support). It cannot help with a deterministic
+    annotator (noise-free labels carry only a ranking; the BCE fit and its posterior run off to
+    infinite logits), on a tiny support (two items have one distinct pair: nothing to choose),
+    or with a pool that holds nothing better than random pairs.
 
     Args:
-        pool: candidates per query, >= 1 (``pool * n`` pairs are drawn to pick ``n``).
-        base: the proposal the candidates come from; default :class:`OnPolicy`.
-        score: optional callable ``(model, xa, xb) -> (n,)``, higher = query first; default
-            ``-|model.logits(xa, xb)|``.
+        pool: candidate pairs per query, >= 1 (``pool * n`` pairs are drawn to pick ``n``);
+            ignored for a fixed pool.
+        base: where the candidates come from: a proposal (default :class:`OnPolicy`, the
+            current model; ``"static"``-like :class:`Static` or a Density for a reference
+            policy), or a fixed pool of pairs the user already has — a
+            :class:`~pbde.Preferences` (its labels are not read) or a tuple ``(xa, xb)`` — all
+            of which are candidates in every round.
+        criterion: ``"policy"``, ``"bald"`` or ``"label_entropy"``.
+        score: optional callable ``(model, xa, xb) -> (n,)``, higher = query first, used
+            instead of ``criterion`` (top ``n``, no posterior).
+        support: where the ``"policy"`` criterion measures the policy's Fisher matrix;
+            default: the model density's support or grid.
+        prior_precision: τ > 0, the Gaussian prior's precision on the parameters.
+        max_parameters: the posterior covers at most this many numbers of the model's
+            parameters (its trailing trainable tensors), >= 1.
     """
 
-    def __init__(self, pool: int = 8, base=None, score=None):
+    #: :func:`run` passes the pooled data (offline and queried) to proposals that read it
+    uses_data = True
+
+    def __init__(
+        self,
+        pool: int = 8,
+        base=None,
+        *,
+        criterion: str = "policy",
+        score=None,
+        support: Support | torch.Tensor | None = None,
+        prior_precision: float = 1.0,
+        max_parameters: int = 512,
+    ):
         self.pool = _check_count("pool", pool)
-        self.base = OnPolicy() if base is None else _as_proposal("base", base, None)
+        if criterion not in (*posterior.CRITERIA, "label_entropy"):
+            raise ValueError(
+                f"'criterion' must be one of {[*posterior.CRITERIA, 'label_entropy']}. Got "
+                f"{criterion!r}."
+            )
+        self.criterion = criterion
+        self.fixed = None
+        if isinstance(base, Preferences):
+            self.fixed = (base.xa, base.xb)
+        elif isinstance(base, tuple):
+            if len(base) != 2 or not all(isinstance(x, torch.Tensor) for x in base):
+                raise TypeError("'base' as a tuple must be two tensors (xa, xb).")
+            if base[0].shape != base[1].shape or base[0].shape[0] == 0:
+                raise ValueError(
+                    f"'base' as a tuple (xa, xb) must hold two non-empty tensors of one shape. "
+                    f"Got {tuple(base[0].shape)} and {tuple(base[1].shape)}."
+                )
+            self.fixed = base
+        self.base = (
+            None
+            if self.fixed is not None
+            else (OnPolicy() if base is None else _as_proposal("base", base, None))
+        )
         if score is not None and not callable(score):
             raise TypeError(f"'score' must be a callable (model, xa, xb) -> (n,). Got {score!r}.")
         self.score = score
+        self.support = None if support is None else as_support(support)
+        self.prior_precision = check_positive_number("prior_precision", prior_precision)
+        self.max_parameters = _check_count("max_parameters", max_parameters)
 
-    def __call__(self, model, n: int, generator=None):
-        xa, xb = self.base(model, n * self.pool, generator)
-        with torch.no_grad():
-            if self.score is None:
-                score = -model.logits(xa, xb).abs().to(torch.float64)
-            else:
-                score = torch.as_tensor(self.score(model, xa, xb)).to(torch.float64)
+    def __call__(self, model, n: int, generator=None, *, data: Preferences | None = None):
+        support = self.support or _own_support(_model_density(model))
+        if self.criterion == "policy" and support is None and self.score is None:
+            raise ValueError(
+                f"criterion='policy' measures the policy on a finite support or grid, and a "
+                f"{type(model.density).__name__} has none: give Active a 'support' or use "
+                "criterion='bald'."
+            )
+        if self.fixed is not None:
+            xa, xb = self.fixed
+            if xa.shape[0] < n:
+                raise ValueError(
+                    f"The fixed pool holds {xa.shape[0]} pairs, fewer than the {n} asked for."
+                )
+        else:
+            xa, xb = self.base(model, n * self.pool, generator)
         same = (xa.reshape(xa.shape[0], -1) == xb.reshape(xb.shape[0], -1)).all(-1)
-        score = torch.where(same.to(score.device), -math.inf, score)
-        chosen = torch.topk(score, n).indices.to(xa.device)
+        if self.score is not None or self.criterion == "label_entropy":
+            with torch.no_grad():
+                if self.score is None:
+                    score = -model.logits(xa, xb).abs().to(torch.float64)
+                else:
+                    score = torch.as_tensor(self.score(model, xa, xb)).to(torch.float64)
+            score = torch.where(same.to(score.device), -math.inf, score)
+            chosen = torch.topk(score, n).indices.to(xa.device)
+            return xa[chosen], xb[chosen]
+        belief = posterior.LaplacePosterior(
+            model,
+            data,
+            (xa, xb),
+            support=support if self.criterion == "policy" else None,
+            prior_precision=self.prior_precision,
+            max_parameters=self.max_parameters,
+        )
+        # identical items say nothing; take them only when nothing else is left
+        available = ~same.cpu() if int((~same).sum()) >= n else None
+        chosen = posterior.select_pairs(belief, n, self.criterion, available).to(xa.device)
         return xa[chosen], xb[chosen]
 
     def __repr__(self) -> str:
-        return f"Active(pool={self.pool}, base={self.base!r})"
+        source = "fixed pool" if self.fixed is not None else repr(self.base)
+        return f"Active(criterion={self.criterion!r}, pool={self.pool}, base={source})"
 
 
 def _as_proposal(name: str, proposal, reference, support: Support | None = None):
@@ -562,7 +670,7 @@ def _as_proposal(name: str, proposal, reference, support: Support | None = None)
         if proposal == "on_policy":
             return OnPolicy(support)
         if proposal == "active":
-            return Active(base=OnPolicy(support))
+            return Active(base=OnPolicy(support), support=support)
         raise ValueError(
             f"'{name}' as a string must be 'static', 'on_policy' or 'active'. Got {proposal!r}."
         )
@@ -746,6 +854,9 @@ class RoundRecord:
         seconds: wall time since the loop started.
         fit_loss: the fit's final objective (``None`` if the refit callable returned no
             :class:`~pbde.FitResult`).
+        selection_seconds: wall time this round spent choosing its pairs (drawing candidates
+            and, for :class:`Active`, the posterior and the greedy batch).
+        fit_seconds: wall time of this round's re-fit.
     """
 
     round: int
@@ -754,6 +865,8 @@ class RoundRecord:
     tv: float
     seconds: float
     fit_loss: float | None = None
+    selection_seconds: float = 0.0
+    fit_seconds: float = 0.0
 
 
 @dataclass
@@ -769,6 +882,8 @@ class OnlineResult:
         initial_kl: KL(target ‖ π_θ) before the first query (to the first target).
         initial_tv: the same in total variation.
         seconds: wall time of the whole loop.
+        offline_pairs: comparisons of the ``offline`` data set, pooled with the queries in
+            every fit but not counted as queries (0 without one).
     """
 
     model: Annotator
@@ -778,6 +893,17 @@ class OnlineResult:
     initial_kl: float
     initial_tv: float
     seconds: float
+    offline_pairs: int = 0
+
+    @property
+    def selection_seconds(self) -> float:
+        """Wall time spent choosing the pairs, all rounds together."""
+        return sum(r.selection_seconds for r in self.history)
+
+    @property
+    def fit_seconds(self) -> float:
+        """Wall time spent re-fitting, all rounds together."""
+        return sum(r.fit_seconds for r in self.history)
 
     @property
     def queries(self) -> list[int]:
@@ -829,6 +955,7 @@ def run(
     reference: Density | None = None,
     support: Support | torch.Tensor | None = None,
     target: Density | str | None = None,
+    offline: Preferences | None = None,
     seed: int = 0,
     progress: bool | None = None,
 ) -> OnlineResult:
@@ -855,9 +982,12 @@ def run(
         rounds: number of query-and-refit rounds, >= 1.
         queries_per_round: pairs per round, an int >= 1, or one int per round.
         proposal: ``"on_policy"`` (default), ``"static"`` (pairs from ``reference``),
-            ``"active"`` (:class:`Active` on on-policy candidates), a Density (static), or a
+            ``"active"`` (:class:`Active`: the pairs a posterior over the model says are
+            worth most, among on-policy candidates), a Density (static), or a
             callable ``(model, n, generator) -> (xa, xb)`` such as :class:`MainEnhancer`,
-            :class:`BestVsWorst`.
+            :class:`BestVsWorst`. A callable with ``uses_data = True`` (as :class:`Active`) is
+            also given ``data=``, the comparisons pooled so far (``offline`` included; ``None``
+            before the first).
         refit: how to re-fit after each round: a dict of :func:`pbde.fit` keyword arguments
             (default ``{"steps": 300, "lr": 1e-2}``; round t uses ``seed + t``), or a callable
             ``(model, data) -> anything`` that trains ``model`` in place (taken to use the BCE
@@ -872,6 +1002,10 @@ def run(
             BCE loss), ``"pooled"`` (the optimum for the pooled proposals, recomputed each
             round, for the loss of a refit dict, or BCE when ``refit`` is a callable; needs
             proposals with ``pair_masses``), or a Density.
+        offline: comparisons the user already has (the hybrid setting of Xiong et al.: an
+            offline data set plus online queries): pooled with the queries in every fit and
+            seen by :class:`Active`'s posterior, not counted as queries. The model is taken as
+            it is (fit it on ``offline`` first if it should start from there).
         seed: seed of the draws and labels (and of the fits, ``seed + t``).
         progress: show a progress bar over rounds; default: when standard error is a terminal.
 
@@ -932,6 +1066,17 @@ def run(
         raise ValueError(f"'target' must be None, 'pooled' or a Density. Got {target!r}.")
     else:
         check_density("target", target)
+    if offline is not None and not isinstance(offline, Preferences):
+        raise TypeError(
+            f"'offline' must be a pbde.Preferences or None. Got {type(offline).__name__}."
+        )
+    if offline is not None and offline.weight is not None:
+        raise ValueError(
+            "'offline' must have no weights: the queried comparisons carry none, and the pooled "
+            "data are fitted as one set."
+        )
+    if offline is not None and len(offline) == 0:
+        offline = None
 
     generator = torch.Generator().manual_seed(seed)
     if progress is None:
@@ -943,18 +1088,27 @@ def run(
             annotator, model, support, proposal.pair_masses(model, support), loss, loss_kwargs
         )
     initial_kl, initial_tv = _divergences(first_target, density, support)
-    parts: list[Preferences] = []
+    parts: list[Preferences] = [] if offline is None else [offline]
     history: list[RoundRecord] = []
     queries = 0
+    reads_data = getattr(proposal, "uses_data", False)
     with tqdm(total=rounds, desc="online", disable=not progress) as bar:
         for t, size in enumerate(sizes, start=1):
             if pooled:
                 pooled_weights += size * proposal.pair_masses(model, support)
-            xa, xb = proposal(model, size, generator)
+            chosen_at = time.perf_counter()
+            if reads_data:
+                data = None if not parts else Preferences.concat(parts)
+                xa, xb = proposal(model, size, generator, data=data)
+            else:
+                xa, xb = proposal(model, size, generator)
+            selection_seconds = time.perf_counter() - chosen_at
             parts.append(annotator.label(xa, xb, generator=generator))
             queries += size
             data = parts[0] if len(parts) == 1 else Preferences.concat(parts)
+            fit_at = time.perf_counter()
             outcome = refit_fn(model, data, t)
+            fit_seconds = time.perf_counter() - fit_at
             if pooled:
                 target = _pooled_optimum(
                     annotator, model, support, pooled_weights, loss, loss_kwargs
@@ -968,6 +1122,8 @@ def run(
                     divergence_tv,
                     time.perf_counter() - began,
                     outcome.final_loss if isinstance(outcome, FitResult) else None,
+                    selection_seconds,
+                    fit_seconds,
                 )
             )
             bar.update(1)
@@ -981,6 +1137,7 @@ def run(
         initial_kl,
         initial_tv,
         time.perf_counter() - began,
+        0 if offline is None else len(offline),
     )
 
 

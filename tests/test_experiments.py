@@ -116,7 +116,7 @@ def test_result_files(quick_results, tmp_path):
     result = quick_results("dpo-wellspecified")
     written = result.save(tmp_path)
     report = json.loads((tmp_path / "dpo-wellspecified.json").read_text())
-    assert set(report) == {"experiment", "settings", "metrics", "seconds"}
+    assert set(report) == {"experiment", "settings", "metrics", "seconds", "figure"}
     assert report["settings"]["steps"] == experiments.settings_for("dpo", quick=True).steps
     assert {"kl_theory_learned", "tv_theory_learned"} <= set(report["metrics"])
     png = tmp_path / "dpo-wellspecified.png"
@@ -177,3 +177,84 @@ def test_fast_recipe_keeps_the_papers_data():
     for name in ("dpo", "misspecification"):
         fast, paper = experiments.settings_for(name, fast=True), experiments.settings_for(name)
         assert fast.pairs == paper.pairs and fast.steps < paper.steps
+
+
+def test_figure_curves_are_the_densities(quick_results):
+    """The curves a figure is drawn from (written to the JSON) are the densities they name: p*
+    against scipy's normals (eq. 10), the theory of the well-specified DPO model against p*."""
+    from scipy.stats import norm
+
+    figure = quick_results("dpo-wellspecified").report()["figure"]
+    x = np.asarray(figure["x"])
+    assert (x[0], x[-1], len(x)) == (-7.5, 7.5, 1001)
+    eq_10 = 0.4 * norm.pdf(x, -2.5, 0.25) + 0.6 * norm.pdf(x, 2.5, 1.0)
+    np.testing.assert_allclose(figure["p_star"], eq_10, rtol=1e-3, atol=1e-6)
+    (run,) = figure["runs"].values()
+    np.testing.assert_allclose(run["theory"], eq_10, rtol=2e-3, atol=1e-5)  # Fig. 2: p*
+    assert set(run) == {"learned", "theory"}
+
+
+def test_redraw_from_json(tmp_path):
+    """A saved run draws the same figure again from its JSON alone, without running."""
+    settings = experiments.settings_for("ipo-bandit", quick=True, steps=20)
+    result = experiments.run("ipo-bandit", settings, progress=False)
+    json_path, png = result.save(tmp_path / "run")
+    drawn = png.read_bytes()
+    report = json.loads(json_path.read_text())
+    for name, entry in report["figure"]["datasets"].items():  # the IPO theory drawn: by hand
+        for tau in settings.taus:
+            expected = ipo_bandit.closed_form(name, tau).numpy()
+            np.testing.assert_allclose(entry["theory"][f"{tau:g}"], expected, atol=1e-6)
+        assert np.asarray(entry["IPO"]["0.1"]).shape == (settings.seeds, 3)
+    png.unlink()
+    assert experiments.redraw(json_path) == png  # next to the report by default
+    assert png.read_bytes() == drawn
+    again = experiments.redraw(json_path, tmp_path / "elsewhere")
+    assert again == tmp_path / "elsewhere" / "ipo-bandit.png" and again.read_bytes() == drawn
+
+
+def test_redraw_refuses_what_it_cannot_draw(tmp_path):
+    missing = tmp_path / "missing.json"
+    with pytest.raises(ValueError, match="'report' must be an existing JSON file.*missing.json"):
+        experiments.redraw(missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"experiment": "dpo", ')
+    with pytest.raises(ValueError, match="broken.json' is not a JSON file"):
+        experiments.redraw(broken)
+    other = tmp_path / "other.json"
+    other.write_text('{"prompt": "x", "chosen": "y"}')
+    with pytest.raises(ValueError, match="other.json' is not a report of 'pbde reproduce'"):
+        experiments.redraw(other)
+    other.write_text('{"experiment": "nope"}')
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        experiments.redraw(other)
+    # a report written before figures were saved with their numbers
+    old = tmp_path / "dpo.json"
+    report = {"experiment": "dpo", "settings": {}, "metrics": {"runs": {}}, "seconds": 1.0}
+    old.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="dpo.json' lacks the numbers the figure of 'dpo'"):
+        experiments.redraw(old)
+    assert not (tmp_path / "dpo.png").exists()
+
+
+def test_cli_redraw(tmp_path, capsys):
+    code = main(["reproduce", "ipo-bandit", "--quick", "--steps", "5", "--out", str(tmp_path),
+                 "--json", "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("\n{") :])["ipo-bandit"]
+    assert "figure" not in summary and "metrics" in summary  # the curves stay in the file
+    json_path = tmp_path / "ipo-bandit.json"
+    assert "figure" in json.loads(json_path.read_text())
+    out = tmp_path / "redrawn"
+    assert main(["reproduce", "--from-json", str(json_path), "--out", str(out)]) == 0
+    assert (out / "ipo-bandit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(out / "ipo-bandit.png") in capsys.readouterr().out
+    assert main(["reproduce", "dpo", "--from-json", str(json_path)]) == 2
+    assert "dpo does not apply" in capsys.readouterr().err
+    assert main(["reproduce", "--quick", "--from-json", str(json_path)]) == 2
+    assert "--quick does not apply" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    assert main(["reproduce", "--from-json", str(bad), "--out", str(out)]) != 0
+    assert "bad.json' is not a JSON file" in capsys.readouterr().err

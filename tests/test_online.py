@@ -27,7 +27,7 @@ import scipy.stats
 import torch
 
 import pbde
-from pbde import online
+from pbde import online, posterior
 from pbde.densities import Categorical, TruncatedNormalMixture
 
 ALPHA = 0.01  # significance level of every goodness-of-fit test here
@@ -264,11 +264,73 @@ def test_active_picks_the_most_uncertain_distinct_pairs():
         return sorted(i for i in range(6) if bool(((xa == pool_a[i]) & (xb == pool_b[i])).any()))
 
     # the two least certain distinct pairs
-    xa, xb = online.Active(pool=3, base=full_pool)(model, 2, None)
+    uncertainty = {"base": full_pool, "criterion": "label_entropy"}
+    xa, xb = online.Active(pool=3, **uncertainty)(model, 2, None)
     assert chosen(xa, xb) == sorted(np.argsort(margin, kind="stable")[:2].tolist())
     # all three distinct pairs before any identical one, whose label is "least certain" (logit 0)
-    xa, xb = online.Active(pool=2, base=full_pool)(model, 3, None)
+    xa, xb = online.Active(pool=2, **uncertainty)(model, 3, None)
     assert chosen(xa, xb) == [1, 2, 3]
+
+
+@pytest.mark.filterwarnings("ignore::pbde.SeparationWarning")  # a handful of queries
+def test_run_accounts_for_choosing_and_fitting_per_round():
+    result = online.run(
+        dpo_model(1.0),
+        bt_annotator(),
+        rounds=3,
+        queries_per_round=[8, 16, 32],
+        proposal="active",
+        refit={"steps": 20, "lr": 0.1},
+        progress=False,
+    )
+    assert result.queries == [8, 24, 56] and len(result.data) == 56
+    assert result.offline_pairs == 0
+    for record in result.history:
+        assert record.selection_seconds > 0.0 and record.fit_seconds > 0.0
+    assert result.selection_seconds == pytest.approx(
+        sum(r.selection_seconds for r in result.history)
+    )
+    assert result.selection_seconds + result.fit_seconds <= result.seconds
+    elapsed = [r.seconds for r in result.history]
+    assert elapsed == sorted(elapsed)
+
+
+@pytest.mark.filterwarnings("ignore::pbde.SeparationWarning")
+def test_hybrid_run_pools_offline_data_and_active_reads_it():
+    """Offline comparisons enter every fit and the posterior, and are not counted as queries;
+    a posterior that has seen many (0, 1) comparisons asks about another pair first."""
+    annotator = bt_annotator()
+    generator = torch.Generator().manual_seed(0)
+    offline = annotator.label(
+        torch.zeros(400, dtype=torch.long), torch.ones(400, dtype=torch.long), generator=generator
+    )
+    seen = []
+
+    class Recording(online.Active):
+        def __call__(self, model, n, generator=None, *, data=None):
+            seen.append(None if data is None else len(data))
+            return super().__call__(model, n, generator, data=data)
+
+    pool = (torch.tensor([0, 1, 0]), torch.tensor([1, 2, 2]))
+    result = online.run(
+        dpo_model(1.0),
+        annotator,
+        rounds=2,
+        queries_per_round=1,
+        proposal=Recording(base=pool, criterion="bald"),
+        refit={"steps": 20, "lr": 0.1},
+        offline=offline,
+        progress=False,
+    )
+    assert seen == [400, 401]  # the proposal saw the offline data, then one query more
+    assert result.queries == [1, 2] and result.offline_pairs == 400
+    assert len(result.data) == 402 and torch.equal(result.data.xa[:400], offline.xa)
+    first = (int(result.data.xa[400]), int(result.data.xb[400]))
+    assert first != (0, 1)
+    # without the data, the three pairs tie at the uniform start (equal logits and variances)
+    belief = posterior.LaplacePosterior(dpo_model(1.0), None, pool)
+    scores = posterior.bald(belief.logits, belief.variance())
+    assert float(scores.max() - scores.min()) < 1e-12
 
 
 def test_best_of_n_and_best_vs_worst_follow_the_law_of_extremes():
@@ -601,6 +663,16 @@ def test_bad_input_is_named():
         online.Active(pool=0)
     with pytest.raises(TypeError, match="'reward'"):
         online.BestOfN(2, "reward")
+    with pytest.raises(TypeError, match="'offline'"):
+        online.run(model, annotator, offline=(ITEMS, ITEMS), **kwargs)
+    with pytest.raises(ValueError, match="fixed pool holds 1 pairs"):
+        pool = (torch.tensor([0]), torch.tensor([1]))
+        online.run(model, annotator, proposal=online.Active(base=pool), **kwargs)
+    continuous = pbde.Annotator(TruncatedNormalMixture([0.0], [1.0], low=-1.0, high=1.0))
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        online.Active(criterion="bald")(continuous, 2, None)
+    with pytest.raises(ValueError, match="finite support or grid"):
+        online.Active()(continuous, 2, None)
 
 
 # -- the reproduction --------------------------------------------------------------------------
@@ -631,7 +703,11 @@ def test_reproduce_online_quick(tmp_path):
         # DPO moves the toy model from π_pre towards π_pre·p*^{1/β}: KL falls by half at least
         assert metrics["toy"][strategy]["final_kl"] < 0.5 * metrics["toy_initial_kl"]
     # active queries never spend a query on two identical items
-    assert metrics["bandit"]["active"]["identical_pair_fraction"] == 0.0
+    for strategy in ("active", "uncertainty"):
+        assert metrics["bandit"][strategy]["identical_pair_fraction"] == 0.0
+    for part in ("toy", "bandit"):  # the time per round, choosing and re-fitting
+        assert metrics[part]["active"]["selection_seconds_per_round"] > 0.0
+        assert metrics[part]["static"]["fit_seconds_per_round"] > 0.0
     written = result.save(tmp_path)
     assert [p.name for p in written] == ["online.json", "online.png"]
     assert written[1].stat().st_size > 10_000

@@ -29,8 +29,8 @@
 #    `pbde.fit`; then looks at the training curves, at samples, and at what each fit did to the
 #    length of the completions.
 #
-# Run it with `python docs/tutorials/align_a_language_model.py`: about 4 minutes on the
-# project's 2-core CPU (223 s in the last run, 63 s of which pre-train $\pi_{\mathrm{ref}}$).
+# Run it with `python docs/tutorials/align_a_language_model.py` (minutes on a 2-core CPU; the
+# time measured for this page is under the title, and pre-training $\pi_{\mathrm{ref}}$ takes a third of it).
 # `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much. Figures go to
 # `PBDE_FIGURES_DIR` (default `docs/images/tutorials`); the model folders and runs go to a
 # temporary folder.

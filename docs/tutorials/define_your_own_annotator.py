@@ -140,19 +140,21 @@ for row in rows:
 
 # %%
 p_values = p_star.prob(support).detach().double().numpy()
-fig, axes = plt.subplots(1, len(rows), figsize=(15, 4), dpi=120, sharey=True)
+# one panel under the other, 900 px wide: the page's width
+fig, axes = plt.subplots(len(rows), 1, figsize=(9, 10), dpi=100, sharex=True, layout="constrained")
 width = 0.28
 for ax, row in zip(axes, rows, strict=True):
     ax.bar(k.numpy() - width, p_values, width, color="tab:blue", label="p* (taste)")
     ax.bar(k.numpy(), row["predicted"], width, color="tab:red", label="predicted optimum")
     ax.bar(k.numpy() + width, row["learned"], width, color="tab:green", label="learned")
-    ax.set_title(f"{row['name']}\nTV(predicted, learned) = {row['TV(predicted, learned)']:.3f}")
-    ax.set_xlabel("item x")
-    ax.set_xticks(np.arange(0, ITEMS, 2))
-axes[0].set_ylabel("probability")
-axes[0].legend(frameon=False)
+    ax.set_title(
+        f"{row['name']}: TV(predicted, learned) = {row['TV(predicted, learned)']:.3f}", fontsize=11
+    )
+    ax.set_ylabel("probability")
+    ax.set_xticks(np.arange(ITEMS))
+axes[-1].set_xlabel("item x")
+axes[0].legend(frameon=False, loc="upper right")
 fig.suptitle("A Luce (reward) model fitted to three annotators: predicted vs learned")
-fig.tight_layout()
 fig.savefig(FIGURES / "custom_annotators.png")
 plt.close(fig)
 print(f"wrote {FIGURES / 'custom_annotators.png'} in {time.perf_counter() - began:.1f} s")

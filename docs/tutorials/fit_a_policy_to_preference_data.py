@@ -180,8 +180,9 @@ for name, r in results.items():
 x = support.numpy()
 p_values = p_star.prob(support).detach().double().numpy()
 ref_values = pi_ref.prob(support).detach().double().numpy()
-fig, axes = plt.subplots(1, len(results), figsize=(17, 3.8), dpi=120, sharey=True)
-for ax, (name, r) in zip(axes, results.items(), strict=True):
+# a 2-column grid 900 px wide (the page's width); the sixth cell holds the legend
+fig, axes = plt.subplots(3, 2, figsize=(9, 10.5), dpi=100, sharey=True, layout="constrained")
+for ax, (name, r) in zip(axes.flat[: len(results)], results.items(), strict=True):
     learned = r["model"].density.prob(support).detach().double().numpy()
     ax.bar(x, learned, 0.7, color="tab:green", alpha=0.7, label="learned")
     if r["theory"] is not None:
@@ -193,14 +194,15 @@ for ax, (name, r) in zip(axes, results.items(), strict=True):
         subtitle = "no closed-form optimum"
     ax.plot(x, p_values, "-", color="tab:blue", lw=1.5, label="p* (annotator)")
     ax.plot(x, ref_values, "--", color="tab:gray", lw=1.5, label="π_ref")
-    ax.set_title(f"{name}\n{subtitle}", fontsize=10)
+    ax.set_title(f"{name}\n{subtitle}", fontsize=11)
     ax.set_xlabel("item x")
     ax.set_xticks(x)
-axes[0].set_ylabel("probability")
-handles, labels = axes[0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False)
+for ax in axes[:, 0]:
+    ax.set_ylabel("probability")
+handles, labels = axes[0, 0].get_legend_handles_labels()
+axes[-1, -1].axis("off")
+axes[-1, -1].legend(handles, labels, loc="center", frameon=False, fontsize=11)
 fig.suptitle(f"Five ways to fit a policy to {len(train)} Luce-labelled pairs drawn from π_ref")
-fig.tight_layout(rect=(0, 0.08, 1, 1))
 fig.savefig(FIGURES / "fit_a_policy.png")
 plt.close(fig)
 print(f"wrote {FIGURES / 'fit_a_policy.png'} in {time.perf_counter() - began:.1f} s")

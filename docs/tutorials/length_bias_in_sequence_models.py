@@ -40,8 +40,8 @@
 # instead of the default (vocabulary 500, state 128, 1500 steps), which takes several minutes
 # on a CPU. The numbers are therefore a little different from `docs/reproduce.md`'s.
 #
-# Run it with `python docs/tutorials/length_bias_in_sequence_models.py` (a few minutes on a
-# 2-core CPU); `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much.
+# Run it with `python docs/tutorials/length_bias_in_sequence_models.py` (the time measured
+# for this page is under the title); `PBDE_SMOKE=1` shrinks it to seconds, with models too small to mean much.
 # Figures go to `PBDE_FIGURES_DIR` (default `docs/images/tutorials`).
 
 # %%
@@ -270,19 +270,22 @@ for name, drawn in drawn_lengths.items():
 # %% [markdown]
 # ## The picture
 #
-# Top: the two scores $\Omega (x)$ of each annotator, averaged over the sampled sentences of each
-# length. Bottom left: $P(\text{short} \succ \text{long})$ of Table 2. Bottom middle and right: the lengths of
+# Top: the two scores $\Omega(x)$ of each annotator, averaged over the sampled sentences of each
+# length.
+# Middle: $P(\text{short} \succ \text{long})$ of Table 2.
+# Bottom left and right: the lengths of
 # sentences sampled from *whole*, from *long* and from the fitted models, for the eq. 9 and the
 # eq. 26 labels.
 
 # %%
 COLORS = {"whole": "tab:gray", "short": "tab:blue", "long": "tab:red"}
-fig = plt.figure(figsize=(16, 9.5), dpi=120)
-grid = fig.add_gridspec(2, 6)
-top = [fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])]
-bars_ax = fig.add_subplot(grid[1, :2])
-histogram_axes = [fig.add_subplot(grid[1, 2:4])]
-histogram_axes.append(fig.add_subplot(grid[1, 4:], sharey=histogram_axes[0]))
+# 900 px wide, the page's width: scores on top, Table 2 in the middle, lengths at the bottom
+fig = plt.figure(figsize=(9, 13), dpi=100, layout="constrained")
+grid = fig.add_gridspec(3, 2, height_ratios=(1, 0.8, 1.3))
+top = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
+bars_ax = fig.add_subplot(grid[1, :])
+histogram_axes = [fig.add_subplot(grid[2, 0])]
+histogram_axes.append(fig.add_subplot(grid[2, 1], sharey=histogram_axes[0]))
 edges = (LM_SETTINGS.short_max + 0.5, LM_SETTINGS.long_min - 0.5)
 
 observed = torch.unique(lengths)
@@ -302,12 +305,12 @@ for ax, rule in zip(top, RULES, strict=True):
         )
     for edge in edges:
         ax.axvline(edge, color="0.75", lw=0.8, zorder=0)
-    ax.set_xlabel("sentence length |x| (tokens, EOS included)")
-    ax.legend(title="annotator", frameon=False)
+    ax.set_xlabel("sentence length |x| (tokens)")
+top[0].legend(title="annotator", frameon=False, loc="upper right")
 top[0].set_ylabel("mean log p(x)  (nats)")
-top[0].set_title("Eq. 9 scores Ω = log p(x): every annotator favours short")
+top[0].set_title("Eq. 9 scores Ω = log p(x):\nevery annotator favours short", fontsize=11)
 top[1].set_ylabel("mean log p(x) / |x|  (nats per token)")
-top[1].set_title("Eq. 26 scores Ω = log p(x) / |x|: long favours long")
+top[1].set_title("Eq. 26 scores Ω = log p(x) / |x|:\nlong favours long", fontsize=11)
 
 position = np.arange(len(models))
 width = 0.38
@@ -324,11 +327,11 @@ for offset, (rule, rule_name) in zip((-width / 2, width / 2), RULES.items(), str
 bars_ax.axhline(0.5, color="black", lw=0.8, ls=":", label="indifferent")
 bars_ax.set_xticks(position, list(models))
 bars_ax.set_xlabel("annotator")
-bars_ax.set_ylim(0, 1.3)
+bars_ax.set_ylim(0, 1.25)
 bars_ax.set_yticks(np.linspace(0, 1, 6))
 bars_ax.set_ylabel("P(short ≻ long)")
-bars_ax.set_title("P(S ≻ L), sentences sampled from whole")
-bars_ax.legend(frameon=False, loc="upper center", ncol=2, fontsize=9)
+bars_ax.set_title("P(S ≻ L), sentences sampled from whole", fontsize=11)
+bars_ax.legend(frameon=False, loc="upper center", ncol=3, fontsize=9.5)
 
 STYLES = {
     "whole (π_ref)": ("tab:gray", "-"),
@@ -338,8 +341,8 @@ STYLES = {
     "eq. 26 model on eq. 26 labels": ("tab:green", "-"),
 }
 PANELS = {
-    "long annotator's eq. 9 labels": ["DPO on eq. 9 labels"],
-    "long annotator's eq. 26 labels": ["DPO on eq. 26 labels", "eq. 26 model on eq. 26 labels"],
+    "long annotator's\neq. 9 labels": ["DPO on eq. 9 labels"],
+    "long annotator's\neq. 26 labels": ["DPO on eq. 26 labels", "eq. 26 model on eq. 26 labels"],
 }
 TOP = 0.16  # a fit may put a large share on one length: clip it and say so
 support = np.arange(1, LM_SETTINGS.max_length + 1)
@@ -370,16 +373,15 @@ for ax, (title, fitted) in zip(histogram_axes, PANELS.items(), strict=True):
     for edge in edges:
         ax.axvline(edge, color="0.75", lw=0.8, zorder=0)
     ax.set_ylim(0, TOP)
-    ax.set_xlabel("sentence length |x| (tokens, EOS included)")
-    ax.set_title(f"Fitted to the {title}")
-    ax.legend(frameon=False, fontsize=8.5, loc="upper right")
+    ax.set_xlabel("sentence length |x| (tokens)")
+    ax.set_title(f"Fitted to the {title}", fontsize=11)
+    ax.legend(frameon=False, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13))
 histogram_axes[0].set_ylabel(f"fraction of {SAMPLES} samples")
 fig.suptitle(
-    "Length bias (Dumoulin et al. §5.2): the Luce rule (eq. 9) vs the length-normalized rule "
-    "(eq. 26); bins S | M | L in grey",
-    fontsize=13,
+    "Length bias (Dumoulin et al. §5.2): the Luce rule (eq. 9) vs the length-normalized\n"
+    "rule (eq. 26); lengths count EOS; bins S | M | L in grey",
+    fontsize=12,
 )
-fig.tight_layout()
 fig.savefig(FIGURES / "length_bias.png")
 plt.close(fig)
 print(f"wrote {FIGURES / 'length_bias.png'} in {time.perf_counter() - began:.1f} s")
@@ -390,12 +392,12 @@ print(f"wrote {FIGURES / 'length_bias.png'} in {time.perf_counter() - began:.1f}
 # **What the picture shows.** Top left: log p(x) falls in a straight line with the length, at
 # the same rate for the three annotators; *long*'s curve lies below *whole*'s only on short
 # sentences (its stopping penalty), and not far enough to turn the slope around. So under
-# eq. 9 short sentences win (bottom left, orange), whichever annotator judges. Top right:
+# eq. 9 short sentences win (middle row, orange), whichever annotator judges. Top right:
 # divided by |x| the slope is gone, and *long*'s penalty, spread over few tokens, makes its
 # short sentences the worst; under eq. 26 (green) *long* prefers long sentences and *short*
 # short ones, which is what their samples say they like.
 #
-# Bottom middle: the annotator whose own sentences are all long teaches DPO to write *shorter*
+# Bottom left: the annotator whose own sentences are all long teaches DPO to write *shorter*
 # sentences when it labels by eq. 9: the mean length falls from about 20 to about 14 tokens,
 # and 90 % of the samples are short. The eq. 9 labels say that short beats long, and DPO (a
 # Luce rule on $\pi /\pi_{\mathrm{ref}}$) takes them at their word: over all densities, Lemma 1 puts its optimum

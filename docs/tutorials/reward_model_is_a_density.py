@@ -28,8 +28,8 @@
 # model (`pbde.densities.EnergyModel`, $r_\theta = -E_\theta$, normalized on a grid) trained from scratch
 # with the Luce behavior and the BCE loss.
 #
-# Run it with `python docs/tutorials/reward_model_is_a_density.py` (about a minute on a 2-core
-# CPU); `PBDE_SMOKE=1` shrinks it to a few seconds. Figures go to `PBDE_FIGURES_DIR` (default
+# Run it with `python docs/tutorials/reward_model_is_a_density.py` (the time measured for this
+# page is under the title); `PBDE_SMOKE=1` shrinks it to a few seconds. Figures go to `PBDE_FIGURES_DIR` (default
 # `docs/images/tutorials`).
 
 # %%
@@ -133,23 +133,23 @@ with torch.no_grad():
     log_p_star = p_star.log_prob(x).double().numpy()
     log_learned = reward_model.density.log_prob(x).double().numpy()
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+# side by side, 900 px wide: the page's width
+fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.2), dpi=100, layout="constrained")
 left.plot(x.numpy(), p_curve, color="tab:blue", lw=2, label="p* (annotator, eq. 10)")
 left.plot(x.numpy(), theory_curve, color="tab:red", ls=":", lw=2, label="optimal_density (Lemma 1)")
 left.plot(x.numpy(), learned_curve, color="tab:green", ls="--", lw=2, label="learned e^r/Z")
 left.set_xlabel("x")
 left.set_ylabel("density")
-left.set_title("Normalized reward model vs p*")
-left.legend(frameon=False)
+left.set_title("Normalized reward model vs p*", fontsize=11)
+left.legend(frameon=False, fontsize=9, loc="upper right")
 right.plot(x.numpy(), log_p_star, color="tab:blue", lw=2, label="log p*")
 right.plot(x.numpy(), log_learned, color="tab:green", ls="--", lw=2, label="learned log π_θ")
 right.set_ylim(max(log_p_star.min(), -40.0), 3.0)
 right.set_xlabel("x")
 right.set_ylabel("log-density (reward up to a constant)")
-right.set_title("Reward r_θ = log π_θ + const vs log p*")
-right.legend(frameon=False)
+right.set_title("Reward r_θ = log π_θ + const vs log p*", fontsize=11)
+right.legend(frameon=False, fontsize=9, loc="lower center")
 fig.suptitle(f"Theorem 1: a reward model fitted to Luce labels ({PAIRS} uniform pairs) is p*")
-fig.tight_layout()
 fig.savefig(FIGURES / "reward_model_density.png")
 plt.close(fig)
 print(f"wrote {FIGURES / 'reward_model_density.png'} in {time.perf_counter() - began:.1f} s")
@@ -161,6 +161,6 @@ print(f"wrote {FIGURES / 'reward_model_density.png'} in {time.perf_counter() - b
 # the reward-model likelihood is $p^*$ itself (Theorem 1). `TV(p*, learned)` is small compared with
 # `TV(p*, uniform)`: with 4096 uniformly drawn pairs, the normalized reward model recovers both
 # modes of $p^*$, including how the mass splits between them — which no single comparison
-# reveals. The remaining error is visible in the picture: the narrow mode at −2.5 comes out a
-# little too tall and the wide mode at 2.5 a little too low, and in the far tails (right panel)
+# reveals. The remaining error is visible in the picture: the narrow mode at −2.5 comes out
+# narrower than $p^*$'s and about twice as tall, the wide mode at 2.5 too low, and in the far tails (right panel)
 # the learned log-density falls faster than $\log p^*$, where the labels only say "the tail loses".

@@ -29,7 +29,8 @@
 # sequences come out on top — and (4) fits DPO for one $\beta$ and compares the fit with the
 # prediction.
 #
-# Run it with `python docs/tutorials/what_will_dpo_do.py` (under a minute on a 2-core CPU);
+# Run it with `python docs/tutorials/what_will_dpo_do.py` (the time measured for this page is
+# under the title);
 # `PBDE_SMOKE=1` shrinks it to seconds. Figures go to `PBDE_FIGURES_DIR` (default
 # `docs/images/tutorials`). `pbde reproduce lm-theory` does the same with a tiny GPT-2 and more
 # members (IPO too).

@@ -2,13 +2,16 @@
 
 Each experiment is a function returning a :class:`~pbde.experiments.base.Result` (metrics,
 settings, wall time, a plot); :func:`run` runs one by name with the paper's settings, the quick
-settings of the test suite (``quick=True``) or the faster recipe (``fast=True``).
+settings of the test suite (``quick=True``) or the faster recipe (``fast=True``); :func:`redraw`
+draws a figure again from the JSON report a run wrote, without running anything.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import replace
+from pathlib import Path
 
 from pbde.experiments.base import Result
 
@@ -92,6 +95,58 @@ def run(name: str, settings=None, *, progress: bool | None = None) -> Result:
     return module.run(settings, progress=progress)
 
 
+def redraw(report: str | Path, out: str | Path | None = None) -> Path:
+    """Draw an experiment's figure again from the JSON report a run wrote (``NAME.json`` of
+    ``pbde reproduce NAME --out DIR``, or :meth:`Result.save`), without running anything.
+
+    Args:
+        report: the JSON file.
+        out: the folder to write ``NAME.png`` into (created if needed); default: the folder of
+            ``report``.
+
+    Returns:
+        The path of the PNG.
+
+    Raises:
+        ValueError: if ``report`` is not a report of a known experiment, or lacks the numbers the
+            figure is drawn from (reports of runs made before they were saved with it); the
+            message names the file.
+    """
+    source = Path(report)
+    try:
+        content = json.loads(source.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"'report' must be an existing JSON file. Got {str(source)!r}.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(source)!r} is not a JSON file: {error}.") from None
+    if not isinstance(content, dict) or not isinstance(content.get("experiment"), str):
+        raise ValueError(
+            f"{str(source)!r} is not a report of 'pbde reproduce': it has no 'experiment' name."
+        )
+    name = content["experiment"]
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"{str(source)!r} is the report of an unknown experiment {name!r}. "
+            f"Known: {', '.join(_REGISTRY)}."
+        )
+    draw = getattr(_module(name), "draw", None)
+    if draw is None:
+        raise ValueError(f"The figure of {name!r} cannot be drawn from its report "
+                         f"({str(source)!r}); run the experiment again.")  # fmt: skip
+    folder = Path(out) if out is not None else source.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.png"
+    try:
+        draw(content, target)
+    except (KeyError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"{str(source)!r} lacks the numbers the figure of {name!r} is drawn from "
+            f"({type(error).__name__}: {error}); reports written before figures were saved "
+            f"with them cannot be redrawn: run the experiment again."
+        ) from None
+    return target
+
+
 def register(name: str, module: str, description: str, *, takes_name: bool = False) -> None:
     """Add an experiment: ``module`` (under ``pbde.experiments``) has ``Settings``, ``quick()``,
     ``fast()`` and ``run(settings, *, progress)``."""
@@ -108,4 +163,4 @@ def _module(name: str):
     return importlib.import_module(f"pbde.experiments.{_entry(name)[0]}")
 
 
-__all__ = ["Result", "names", "describe", "settings_for", "run", "register"]
+__all__ = ["Result", "names", "describe", "settings_for", "run", "redraw", "register"]

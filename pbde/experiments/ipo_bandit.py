@@ -25,7 +25,7 @@ import torch
 
 import pbde
 from pbde.densities import Categorical
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot
 
 ARMS = ("a", "b", "c")
 # (winners, losers, the deterministic scores of an annotator agreeing with the data)
@@ -137,41 +137,71 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
             entry[f"ipo_theory_tau_{tau:g}"] = theory.tolist()
         metrics[name] = entry
 
-    def plot(path):
-        _plot(settings, finals, path)
-
-    return Result("ipo-bandit", settings, metrics, time.perf_counter() - began, plot, finals)
+    return Result("ipo-bandit", settings, metrics, time.perf_counter() - began, data=finals,
+                  figure=_figure(settings, finals), draw=draw)  # fmt: skip
 
 
-def _plot(settings, finals, path):
+def _figure(settings, finals) -> dict:
+    """The final policies (one row per seed) and the IPO theory, for the JSON; τ as text keys
+    in the order of ``taus``."""
+    figure: dict = {"taus": list(settings.taus), "datasets": {}}
+    for name, runs in finals.items():
+        entry: dict = {"theory": {}}
+        for (method, tau), (policies, theory) in runs.items():
+            entry.setdefault(method, {})[f"{tau:g}"] = policies.tolist()
+            entry["theory"][f"{tau:g}"] = theory.tolist()
+        figure["datasets"][name] = entry
+    return figure
+
+
+def draw(report: dict, path) -> None:
+    """Draw the bandit figure from a report (:meth:`Result.report` or the JSON file): each
+    arm's final probability under DPO and IPO for every τ, next to IPO's optimum."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
+    figure = report["figure"]
+    taus = [f"{t:g}" for t in figure["taus"]]
     colors = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
-    taus = list(settings.taus)
-    positions = range(len(taus))
-    for ax, (name, runs) in zip(axes, finals.items(), strict=True):
-        for arm_index, arm in enumerate(ARMS):
-            color = colors[arm]
-            for method, marker, offset in (("DPO", "s", -0.12), ("IPO", "o", 0.12)):
-                if (method, taus[0]) not in runs:
-                    continue
-                values = [runs[(method, t)][0][:, arm_index] for t in taus]
-                means = [float(v.mean()) for v in values]
-                spread = [float(v.max() - v.min()) / 2 for v in values]
-                ax.errorbar([p + offset for p in positions], means, yerr=spread, fmt=marker,
-                            color=color, mfc="white" if method == "DPO" else color,
-                            label=f"π({arm}) {method}", capsize=2)  # fmt: skip
-            theory = [float(runs[("IPO", t)][1][arm_index]) for t in taus]
-            ax.plot([p + 0.12 for p in positions], theory, "_", color="black", ms=16, mew=1.5,
-                    label="IPO theory" if arm_index == 0 else None)  # fmt: skip
-        ax.set_xticks(list(positions), [f"τ = {t:g}" for t in taus])
-        ax.set_title(name)
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(axis="y", alpha=0.3)
-    seeds = f"{settings.seeds} seed" + ("s" if settings.seeds > 1 else "")
-    axes[0].set_ylabel(f"final policy (mean over {seeds}, bars: range)")
-    axes[1].legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle("Azar et al. §5.4: DPO goes greedy for every τ; IPO stays at its optimum")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    seeds = len(next(iter(figure["datasets"].values()))["IPO"][taus[0]])
+    with page_style():
+        fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 4.6), sharey=True,
+                                 layout="constrained")  # fmt: skip
+        for ax, (name, runs) in zip(axes, figure["datasets"].items(), strict=True):
+            for arm_index, arm in enumerate(ARMS):
+                color = colors[arm]
+                for method, marker, offset in (("DPO", "s", -0.2), ("IPO", "o", 0.2)):
+                    if method not in runs:
+                        continue
+                    finals = [torch.tensor(runs[method][t])[:, arm_index] for t in taus]
+                    # arms side by side, so that equal probabilities stay visible
+                    at = [i + offset + 0.07 * (arm_index - 1) for i in range(len(taus))]
+                    means = [float(v.mean()) for v in finals]
+                    if seeds > 1:  # bars from the lowest to the highest seed
+                        low = [m - float(v.min()) for m, v in zip(means, finals, strict=True)]
+                        high = [float(v.max()) - m for m, v in zip(means, finals, strict=True)]
+                        ax.errorbar(at, means, yerr=[low, high], fmt="none", color=color,
+                                    capsize=3)  # fmt: skip
+                    ax.plot(at, means, marker, color=color, ms=8, mew=1.5,
+                            mfc="white" if method == "DPO" else color)  # fmt: skip
+                theory = [runs["theory"][t][arm_index] for t in taus]
+                at = [i + 0.2 + 0.07 * (arm_index - 1) for i in range(len(taus))]
+                ax.plot(at, theory, "_", color="black", ms=14, mew=1.8)
+            ax.set_xticks(range(len(taus)), [f"τ = {t}" for t in taus])
+            ax.set_xlim(-0.5, len(taus) - 0.5)
+            ax.set_title(name)
+            ax.set_ylim(-0.03, 1.03)
+            ax.grid(axis="y", alpha=0.3)
+        what = ("one seed, full batch" if seeds == 1
+                else f"mean over {seeds} seeds; bars: lowest to highest")  # fmt: skip
+        axes[0].set_ylabel(f"final probability of the arm\n({what})")
+        handles = [Line2D([], [], ls="", marker="s", color="0.3", mfc="white", ms=8, label="DPO"),
+                   Line2D([], [], ls="", marker="o", color="0.3", ms=8, label="IPO"),
+                   Line2D([], [], ls="", marker="_", color="black", ms=14, mew=1.8,
+                          label="IPO's optimum (theory)")]  # fmt: skip
+        handles += [Line2D([], [], ls="", marker="o", color=colors[arm], ms=8, label=f"arm {arm}")
+                    for arm in ARMS]  # fmt: skip
+        fig.legend(handles=handles, loc="outside lower center", ncol=6, handletextpad=0.3)
+        fig.suptitle("Azar et al. §5.4: DPO goes greedy for every τ; IPO stays at its optimum")
+        fig.savefig(path)
+        plt.close(fig)

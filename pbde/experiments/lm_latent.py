@@ -59,7 +59,7 @@ import torch.nn.functional as F
 import pbde
 from pbde.densities import Mixture
 from pbde.experiments import lm_mixture
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot
 from pbde.experiments.length_bias import (
     MODELS,
     LanguageModelSettings,
@@ -82,10 +82,10 @@ from pbde.mixture import LatentMixture
 #: The latent-annotator mixture fits of the eq. 27 data (see the module docstring).
 FITS = ("ids_copies", "no_ids_copies", "ids", "no_ids")
 _LABELS = {
-    "ids_copies": "IDs, paper's recipe",
-    "no_ids_copies": "no IDs, paper's recipe",
-    "ids": "IDs, w held at ½, ±spread",
-    "no_ids": "no IDs, w held at ½, ±spread",
+    "ids_copies": "with annotator IDs, the paper's recipe",
+    "no_ids_copies": "without IDs, the paper's recipe",
+    "ids": "with annotator IDs, weights held at ½",
+    "no_ids": "without IDs, weights held at ½",
 }
 _COLORS = {
     "ids_copies": "tab:purple",
@@ -402,48 +402,59 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
     for name, fit in metrics["fits"].items():
         fit["component_bin_fractions"] = [stats["bin_fractions"][f"{name}/{k}"] for k in range(2)]
 
-    def plot(path):
-        plt = pyplot()
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
-
-        def curve(ax, name, label, color, linestyle="-"):
-            step_lengths(ax, stats["length_histogram"][name], settings.samples,
-                         color=color, ls=linestyle, label=label)  # fmt: skip
-
-        for name in ("whole", "density_mixture_target"):
-            text = "π_pre (whole)" if name == "whole" else "π_mix = ½(short + long)"
-            text += "; " + shares_text(metrics["bin_fractions"][name])
-            curve(axes[0], name, text, "0.6" if name == "whole" else "black", ":")
-        for name in mixtures:
-            fit = metrics["fits"][name]
-            text = (
-                f"{_LABELS[name]}: w={fit['weights'][0]:.2f}/{fit['weights'][1]:.2f}, "
-                + shares_text(metrics["bin_fractions"][name])
-            )
-            curve(axes[0], name, text, _COLORS[name])
-            for k in range(2):
-                text = f"{name} #{k} (w={fit['weights'][k]:.2f}): " + shares_text(
-                    fit["component_bin_fractions"][k]
-                )
-                curve(axes[1], f"{name}/{k}", text, _COLORS[name], ("-", "--")[k])
-        titles = ("mixture Σ w_k π_k", "its two components π_k")
-        for ax, title in zip(axes, titles, strict=True):
-            finish_length_axes(ax, settings.models, title, fontsize=7)
-        axes[0].set_ylabel(f"fraction of {settings.samples} samples")
-        fig.suptitle(
-            f"K=2 latent-annotator mixtures fitted to eq. 27 data ({settings.pairs} pairs, "
-            f"{metrics['identifiability']['annotators']} annotators × "
-            f"{settings.comparisons_per_annotator})"
-        )
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-
+    # the components' histograms are drawn, not kept in the metrics
+    figure = {"component_histograms": {
+        f"{name}/{k}": stats["length_histogram"][f"{name}/{k}"] for name in mixtures for k in range(2)
+    }}  # fmt: skip
     return Result(
         experiment="lm-mixture-latent",
         settings=settings,
         metrics=metrics,
         seconds=time.perf_counter() - began,
-        plot=plot,
         data={"mixtures": mixtures, "pairs": (xa, xb)},
+        figure=figure,
+        draw=draw,
     )
+
+
+def draw(report: dict, path) -> None:
+    """Draw the fits from a report (:meth:`Result.report` or the JSON file): one panel per fit,
+    with the length histograms of the fitted mixture, of its two components and of π_mix."""
+    plt = pyplot()
+    metrics, settings = report["metrics"], report["settings"]
+    histograms = {**metrics["length_histogram"], **report["figure"]["component_histograms"]}
+    samples, fits = settings["samples"], list(metrics["fits"])
+    columns = min(len(fits), 2)
+    rows = -(-len(fits) // columns)
+    with page_style():
+        fig, axes = plt.subplots(rows, columns, figsize=(PAGE_WIDTH, 3.9 * rows + 0.9),
+                                 squeeze=False, sharex=True, layout="constrained")  # fmt: skip
+        for ax, name in zip(axes.flat, fits, strict=False):
+            fit = metrics["fits"][name]
+            color = _COLORS[name]
+            step_lengths(ax, histograms["density_mixture_target"], samples, color="black",
+                         ls=":", lw=1.5, label=r"$\pi_{\rm mix}$ = ½(short + long): "
+                         + shares_text(metrics["bin_fractions"]["density_mixture_target"]))  # fmt: skip
+            step_lengths(ax, histograms[name], samples, color=color, lw=3, alpha=0.6,
+                         label="fitted mixture: " + shares_text(metrics["bin_fractions"][name]))  # fmt: skip
+            for k, (shade, linestyle) in enumerate((("0.15", "-"), ("0.5", "--"))):
+                step_lengths(ax, histograms[f"{name}/{k}"], samples, color=shade, ls=linestyle,
+                             lw=1.1, label=f"component {k + 1} (w = {fit['weights'][k]:.2f}): "
+                             + shares_text(fit["component_bin_fractions"][k]))  # fmt: skip
+            finish_length_axes(ax, settings["models"], _LABELS[name])
+            ax.legend(loc="upper left", fontsize=9)
+        for ax in axes.flat[len(fits) :]:
+            ax.axis("off")
+        for ax in axes[:-1].flat:
+            ax.set_xlabel("")
+        for ax in axes[:, 0]:
+            ax.set_ylabel(f"fraction of {samples} samples")
+        identifiability = metrics["identifiability"]
+        fig.suptitle(
+            f"Two-annotator latent mixtures fitted to eq. 27 data: {settings['pairs']} pairs, "
+            f"{identifiability['annotators']} annotators × {settings['comparisons_per_annotator']} "
+            "comparisons\nS/M/L: the fractions of short, medium and long sentences (bins between "
+            "the grey lines)"
+        )
+        fig.savefig(path)
+        plt.close(fig)

@@ -53,7 +53,7 @@ import torch
 import pbde
 from pbde.densities import Mixture
 from pbde.densities.sequence import sequence_lengths
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot
 from pbde.experiments.length_bias import (
     MODELS,
     LanguageModelSettings,
@@ -154,8 +154,10 @@ def length_statistics(draws: dict, models: LanguageModelSettings) -> dict:
 
 
 def shares_text(shares: dict) -> str:
-    """A legend's "S/M/L a/b/c": the fractions in the short, medium and long bins."""
-    return f"S/M/L {shares['short']:.2f}/{shares['medium']:.2f}/{shares['long']:.2f}"
+    """A legend's "S/M/L .59/.24/.17": the fractions in the short, medium and long bins."""
+    return "S/M/L " + "/".join(
+        f"{shares[b]:.2f}".removeprefix("0") for b in ("short", "medium", "long")
+    )
 
 
 def step_lengths(ax, histogram: list, samples: int, **style) -> None:
@@ -164,13 +166,15 @@ def step_lengths(ax, histogram: list, samples: int, **style) -> None:
     ax.step(torch.arange(1, len(histogram) + 1).numpy(), share.numpy(), where="mid", **style)
 
 
-def finish_length_axes(ax, models: LanguageModelSettings, title: str, *, fontsize: int) -> None:
-    """The short | medium | long bin edges in grey, the x label, the title and the legend."""
-    for edge in (models.short_max + 0.5, models.long_min - 0.5):
-        ax.axvline(edge, color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("sentence length (tokens, EOS included)")
+def finish_length_axes(ax, models: dict, title: str) -> None:
+    """The short | medium | long bin edges in grey (``models``: the report's
+    ``settings["models"]``), the x label, the title and the legend."""
+    for edge in (models["short_max"] + 0.5, models["long_min"] - 0.5):
+        ax.axvline(edge, color="0.75", lw=1, zorder=0)
+    ax.set_xlabel("sentence length (tokens, end of sentence included)")
     ax.set_title(title)
-    ax.legend(fontsize=fontsize)
+    ax.set_ylim(0, 1.4 * ax.get_ylim()[1])  # room for the legend above the bars
+    ax.legend(loc="upper right")
 
 
 def run(settings: Settings | None = None, *, progress: bool | None = None) -> Result:
@@ -236,43 +240,53 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
         "mle_seconds": lms.seconds,
     }
 
-    def plot(path):
-        plt = pyplot()
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        styles = {
-            "whole": ("pretrained whole (π_pre)", "tab:gray", "-"),
-            "short": ("short", "tab:blue", "-"),
-            "long": ("long", "tab:red", "-"),
-            "density_mixture_target": ("π_mix = ½(short + long), eq. 28's optimum", "black", ":"),
-            "annotator_mixture": ("adapted on annotator mixture (eq. 27)", "tab:orange", "-"),
-            "density_mixture": ("adapted on density mixture (eq. 28)", "tab:green", "-"),
-        }
-        panels = (
-            (axes[0], ("whole", "short", "long"), "Pretrained models (MLE)"),
-            (
-                axes[1],
-                ("annotator_mixture", "density_mixture", "density_mixture_target"),
-                "whole adapted by length-normalized BCE",
-            ),
-        )
-        for ax, names, title in panels:
-            for name in names:
-                label, color, linestyle = styles[name]
-                label += "; " + shares_text(metrics["bin_fractions"][name])
-                step_lengths(ax, metrics["length_histogram"][name], settings.samples,
-                             color=color, ls=linestyle, label=label)  # fmt: skip
-            finish_length_axes(ax, settings.models, title, fontsize=8)
-        axes[0].set_ylabel(f"fraction of {settings.samples} samples")
-        fig.suptitle("Sentence lengths (Dumoulin et al., Fig. 6): bins S | M | L in grey")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-
     return Result(
         experiment="lm-mixture",
         settings=settings,
         metrics=metrics,
         seconds=time.perf_counter() - began,
-        plot=plot,
         data={"models": densities, "samples": draws, "pairs": (xa, xb)},
+        draw=draw,
     )
+
+
+_STYLES = {
+    "whole": (r"whole ($\pi_{\rm ref}$, all sentences)", "0.45", "-"),
+    "short": ("short", "tab:blue", "-"),
+    "long": ("long", "tab:red", "-"),
+    "density_mixture_target": (
+        r"$\pi_{\rm mix}$ = ½ (short + long), the eq. 28 optimum",
+        "black",
+        ":",
+    ),
+    "annotator_mixture": ("whole adapted on annotator-mixture data (eq. 27)", "tab:orange", "-"),
+    "density_mixture": ("whole adapted on density-mixture data (eq. 28)", "tab:green", "-"),
+}
+
+
+def draw(report: dict, path) -> None:
+    """Draw Fig. 6 from a report (:meth:`Result.report` or the JSON file): the length
+    histograms of the pre-trained models (top) and of the adapted ones (bottom)."""
+    plt = pyplot()
+    metrics, settings = report["metrics"], report["settings"]
+    panels = (
+        (("whole", "short", "long"), "The pre-trained models (maximum likelihood)"),
+        (("annotator_mixture", "density_mixture", "density_mixture_target"),
+         "whole adapted by the length-normalized loss"),
+    )  # fmt: skip
+    with page_style():
+        fig, axes = plt.subplots(2, 1, figsize=(PAGE_WIDTH, 7.8), sharex=True,
+                                 layout="constrained")  # fmt: skip
+        for ax, (names, title) in zip(axes, panels, strict=True):
+            for name in names:
+                label, color, linestyle = _STYLES[name]
+                label += ": " + shares_text(metrics["bin_fractions"][name])
+                step_lengths(ax, metrics["length_histogram"][name], settings["samples"],
+                             color=color, ls=linestyle, lw=1.8, label=label)  # fmt: skip
+            finish_length_axes(ax, settings["models"], title)
+            ax.set_ylabel(f"fraction of {settings['samples']} samples")
+        axes[0].set_xlabel("")
+        fig.suptitle("Sentence lengths (Dumoulin et al., Fig. 6)\nS/M/L: the fractions of short, "
+                     "medium and long sentences (bins between the grey lines)")  # fmt: skip
+        fig.savefig(path)
+        plt.close(fig)

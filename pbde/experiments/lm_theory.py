@@ -34,7 +34,7 @@ import torch
 
 import pbde
 from pbde.densities import Autoregressive, ForcedEOS, Precomputed, Tabulated
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot, rounded
 
 MEMBERS = ("DPO β=0.5", "DPO β=1", "DPO β=4", "IPO", "length-normalized")
 
@@ -194,10 +194,20 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
     seconds = time.perf_counter() - start
     tables = {"π_ref": log_ref.exp().numpy(), "p*": p_star.values.exp().numpy()}
 
-    def plot(path):
-        _plot(path, support, curves, tables, metrics)
-
-    return Result("lm-theory", settings, metrics, seconds, plot, data={"support": support})
+    figure = {
+        "sequences": [_text(support, i) for i in range(n)],
+        "lengths": support.lengths.tolist(),
+        "max_length": support.max_length,
+        "vocab_size": support.vocab_size,
+        "pi_ref": rounded(tables["π_ref"], 6),
+        "p_star": rounded(tables["p*"], 6),
+        "members": {
+            name: {"optimum": rounded(optimum, 6), "learned": rounded(learned, 6)}
+            for name, (optimum, learned) in curves.items()
+        },  # fmt: skip
+    }
+    return Result("lm-theory", settings, metrics, seconds, data={"support": support},
+                  figure=figure, draw=draw)  # fmt: skip
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -276,62 +286,63 @@ def _by_length(density: Tabulated, support) -> list[float]:
     return [float(masses[support.lengths == n].sum()) for n in range(1, support.max_length + 1)]
 
 
-def _plot(path, support, curves, tables, metrics):
-    """Five panels of the optimum's top sequences (optimum, fit, π_ref) and one of the mass by
-    length of every optimum and fit; sized to read at about 750 px of page width."""
+def draw(report: dict, path) -> None:
+    """Draw the figure from a report (:meth:`Result.report` or the JSON file): five panels of
+    the optimum's top sequences (optimum, fit, π_ref) and one of the mass by length of every
+    optimum and fit."""
     import numpy as np
 
     plt = pyplot()
-    names = list(curves)
-    fig, axes = plt.subplots(2, 3, figsize=(10, 7))
+    metrics, figure = report["metrics"], report["figure"]
+    members = figure["members"]
+    names = list(members)
     top = 10
-    lengths = np.arange(1, support.max_length + 1)
-    reference = np.asarray(tables["π_ref"], dtype=float)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, name in zip(axes.flat, names, strict=False):
-        optimum, learned = (np.asarray(c, dtype=float) for c in curves[name])
-        order = np.argsort(-optimum, kind="stable")[:top]
-        at = np.arange(len(order))
-        ax.bar(at - 0.2, optimum[order], 0.4, label="optimum (theory)", color="tab:blue")
-        ax.bar(at + 0.2, learned[order], 0.4, label="learned", color="tab:orange")
-        ax.bar(at, reference[order], 0.15, label="π_ref", color="0.3")
-        ax.set_xticks(at, [_text(support, int(i)) for i in order], rotation=90, fontsize=10)
-        ax.tick_params(axis="y", labelsize=10)
-        ax.set_title(
-            f"{name}\nKL(optimum ‖ fit) = {metrics['kl_to_optimum'][name]:.2g}", fontsize=11
+    sequence_lengths = np.asarray(figure["lengths"])
+    lengths = np.arange(1, figure["max_length"] + 1)
+    reference = np.asarray(figure["pi_ref"], dtype=float)
+
+    def by_length(masses):
+        return [float(np.asarray(masses)[sequence_lengths == n].sum()) for n in lengths]
+
+    with page_style():
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, axes = plt.subplots(2, 3, figsize=(PAGE_WIDTH, 7.4), layout="constrained")
+        for ax, name in zip(axes.flat, names, strict=False):
+            optimum = np.asarray(members[name]["optimum"], dtype=float)
+            learned = np.asarray(members[name]["learned"], dtype=float)
+            order = np.argsort(-optimum, kind="stable")[:top]
+            at = np.arange(len(order))
+            ax.bar(at - 0.2, optimum[order], 0.4, label="optimum (theory)", color="tab:blue")
+            ax.bar(at + 0.2, learned[order], 0.4, label="learned", color="tab:orange")
+            ax.bar(at, reference[order], 0.15, label=r"$\pi_{\rm ref}$", color="0.3")
+            ax.set_xticks(at, [figure["sequences"][int(i)] for i in order], rotation=90)
+            ax.set_title(f"{name}\nKL(optimum ‖ fit) = {metrics['kl_to_optimum'][name]:.2g}")
+        axes.flat[0].set_ylabel("mass (the optimum's top sequences)")
+        axes.flat[0].legend(loc="upper right", fontsize=9)
+        last = axes.flat[len(names)]
+        last.plot(lengths, by_length(reference), "k:", lw=2, label=r"$\pi_{\rm ref}$")
+        last.plot(lengths, by_length(figure["p_star"]), "k-", lw=1, label="$p^*$")
+        for color, name in zip(colors, names, strict=False):
+            last.plot(lengths, metrics["optimum_mass_by_length"][name], "o-", color=color, ms=4)
+            last.plot(lengths, metrics["learned_mass_by_length"][name], "x--", color=color, ms=6)
+            last.plot([], [], "s", color=color, label=name)
+        last.plot([], [], "ko-", label="optimum")
+        last.plot([], [], "kx--", label="learned")
+        last.set_xticks(lengths)
+        last.set_xlabel("length in tokens (end included)")
+        last.set_title("mass by length")
+        last.set_ylim(0, 1.15 * last.get_ylim()[1] + 0.3)  # room for the legend
+        last.legend(fontsize=8.5, ncol=2, loc="upper left", handlelength=1.5, columnspacing=0.8)
+        for ax in axes.flat[len(names) + 1 :]:
+            ax.axis("off")
+        backbone = {"gpt2": "GPT-2", "gru": "GRU"}.get(metrics["backbone"], metrics["backbone"])
+        fig.suptitle(
+            f"Each fit next to its optimum, on all {metrics['support_size']} sequences of at most "
+            f"{figure['max_length']} tokens\n(a vocabulary of {figure['vocab_size']} tokens, "
+            f"· = end of sequence; " + r"$\pi_{\rm ref}$" + f": a tiny {backbone})"
         )
-    axes.flat[0].set_ylabel("mass (top sequences of the optimum)", fontsize=10)
-    axes.flat[0].legend(fontsize=9, loc="upper right")
-    last = axes.flat[len(names)]
-    last.plot(lengths, _by_length_raw(reference, support), "k:", lw=2, label="π_ref")
-    last.plot(lengths, _by_length_raw(np.asarray(tables["p*"]), support), "k-", lw=1, label="p*")
-    for color, name in zip(colors, names, strict=False):
-        last.plot(lengths, metrics["optimum_mass_by_length"][name], "o-", color=color, ms=4)
-        last.plot(lengths, metrics["learned_mass_by_length"][name], "x--", color=color, ms=6)
-        last.plot([], [], "s", color=color, label=name)
-    last.plot([], [], "ko-", label="optimum")
-    last.plot([], [], "kx--", label="learned")
-    last.set_xticks(lengths)
-    last.set_xlabel("length (tokens, EOS included)", fontsize=10)
-    last.set_title("mass by length", fontsize=11)
-    last.tick_params(labelsize=10)
-    last.set_ylim(0, 1.15 * last.get_ylim()[1] + 0.3)  # room for the legend
-    last.legend(fontsize=8, ncol=2, loc="upper left", handlelength=1.5, columnspacing=0.8)
-    for ax in axes.flat[len(names) + 1 :]:
-        ax.axis("off")
-    fig.suptitle(
-        f"{metrics['support_size']} sequences (V={support.vocab_size}, L={support.max_length}), "
-        f"{metrics['backbone']}: each fit next to its optimum (· = EOS)",
-        fontsize=12,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def _by_length_raw(masses, support):
-    lengths = support.lengths.numpy()
-    return [float(masses[lengths == n].sum()) for n in range(1, support.max_length + 1)]
+        fig.savefig(path)
+        plt.close(fig)
 
 
 def _text(support, index: int) -> str:

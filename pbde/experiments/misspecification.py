@@ -20,7 +20,7 @@ import torch
 
 import pbde
 from pbde.experiments import toy
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot, rounded
 
 
 @dataclass
@@ -127,52 +127,75 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
             "fit_seconds": fit_seconds,
         }
 
-    def plot(path):
-        _plot(grid, p1, p2, pi_pre, theory, learned, heat, panels, metrics, path)
-
+    figure = _figure(p1, p2, pi_pre, theory, learned, heat, panels)
     data = {"single": single, "two": two, "theory": theory, "prefs": prefs, "pi_pre": pi_pre}
-    return Result("misspecification", settings, metrics, time.perf_counter() - began, plot, data)
+    return Result("misspecification", settings, metrics, time.perf_counter() - began, data=data,
+                  figure=figure, draw=draw)  # fmt: skip
 
 
-def _plot(grid, p1, p2, pi_pre, theory, learned, heat, panels, metrics, path):
-    plt = pyplot()
-    fig = plt.figure(figsize=(15, 6.6), dpi=110)
-    top = fig.add_gridspec(1, 4, left=0.05, right=0.9, top=0.93, bottom=0.58, wspace=0.25)
+def _figure(p1, p2, pi_pre, theory, learned, heat, panels) -> dict:
+    """The numbers the figure shows, for the JSON: the heat maps' probabilities (3 decimals)
+    and the densities on :func:`toy.plot_points`."""
+    x = toy.plot_points()
     n = heat.shape[0]
-    extent = (float(heat[0]), float(heat[-1]), float(heat[0]), float(heat[-1]))
-    image = None
-    for i, (title, probs) in enumerate(panels.items()):
-        ax = fig.add_subplot(top[0, i])
-        image = ax.imshow(probs.reshape(n, n).T.numpy(), origin="lower", extent=extent,
-                          vmin=0, vmax=1, cmap="RdBu_r")  # fmt: skip
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("x_A")
-        if i == 0:
-            ax.set_ylabel("x_B")
-    bar = fig.add_axes((0.915, 0.58, 0.012, 0.35))
-    fig.colorbar(image, cax=bar, label="P(x_A ≻ x_B)")
-
-    ax = fig.add_axes((0.05, 0.08, 0.85, 0.38))
-    x = grid.points
     with torch.no_grad():
-        for density, label, style in [
-            (p1, "annotator 1: N(−2.5, 0.25), w = 0.4", dict(color="tab:blue", ls="--")),
-            (p2, "annotator 2: N(2.5, 1), w = 0.6", dict(color="tab:pink", ls="-.")),
-            (pi_pre, "π_pre", dict(color="tab:orange", ls=":")),
-            (theory, "theory: optimum of the misspecified model", dict(color="tab:red", ls="-.", lw=1)),
-            (learned, "learned: single-annotator model", dict(color="tab:green", lw=2, alpha=0.85)),
+        curves = {name: rounded(d.prob(x).double()) for name, d in
+                  [("annotator1", p1), ("annotator2", p2), ("pi_pre", pi_pre),
+                   ("theory", theory), ("learned", learned)]}  # fmt: skip
+    return {
+        "heat": rounded(heat),
+        "heatmaps": {
+            title: [[round(float(v), 3) for v in row] for row in probs.reshape(n, n).T]
+            for title, probs in panels.items()
+        },  # fmt: skip
+        "x": rounded(x),
+        "curves": curves,
+    }
+
+
+def draw(report: dict, path) -> None:
+    """Draw Figs. 4 and 5 from a report (:meth:`Result.report` or the JSON file): the four heat
+    maps of P(x_A ≻ x_B) in a 2 × 2 grid, the densities below."""
+    plt = pyplot()
+    figure, metrics = report["figure"], report["metrics"]
+    heat, maps = figure["heat"], figure["heatmaps"]
+    extent = (heat[0], heat[-1], heat[0], heat[-1])
+    with page_style():
+        fig = plt.figure(figsize=(PAGE_WIDTH, 12.4), layout="constrained")
+        top, bottom = fig.subfigures(2, 1, height_ratios=(2, 1.15))
+        axes = top.subplots(2, 2, sharex=True, sharey=True)
+        image = None
+        for ax, (title, probs) in zip(axes.flat, maps.items(), strict=True):
+            image = ax.imshow(probs, origin="lower", extent=extent, vmin=0, vmax=1,
+                              cmap="RdBu_r")  # fmt: skip
+            ax.set_title(title)
+        for ax in axes[-1]:
+            ax.set_xlabel("$x_A$")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("$x_B$")
+        top.colorbar(image, ax=axes, shrink=0.8, label=r"$P(x_A \succ x_B)$")
+        top.suptitle("Fig. 4: how each process labels a pair")
+        ax = bottom.subplots()
+        x, curves = figure["x"], figure["curves"]
+        for name, label, style in [
+            ("annotator1", "annotator 1: mean −2.5, sd 0.25, weight 0.4", dict(color="tab:blue", ls="--")),
+            ("annotator2", "annotator 2: mean 2.5, sd 1, weight 0.6", dict(color="tab:pink", ls="-.")),
+            ("pi_pre", r"$\pi_{\rm ref}$ (the pre-trained model)", dict(color="tab:orange", ls=":", lw=1.6)),
+            ("learned", "learned: the single-annotator model", dict(color="tab:green", lw=3.2, alpha=0.55)),
+            ("theory", "theory: that model's optimum", dict(color="black", ls=(0, (3, 2)), lw=1.3)),
         ]:  # fmt: skip
-            ax.plot(x.numpy(), density.prob(x).double().numpy(), label=label, **style)
-    ax.set_xlim(-7.5, 7.5)
-    ax.set_xlabel("x")
-    ax.set_ylabel("density")
-    ax.set_title(
-        "Fig. 5: the single-annotator model serves lukewarm coffee "
-        f"(KL(theory‖learned) = {metrics['kl_theory_learned']:.4f}; "
-        f"KL(annotator 1‖learned) = {metrics['kl_annotator1_learned']:.2f}, "
-        f"KL(annotator 2‖learned) = {metrics['kl_annotator2_learned']:.2f})",
-        fontsize=10,
-    )
-    ax.legend(frameon=False, fontsize=9, loc="upper left")
-    fig.savefig(path)
-    plt.close(fig)
+            ax.plot(x, curves[name], label=label, **style)
+        ax.set_xlim(-7.5, 7.5)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("x (coffee temperature)")
+        ax.set_ylabel("density")
+        ax.set_title(
+            f"KL(theory ‖ learned) = {metrics['kl_theory_learned']:.4f};  "
+            f"KL(annotator 1 ‖ learned) = {metrics['kl_annotator1_learned']:.2f},  "
+            f"KL(annotator 2 ‖ learned) = {metrics['kl_annotator2_learned']:.2f}",
+            fontsize=10,
+        )
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        bottom.suptitle("Fig. 5: the single-annotator model serves lukewarm coffee")
+        fig.savefig(path)
+        plt.close(fig)

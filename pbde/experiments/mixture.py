@@ -21,7 +21,7 @@ import torch
 
 import pbde
 from pbde.experiments import toy
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot, rounded
 from pbde.mixture import LatentMixture
 
 
@@ -131,49 +131,56 @@ def run(settings: Settings | None = None, *, progress: bool | None = None) -> Re
             "fit_seconds": fit.seconds,
         }
 
-    def plot(path):
-        _plot(grid, annotators, pi_pre, [components[i] for i in order], marginal, metrics, path)
-
+        figure = _figure(annotators, pi_pre, [components[i] for i in order], marginal)
     data = {"model": model, "prefs": prefs, "annotator_id": who, "pi_pre": pi_pre, "order": order}
-    return Result("mixture", settings, metrics, time.perf_counter() - began, plot, data)
+    return Result("mixture", settings, metrics, time.perf_counter() - began, data=data,
+                  figure=figure, draw=draw)  # fmt: skip
 
 
-def _plot(grid, annotators, pi_pre, components, marginal, metrics, path):
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), dpi=110)
-    x = grid.points
-    w1, w2 = metrics["weights"]
-    curves = [
-        (annotators[0], "annotator 1: N(−2.5, 0.25), w = 0.4", dict(color="tab:blue", ls="--")),
-        (annotators[1], "annotator 2: N(2.5, 1), w = 0.6", dict(color="tab:pink", ls="-.")),
-        (pi_pre, "π_pre (both components start here)", dict(color="tab:orange", ls=":")),
-        (components[0], f"component 1 (w = {w1:.3f})", dict(color="tab:green", lw=2, alpha=0.8)),
-        (components[1], f"component 2 (w = {w2:.3f})", dict(color="tab:purple", lw=2, alpha=0.8)),
-    ]
+def _figure(annotators, pi_pre, components, marginal) -> dict:
+    """The densities the figure shows, on :func:`toy.plot_points`, for the JSON (components in
+    the annotators' order)."""
+    x = toy.plot_points()
+    named = [("annotator1", annotators[0]), ("annotator2", annotators[1]), ("pi_pre", pi_pre),
+             ("component1", components[0]), ("component2", components[1]),
+             ("p_star", toy.paper_p_star()), ("mixture", marginal)]  # fmt: skip
     with torch.no_grad():
-        for density, label, style in curves:
-            left.plot(x.numpy(), density.prob(x).double().numpy(), label=label, **style)
-        right.plot(x.numpy(), toy.paper_p_star().prob(x).double().numpy(),
-                   label="p* = 0.4·p*_1 + 0.6·p*_2 (eq. 10)", color="k", ls="--")  # fmt: skip
-        right.plot(x.numpy(), marginal.prob(x).double().numpy(), label="w_1·π_1 + w_2·π_2",
-                   color="tab:red", lw=2, alpha=0.8)  # fmt: skip
-        right.plot(x.numpy(), pi_pre.prob(x).double().numpy(), label="π_pre", color="tab:orange",
-                   ls=":")  # fmt: skip
-    left.set_title(
-        "Fig. 11: each component recovers one annotator "
-        f"(KL = {metrics['kl_annotator1_component']:.3f}, "
-        f"{metrics['kl_annotator2_component']:.3f})",
-        fontsize=10,
-    )
-    right.set_title(
-        f"the weighted mixture recovers p* (KL(p*‖mixture) = {metrics['kl_p_star_mixture']:.3f})",
-        fontsize=10,
-    )
-    for ax in (left, right):
-        ax.set_xlim(-7.5, 7.5)
-        ax.set_xlabel("x (coffee temperature)")
-        ax.set_ylabel("density")
-        ax.legend(frameon=False, fontsize=8.5, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        return {"x": rounded(x), "curves": {k: rounded(d.prob(x).double()) for k, d in named}}
+
+
+def draw(report: dict, path) -> None:
+    """Draw Fig. 11 from a report (:meth:`Result.report` or the JSON file): each component
+    next to its annotator (top), the weighted mixture next to p* (bottom)."""
+    plt = pyplot()
+    metrics, x, curves = report["metrics"], report["figure"]["x"], report["figure"]["curves"]
+    w1, w2 = metrics["weights"]
+    with page_style():
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(PAGE_WIDTH, 7.6), sharex=True,
+                                          layout="constrained")  # fmt: skip
+        for axis, name, label, style in [
+            (top, "annotator1", "annotator 1: mean −2.5, sd 0.25, weight 0.4", dict(color="tab:blue", ls="--", zorder=3)),
+            (top, "annotator2", "annotator 2: mean 2.5, sd 1, weight 0.6", dict(color="tab:pink", ls="--", zorder=3)),
+            (top, "pi_pre", r"$\pi_{\rm ref}$ (both components start here)", dict(color="tab:orange", ls=":", lw=1.6)),
+            (top, "component1", f"component 1 (learned weight {w1:.3f})", dict(color="tab:green", lw=3, alpha=0.6)),
+            (top, "component2", f"component 2 (learned weight {w2:.3f})", dict(color="tab:purple", lw=3, alpha=0.6)),
+            (bottom, "mixture", r"learned mixture $w_1 \pi_1 + w_2 \pi_2$", dict(color="tab:red", lw=3, alpha=0.6)),
+            (bottom, "p_star", r"$p^* = 0.4\, p^*_1 + 0.6\, p^*_2$ (eq. 10)", dict(color="black", ls=(0, (3, 2)), lw=1.3, zorder=3)),
+            (bottom, "pi_pre", r"$\pi_{\rm ref}$", dict(color="tab:orange", ls=":", lw=1.6)),
+        ]:  # fmt: skip
+            axis.plot(x, curves[name], label=label, **style)
+        top.set_title(
+            "Fig. 11: each component recovers one annotator: KL(annotator ‖ component) = "
+            f"{metrics['kl_annotator1_component']:.3f}, {metrics['kl_annotator2_component']:.3f}"
+        )
+        bottom.set_title(
+            f"the weighted mixture recovers $p^*$: KL($p^*$ ‖ mixture) = "
+            f"{metrics['kl_p_star_mixture']:.3f}"
+        )
+        for axis in (top, bottom):
+            axis.set_xlim(-7.5, 7.5)
+            axis.set_ylim(bottom=0)
+            axis.set_ylabel("density")
+            axis.legend(loc="upper right")
+        bottom.set_xlabel("x (coffee temperature)")
+        fig.savefig(path)
+        plt.close(fig)

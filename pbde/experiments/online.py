@@ -3,12 +3,20 @@
 Dumoulin et al. (§6, "Stationarity") ask whether drawing every pair up front from π_pre is better
 than alternating between querying pairs drawn from the current model and re-fitting, and whether
 active learning reduces the number of queries. This experiment answers with numbers, with
-:func:`pbde.online.run` and three proposals:
+:func:`pbde.online.run` and these proposals:
 
 * ``static``: both items from π_pre (π_0), the paper's setting, queried in instalments;
 * ``on_policy``: both items from the current model (iterative DPO, Xiong et al.);
-* ``active``: from ``active_pool`` on-policy candidates per query, the pairs whose label the
-  current model is least sure of (:class:`pbde.online.Active`).
+* ``active``: :class:`pbde.online.Active` with its default criterion — from ``active_pool``
+  on-policy candidates per query, a greedy batch of the pairs a Laplace posterior over the model
+  says are worth most (:mod:`pbde.posterior`);
+* ``bald`` and ``policy``: the same with each of its two criteria named (the mutual information
+  between the label and the parameters; the expected drop of the policy's posterior KL);
+* ``uncertainty``: the pairs whose *label* the current model is least sure of (uncertainty
+  sampling, ``Active(criterion="label_entropy")``).
+
+Strategies alternate within each seed (seed k runs every strategy before seed k + 1), so a
+slow stretch of a shared machine does not land on one of them.
 
 on two problems with a known optimum (Lemma 1: eq. 16, the same for every proposal, so the pooled
 data of every strategy share it):
@@ -21,9 +29,10 @@ data of every strategy share it):
   π* ∝ π_0 · exp(r/η).
 
 KL(target ‖ π_θ) is recorded after every round against the cumulative number of queries, for
-``repeats`` seeds; the metrics give, per strategy, the queries after which KL stays ≤
-``kl_threshold`` for every later round (median over seeds, a seed that never gets there counting
-as +∞; ``None`` if the median is not reached within the budget).
+``repeats`` seeds; the metrics give, per strategy, the queries after which KL stays ≤ each
+threshold for every later round (median over seeds, a seed that never gets there counting as
++∞; ``None`` if the median is not reached within the budget), and the wall time per round spent
+choosing the pairs and re-fitting.
 
 The paper has no online experiment, so the defaults are chosen to answer the question on a
 small CPU in a few minutes rather than copied from it: the paper's fits take 8192 steps on 2^16
@@ -48,7 +57,15 @@ from pbde import online
 from pbde.experiments import toy
 from pbde.experiments.base import Result, pyplot
 
-STRATEGIES = ("static", "on_policy", "active")
+STRATEGIES = ("static", "on_policy", "active", "uncertainty")
+PROPOSALS = {
+    "static": lambda pool: "static",
+    "on_policy": lambda pool: "on_policy",
+    "active": lambda pool: online.Active(pool=pool),
+    "bald": lambda pool: online.Active(pool=pool, criterion="bald"),
+    "policy": lambda pool: online.Active(pool=pool, criterion="policy"),
+    "uncertainty": lambda pool: online.Active(pool=pool, criterion="label_entropy"),
+}
 
 
 @dataclass
@@ -56,11 +73,13 @@ class Settings:
     """Settings of the online experiment (see the module docstring for why these sizes).
 
     Attributes:
-        strategies: proposal strategies to compare: ``"static"``, ``"on_policy"``, ``"active"``.
+        strategies: proposal strategies to compare, names of :data:`PROPOSALS`
+            (``"static"``, ``"on_policy"``, ``"active"``, ``"bald"``, ``"policy"``,
+            ``"uncertainty"``).
         repeats: seeds per strategy and problem.
-        kl_threshold: the KL(target ‖ π_θ) whose query count is reported on the 1-D toy.
-        bandit_kl_threshold: the same on the bandit (whose π_0 starts at KL 0.078 from π* with
-            the default rewards, so 0.05 would tell the strategies apart by nothing).
+        kl_threshold: the KL(target ‖ π_θ) whose query count is reported (both problems).
+        bandit_kl_threshold: a second, smaller threshold on the bandit (whose π_0 starts at KL
+            0.078 from π* with the default rewards, so 0.05 tells the strategies apart little).
         active_pool: candidate pairs per query for ``"active"``.
         toy_beta: DPO's β on the 1-D toy.
         toy_queries: pairs queried in each round on the 1-D toy.
@@ -128,11 +147,9 @@ def fast() -> Settings:
 
 
 def _proposal(strategy: str, pool: int):
-    if strategy == "active":
-        return online.Active(pool=pool)
-    if strategy in ("static", "on_policy"):
-        return strategy
-    raise ValueError(f"'strategies' must hold names of {list(STRATEGIES)}. Got {strategy!r}.")
+    if strategy not in PROPOSALS:
+        raise ValueError(f"'strategies' must hold names of {list(PROPOSALS)}. Got {strategy!r}.")
+    return PROPOSALS[strategy](pool)
 
 
 def _median_queries(values: list[int | None]) -> int | float | None:
@@ -144,45 +161,55 @@ def _median_queries(values: list[int | None]) -> int | float | None:
     return int(median) if float(median).is_integer() else float(median)
 
 
-def _study(make_model, annotator, support, sizes, refit, threshold, settings, progress):
-    """Every strategy × repeat on one problem: KL curves and queries to the threshold."""
-    curves, metrics = {}, {}
-    for strategy in settings.strategies:
-        runs = []
-        for k in range(settings.repeats):
-            result = online.run(
-                make_model(),
-                annotator,
-                rounds=len(sizes),
-                queries_per_round=list(sizes),
-                proposal=_proposal(strategy, settings.active_pool),
-                refit=refit,
-                support=support,
-                seed=settings.seed + 1000 * k,
-                progress=progress,
+def _study(make_model, annotator, support, sizes, refit, thresholds, settings, progress):
+    """Every strategy × repeat on one problem, the strategies alternating within each seed: KL
+    curves, queries to each threshold, and the time per round."""
+    runs = {strategy: [] for strategy in settings.strategies}
+    for k in range(settings.repeats):
+        for strategy in settings.strategies:
+            runs[strategy].append(
+                online.run(
+                    make_model(),
+                    annotator,
+                    rounds=len(sizes),
+                    queries_per_round=list(sizes),
+                    proposal=_proposal(strategy, settings.active_pool),
+                    refit=refit,
+                    support=support,
+                    seed=settings.seed + 1000 * k,
+                    progress=progress,
+                )
             )
-            runs.append(result)
-        reached = [r.queries_to_reach(kl=threshold, stay=True) for r in runs]
-        kls = torch.tensor([r.kl for r in runs], dtype=torch.float64)  # (repeats, rounds)
-        xa = torch.cat([r.data.xa for r in runs])
-        xb = torch.cat([r.data.xb for r in runs])
+    curves, metrics = {}, {}
+    for strategy, results in runs.items():
+        kls = torch.tensor([r.kl for r in results], dtype=torch.float64)  # (repeats, rounds)
+        xa = torch.cat([r.data.xa for r in results])
+        xb = torch.cat([r.data.xb for r in results])
+        rounds = len(results) * len(sizes)
         curves[strategy] = {
-            "queries": runs[0].queries,
+            "queries": results[0].queries,
             "median": kls.median(0).values.tolist(),
             "low": kls.min(0).values.tolist(),
             "high": kls.max(0).values.tolist(),
         }
-        metrics[strategy] = {
-            "queries_to_threshold": _median_queries(reached),
-            "queries_to_threshold_per_seed": reached,
-            "final_kl": float(kls[:, -1].median()),
-            "kl_per_round": curves[strategy]["median"],
-            "identical_pair_fraction": float((xa == xb).double().mean()),
-            "seconds": sum(r.seconds for r in runs),
-        }
+        metrics[strategy] = {"queries_to": {}, "queries_to_per_seed": {}}
+        for threshold in thresholds:
+            reached = [r.queries_to_reach(kl=threshold, stay=True) for r in results]
+            metrics[strategy]["queries_to"][f"{threshold:g}"] = _median_queries(reached)
+            metrics[strategy]["queries_to_per_seed"][f"{threshold:g}"] = reached
+        metrics[strategy].update(
+            {
+                "final_kl": float(kls[:, -1].median()),
+                "kl_per_round": curves[strategy]["median"],
+                "identical_pair_fraction": float((xa == xb).double().mean()),
+                "seconds": sum(r.seconds for r in results),
+                "selection_seconds_per_round": sum(r.selection_seconds for r in results) / rounds,
+                "fit_seconds_per_round": sum(r.fit_seconds for r in results) / rounds,
+            }
+        )
         if xa.is_floating_point():  # how far apart the queried items are (1-D toy)
             metrics[strategy]["median_pair_distance"] = float((xa - xb).abs().double().median())
-        metrics[strategy]["initial_kl"] = runs[0].initial_kl
+        metrics[strategy]["initial_kl"] = results[0].initial_kl
     return curves, metrics
 
 
@@ -215,7 +242,7 @@ def run(settings: Settings, *, progress: bool | None = None) -> Result:
         grid,
         settings.toy_queries,
         refit_toy,
-        settings.kl_threshold,
+        (settings.kl_threshold,),
         settings,
         progress,
     )
@@ -240,7 +267,7 @@ def run(settings: Settings, *, progress: bool | None = None) -> Result:
         torch.arange(size),
         settings.bandit_queries,
         refit_bandit,
-        settings.bandit_kl_threshold,
+        (settings.kl_threshold, settings.bandit_kl_threshold),
         settings,
         progress,
     )
@@ -249,9 +276,12 @@ def run(settings: Settings, *, progress: bool | None = None) -> Result:
     metrics = {
         "kl_threshold": settings.kl_threshold,
         "bandit_kl_threshold": settings.bandit_kl_threshold,
-        "toy_queries_to_threshold": {s: m["queries_to_threshold"] for s, m in toy_metrics.items()},
+        "toy_queries_to_threshold": {
+            s: m["queries_to"][f"{settings.kl_threshold:g}"] for s, m in toy_metrics.items()
+        },
         "bandit_queries_to_threshold": {
-            s: m["queries_to_threshold"] for s, m in bandit_metrics.items()
+            s: m["queries_to"][f"{settings.bandit_kl_threshold:g}"]
+            for s, m in bandit_metrics.items()
         },
         "toy_initial_kl": next(iter(toy_metrics.values()))["initial_kl"],
         "bandit_initial_kl": next(iter(bandit_metrics.values()))["initial_kl"],
@@ -265,7 +295,7 @@ def run(settings: Settings, *, progress: bool | None = None) -> Result:
 
     def plot(path):
         plt = pyplot()
-        figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        figure, axes = plt.subplots(1, 2, figsize=(11, 5.2))
         panels = (
             (axes[0], toy_curves, f"1-D toy: DPO (β = {settings.toy_beta:g}) under p* (eq. 10)"),
             (
@@ -274,29 +304,50 @@ def run(settings: Settings, *, progress: bool | None = None) -> Result:
                 f"bandit: r = {tuple(settings.bandit_rewards)}, η = {settings.bandit_eta:g}",
             ),
         )
-        thresholds = (settings.kl_threshold, settings.bandit_kl_threshold)
-        for (ax, curves, title), threshold in zip(panels, thresholds, strict=True):
+        thresholds = (
+            (settings.kl_threshold,),
+            (settings.kl_threshold, settings.bandit_kl_threshold),
+        )
+        for (ax, curves, title), levels in zip(panels, thresholds, strict=True):
             for strategy, curve in curves.items():
                 floor = 1e-5  # KL can touch 0 on a log axis
                 median = [max(v, floor) for v in curve["median"]]
-                (line,) = ax.plot(curve["queries"], median, marker="o", label=strategy)
+                (line,) = ax.plot(curve["queries"], median, marker="o", ms=4, label=strategy)
                 if settings.repeats > 1:
                     ax.fill_between(
                         curve["queries"],
                         [max(v, floor) for v in curve["low"]],
                         [max(v, floor) for v in curve["high"]],
                         color=line.get_color(),
-                        alpha=0.15,
+                        alpha=0.12,
+                        linewidth=0,
                     )
-            ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label="threshold")
+            for level, style in zip(levels, ("--", ":"), strict=False):
+                ax.axhline(
+                    level, color="black", linestyle=style, linewidth=1, label=f"KL = {level:g}"
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ticks = next(iter(curves.values()))["queries"]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
+            ax.minorticks_off()
             ax.set_xlabel("annotator queries (cumulative)")
             ax.set_ylabel("KL(optimum ‖ model)")
             ax.set_title(title, fontsize=10)
-            ax.legend(title=f"median of {settings.repeats} seeds (band: min–max)", fontsize=8)
+        handles, labels = axes[1].get_legend_handles_labels()  # the bandit has both levels
+        band = " (band: min–max)" if settings.repeats > 1 else ""
+        figure.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=len(labels),
+            frameon=False,
+            fontsize=9,
+            title=f"median over {settings.repeats} seed(s){band}",
+            title_fontsize=9,
+        )
         figure.suptitle("Online preference learning: KL to the optimum vs number of queries")
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0.1, 1, 1))
         figure.savefig(path, dpi=120)
         plt.close(figure)
 

@@ -28,7 +28,7 @@ import torch
 
 import pbde
 from pbde.experiments import toy
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot, rounded
 
 
 @dataclass
@@ -85,33 +85,33 @@ def _specs(sweep: tuple[float, ...] | None = None) -> dict[str, _Spec]:
 
     return {
         "reward": _Spec(
-            "reward", "A reward model learns p* (up to normalization): Fig. 1 / 7", luce,
+            "reward", r"A reward model learns $p^*$ up to normalization (Fig. 1 / 7)", luce,
             [_Run("reward model (Luce, fresh init)", lambda pre: pbde.luce())],
             fresh_start=True, uniform_pairs=True,
         ),
         "dpo-wellspecified": _Spec(
-            "dpo-wellspecified", "DPO annotator, DPO model (β = 4): the fit recovers p* (Fig. 2)",
+            "dpo-wellspecified", r"DPO annotator, DPO model (β = 4): the fit recovers $p^*$ (Fig. 2)",
             lambda p_star, pi_pre: pbde.Annotator(p_star, pbde.dpo(4.0, pi_pre)),
             [_Run("DPO model, β = 4", lambda pre: pbde.dpo(4.0, pre))],
         ),
         "dpo": _Spec(
-            "dpo", "Luce annotator, DPO model: π ∝ π_pre·p*^(1/β) (Fig. 3, eq. 16)", luce,
+            "dpo", r"Luce annotator, DPO model: $\pi \propto \pi_{\rm ref}\, (p^*)^{1/\beta}$ (Fig. 3, eq. 16)", luce,
             [_Run(f"β = {b:g}", lambda pre, b=b: pbde.dpo(b, pre))
              for b in values((1.0, 4.0, 16.0))],
         ),
         "geometric": _Spec(
-            "geometric", "Geometric behavior: π ∝ π_pre^(1−α)·p*^α (Fig. 8, eq. 18)", luce,
+            "geometric", r"Geometric behavior: $\pi \propto \pi_{\rm ref}^{1-\alpha}\, (p^*)^{\alpha}$ (Fig. 8, eq. 18)", luce,
             [_Run(f"α = {fraction(a)}", lambda pre, a=a: pbde.geometric(a, pre))
              for a in values((1.0, 1 / 4, 1 / 16))],
         ),
         "slic": _Spec(
-            "slic", "SLiC-HF-direct (eq. 20): margin δ and regularization λ (Fig. 9)", luce,
+            "slic", "SLiC-HF-direct (eq. 20): margin δ (rows) and regularization λ (columns), Fig. 9", luce,
             [_Run(f"δ = {d:g}, λ = {lam:g}", lambda pre: pbde.luce(), "hinge", {"delta": d},
                   nll_weight=lam, theory=False)
              for lam in (0.0, 1.0) for d in values((0.0, 0.25, 0.5, 1.0, 2.0))],
         ),
         "ipo": _Spec(
-            "ipo", "IPO (Azar et al. eq. 17) on Luce labels, τ sweep (Fig. 10)", luce,
+            "ipo", "IPO (Azar et al., eq. 17) on Luce labels, τ sweep (Fig. 10)", luce,
             [_Run(f"τ = {t:g}", lambda pre: pbde.dpo(1.0, pre), "ipo", {"tau": t})
              for t in values((0.1, 0.5, 1.0))],
         ),
@@ -206,52 +206,78 @@ def run(name: str, settings: Settings | None = None, *, progress: bool | None = 
     metrics["runs"] = runs
     metrics["fit_seconds"] = fit_seconds
 
-    def plot(path):
-        _plot(spec, grid, p_star, pi_pre, models, theories, runs, path)
-
+    figure = _figure(p_star, pi_pre, models, theories, list(runs))
     data = {"models": models, "theories": theories, "pi_pre": pi_pre, "prefs": prefs}
-    return Result(name, settings, metrics, time.perf_counter() - began, plot, data)
+    return Result(name, settings, metrics, time.perf_counter() - began, data=data, figure=figure,
+                  draw=draw)  # fmt: skip
 
 
-def _plot(spec, grid, p_star, pi_pre, models, theories, runs, path):
-    plt = pyplot()
-    n = len(models)
-    columns = min(n, 5)
-    rows = (n + columns - 1) // columns
-    width = max(3.4 * columns, 7.5)  # one panel: wide enough for the legend
-    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.9 * rows + 0.9), dpi=110,
-                             squeeze=False, sharex=True, sharey=True)  # fmt: skip
-    x = grid.points.numpy()
+def _figure(p_star, pi_pre, models, theories, labels) -> dict:
+    """The curves the figure shows, on :func:`toy.plot_points`, for the JSON."""
+    x = toy.plot_points()
     with torch.no_grad():
-        common = [(p_star, "p* (annotator, eq. 10)", dict(color="tab:blue", ls="--")),
-                  (pi_pre, "π_pre", dict(color="tab:orange", ls=":"))]  # fmt: skip
-        curves = [
-            (d, label, style, d.prob(grid.points).double().numpy()) for d, label, style in common
-        ]
-        for ax, model, theory, label in zip(axes.flat, models, theories, runs, strict=False):
-            for _, name, style, y in curves:
-                ax.plot(x, y, label=name, **style)
+        figure = {
+            "x": rounded(x),
+            "p_star": rounded(p_star.prob(x).double()),
+            "pi_pre": rounded(pi_pre.prob(x).double()),
+            "runs": {},
+        }
+        for model, theory, label in zip(models, theories, labels, strict=True):
+            entry = {"learned": rounded(model.density.prob(x).double())}
             if theory is not None:
-                ax.plot(x, theory.prob(grid.points).numpy(), color="tab:red", ls="-.",
-                        label="theory (optimum)")  # fmt: skip
-            learned = model.density.prob(grid.points).double().numpy()
-            ax.plot(x, learned, color="tab:green", lw=1.8, alpha=0.85, label="learned")
-            m = runs[label]
-            note = (f"KL(theory‖learned) = {m['kl_theory_learned']:.4f}"
-                    if "kl_theory_learned" in m else f"KL(p*‖learned) = {m['kl_p_star_learned']:.3f}")  # fmt: skip
-            ax.set_title(f"{label}\n{note}", fontsize=9)
+                entry["theory"] = rounded(theory.prob(x).double())
+            figure["runs"][label] = entry
+    return figure
+
+
+def draw(report: dict, path) -> None:
+    """Draw a sweep's figure from its report (:meth:`Result.report` or the JSON file): one panel
+    per fitted model, the theory dashed on top of the learned density; SLiC's δ × λ grid as
+    rows δ and columns λ."""
+    plt = pyplot()
+    spec = _specs()[report["experiment"]]
+    figure, metrics = report["figure"], report["metrics"]["runs"]
+    labels = list(figure["runs"])
+    n = len(labels)
+    if spec.name == "slic":  # the runs are λ-major: one column per λ, one row per δ
+        columns = 2 if n % 2 == 0 else 1
+        rows = n // columns
+        cells = [(i % rows, i // rows) for i in range(n)]
+    else:
+        columns = min(n, 3)
+        rows = -(-n // columns)
+        cells = [divmod(i, columns) for i in range(n)]
+    width = PAGE_WIDTH if n > 1 else 0.75 * PAGE_WIDTH
+    height = (2.3 if rows > 2 else 3.1) * rows + 1.3
+    x = figure["x"]
+    separator = ":  " if columns < 3 else "\n"  # narrow panels: the KL under the name
+    with page_style():
+        fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False,
+                                 sharex=True, sharey="row" if spec.name == "slic" else True,
+                                 layout="constrained")  # fmt: skip
+        for label, (row, column) in zip(labels, cells, strict=True):
+            ax, curves, m = axes[row, column], figure["runs"][label], metrics[label]
+            ax.plot(x, figure["p_star"], color="tab:blue", ls="--", lw=1.3,
+                    label=r"$p^*$ (the annotator's density, eq. 10)")  # fmt: skip
+            ax.plot(x, figure["pi_pre"], color="tab:orange", ls=":", lw=1.6,
+                    label=r"$\pi_{\rm ref}$ (the pre-trained model)")  # fmt: skip
+            ax.plot(x, curves["learned"], color="tab:green", lw=3.2, alpha=0.55, label="learned")
+            if "theory" in curves:
+                ax.plot(x, curves["theory"], color="black", ls=(0, (3, 2)), lw=1.3, zorder=3,
+                        label="theory (the optimum)")  # fmt: skip
+                note = f"KL(theory ‖ learned) = {m['kl_theory_learned']:.4f}"
+            else:
+                note = f"KL($p^*$ ‖ learned) = {m['kl_p_star_learned']:.3f}"
+            ax.set_title(label + separator + note)
             ax.set_xlim(-7.5, 7.5)
             ax.set_xticks([-5, 0, 5])
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("x")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("density")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
-               bbox_to_anchor=(0.5, 0.995), fontsize=9)  # fmt: skip
-    fig.suptitle(spec.title, y=0.005, va="bottom", fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.93))
-    fig.savefig(path)
-    plt.close(fig)
+            ax.set_ylim(bottom=0)
+        for ax in axes[-1]:
+            ax.set_xlabel("x")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("density")
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncol=2)
+        fig.suptitle(spec.title)
+        fig.savefig(path)
+        plt.close(fig)

@@ -101,3 +101,9 @@ def draw_uniform_pairs(grid: pbde.Grid, pairs: int, seed: int) -> tuple[torch.Te
     setting, "uniformly at random in [−10, 10]²", on the grid π_pre is normalized on)."""
     index = torch.randint(0, grid.size, (2, pairs), generator=torch.Generator().manual_seed(seed))
     return grid.points[index[0]], grid.points[index[1]]
+
+
+def plot_points(points: int = 1001) -> torch.Tensor:
+    """Where the figures draw the 1-D densities: ``points`` evenly spaced on [−7.5, 7.5] (the
+    annotators and π_pre have negligible mass beyond), in float64."""
+    return torch.linspace(-7.5, 7.5, points, dtype=torch.float64)
