@@ -213,6 +213,44 @@ def test_redraw_from_json(tmp_path):
     assert again == tmp_path / "elsewhere" / "ipo-bandit.png" and again.read_bytes() == drawn
 
 
+def test_redraw_online_from_json(tmp_path):
+    """The online figure drawn again from its JSON is the same PNG; its numbers are the
+    cumulative query counts of the settings and, per round, the median between the lowest and
+    the highest seed's KL."""
+    settings = experiments.settings_for(
+        "online", quick=True, repeats=2, strategies=("static", "uncertainty"),
+        toy_queries=(16, 16), toy_fit_steps=5, toy_pretrain_steps=20, toy_grid_size=129,
+        toy_hidden=(8,), toy_eval_points=201, bandit_queries=(16, 16, 32), bandit_fit_steps=5,
+    )  # fmt: skip
+    result = experiments.run("online", settings, progress=False)
+    json_path, png = result.save(tmp_path / "run")
+    drawn = png.read_bytes()
+    report = json.loads(json_path.read_text())
+    figure = report["figure"]
+    assert figure["seeds"] == 2
+    assert figure["toy"]["thresholds"] == [0.05]
+    assert figure["bandit"]["thresholds"] == [0.05, 0.005]
+    for part, sizes in (("toy", settings.toy_queries), ("bandit", settings.bandit_queries)):
+        curves = figure[part]["curves"]
+        assert list(curves) == ["static", "uncertainty"]
+        for strategy, curve in curves.items():
+            assert curve["queries"] == np.cumsum(sizes).tolist()
+            low, median, high = (np.asarray(curve[k]) for k in ("low", "median", "high"))
+            assert low.shape == (len(sizes),) and np.all(low <= median) and np.all(median <= high)
+            metric = report["metrics"][part][strategy]["kl_per_round"]
+            np.testing.assert_allclose(median, metric, rtol=1e-3)  # 4 significant digits
+    png.unlink()
+    assert experiments.redraw(json_path) == png
+    assert png.read_bytes() == drawn
+    # a report without the figure's numbers: an error naming the file, no PNG
+    old = tmp_path / "old" / "online.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({key: report[key] for key in report if key != "figure"}))
+    with pytest.raises(ValueError, match="online.json' lacks the numbers the figure of 'online'"):
+        experiments.redraw(old)
+    assert not (tmp_path / "old" / "online.png").exists()
+
+
 def test_redraw_refuses_what_it_cannot_draw(tmp_path):
     missing = tmp_path / "missing.json"
     with pytest.raises(ValueError, match="'report' must be an existing JSON file.*missing.json"):

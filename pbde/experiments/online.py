@@ -55,7 +55,7 @@ import torch
 import pbde
 from pbde import online
 from pbde.experiments import toy
-from pbde.experiments.base import Result, pyplot
+from pbde.experiments.base import PAGE_WIDTH, Result, page_style, pyplot, rounded
 
 STRATEGIES = ("static", "on_policy", "active", "uncertainty")
 PROPOSALS = {
@@ -293,69 +293,99 @@ def run(settings: Settings, *, progress: bool | None = None) -> Result:
         for m in part.values():
             del m["initial_kl"]
 
-    def plot(path):
-        plt = pyplot()
-        figure, axes = plt.subplots(1, 2, figsize=(11, 5.2))
-        panels = (
-            (axes[0], toy_curves, f"1-D toy: DPO (β = {settings.toy_beta:g}) under p* (eq. 10)"),
-            (
-                axes[1],
-                bandit_curves,
-                f"bandit: r = {tuple(settings.bandit_rewards)}, η = {settings.bandit_eta:g}",
-            ),
-        )
-        thresholds = (
-            (settings.kl_threshold,),
-            (settings.kl_threshold, settings.bandit_kl_threshold),
-        )
-        for (ax, curves, title), levels in zip(panels, thresholds, strict=True):
-            for strategy, curve in curves.items():
-                floor = 1e-5  # KL can touch 0 on a log axis
-                median = [max(v, floor) for v in curve["median"]]
-                (line,) = ax.plot(curve["queries"], median, marker="o", ms=4, label=strategy)
-                if settings.repeats > 1:
-                    ax.fill_between(
-                        curve["queries"],
-                        [max(v, floor) for v in curve["low"]],
-                        [max(v, floor) for v in curve["high"]],
-                        color=line.get_color(),
-                        alpha=0.12,
-                        linewidth=0,
-                    )
-            for level, style in zip(levels, ("--", ":"), strict=False):
-                ax.axhline(
-                    level, color="black", linestyle=style, linewidth=1, label=f"KL = {level:g}"
-                )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ticks = next(iter(curves.values()))["queries"]
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
-            ax.minorticks_off()
-            ax.set_xlabel("annotator queries (cumulative)")
-            ax.set_ylabel("KL(optimum ‖ model)")
-            ax.set_title(title, fontsize=10)
-        handles, labels = axes[1].get_legend_handles_labels()  # the bandit has both levels
-        band = " (band: min–max)" if settings.repeats > 1 else ""
-        figure.legend(
-            handles,
-            labels,
-            loc="lower center",
-            ncol=len(labels),
-            frameon=False,
-            fontsize=9,
-            title=f"median over {settings.repeats} seed(s){band}",
-            title_fontsize=9,
-        )
-        figure.suptitle("Online preference learning: KL to the optimum vs number of queries")
-        figure.tight_layout(rect=(0, 0.1, 1, 1))
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-
     return Result(
         experiment="online",
         settings=settings,
         metrics=metrics,
         seconds=time.perf_counter() - began,
-        plot=plot,
         data={"toy_curves": toy_curves, "bandit_curves": bandit_curves},
+        figure=_figure(settings, toy_curves, bandit_curves),
+        draw=draw,
     )
+
+
+#: the strategies' names in the figure
+LABELS = {
+    "static": r"static pairs (from $\pi_{\rm ref}$)",
+    "on_policy": "on-policy pairs",
+    "active": "active (posterior, policy criterion)",
+    "bald": "active: BALD",
+    "policy": "active: policy criterion",
+    "uncertainty": "uncertainty sampling",
+}
+
+
+def _figure(settings: Settings, toy_curves: dict, bandit_curves: dict) -> dict:
+    """The numbers the figure is drawn from, for the JSON: per panel its title's parameters, its
+    KL thresholds and, per strategy, the cumulative query counts and the median, lowest and
+    highest KL over seeds after each round."""
+
+    def curves(panel: dict) -> dict:
+        return {
+            strategy: {"queries": list(curve["queries"])}
+            | {key: rounded(curve[key]) for key in ("median", "low", "high")}
+            for strategy, curve in panel.items()
+        }
+
+    return {
+        "seeds": settings.repeats,
+        "toy": {
+            "beta": settings.toy_beta,
+            "thresholds": [settings.kl_threshold],
+            "curves": curves(toy_curves),
+        },
+        "bandit": {
+            "rewards": list(settings.bandit_rewards),
+            "eta": settings.bandit_eta,
+            "thresholds": [settings.kl_threshold, settings.bandit_kl_threshold],
+            "curves": curves(bandit_curves),
+        },
+    }
+
+
+def draw(report: dict, path) -> None:
+    """Draw the online figure from a report (:meth:`Result.report` or the JSON file): KL to the
+    optimum against the cumulative number of annotator queries, one line per strategy (the
+    median over seeds, a band from the lowest to the highest seed), on the 1-D toy and on the
+    bandit, with the KL thresholds of the metrics."""
+    from matplotlib.ticker import NullLocator
+
+    plt = pyplot()
+    figure = report["figure"]
+    seeds = figure["seeds"]
+    toy_panel, bandit_panel = figure["toy"], figure["bandit"]
+    rewards = ", ".join(f"{r:g}" for r in bandit_panel["rewards"])
+    titles = (
+        rf"1-D toy: Luce annotator $p^*$ (eq. 10), DPO, $\beta = {toy_panel['beta']:g}$",
+        rf"bandit: $r$ = ({rewards}), DPO, $\beta = \eta = {bandit_panel['eta']:g}$",
+    )
+    floor = 1e-5  # KL can touch 0 on a log axis
+    with page_style():
+        fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 4.9), layout="constrained")
+        for ax, panel, title in zip(axes, (toy_panel, bandit_panel), titles, strict=True):
+            for strategy, curve in panel["curves"].items():
+                queries = curve["queries"]
+                median = [max(v, floor) for v in curve["median"]]
+                label = LABELS.get(strategy, strategy)
+                (line,) = ax.plot(queries, median, marker="o", ms=4, label=label)
+                if seeds > 1:
+                    ax.fill_between(queries, [max(v, floor) for v in curve["low"]],
+                                    [max(v, floor) for v in curve["high"]],
+                                    color=line.get_color(), alpha=0.12, linewidth=0)  # fmt: skip
+            for level, style in zip(panel["thresholds"], ("--", ":"), strict=False):
+                ax.axhline(level, color="black", linestyle=style, linewidth=1,
+                           label=f"KL = {level:g}")  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ticks = next(iter(panel["curves"].values()))["queries"]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlabel("annotator queries (cumulative)")
+            ax.set_title(title)
+        axes[0].set_ylabel("KL(optimum ‖ model)")
+        handles, labels = axes[1].get_legend_handles_labels()  # the bandit has both levels
+        what = "one seed" if seeds == 1 else f"median over {seeds} seeds, band: lowest to highest"
+        fig.legend(handles, labels, loc="outside lower center", ncol=3, title=what)
+        fig.suptitle("Online preference learning: KL to the optimum vs number of queries")
+        fig.savefig(path)
+        plt.close(fig)
