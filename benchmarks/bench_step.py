@@ -13,8 +13,11 @@ Contenders, run in turn in one process (A B C … A B C …), each for ``--steps
 - ``naive+σ-tanh``: the naive step with tanh written as 2σ(2z) − 1 (plain autograd): how much
   of the gap is ``torch.tanh``'s cost on this build.
 - ``pbde.fit``: the library (distinct items, chunks, the frozen π_ref answering from memory,
-  no normalizer when f is constant, the energy network's faster evaluation:
-  ``pbde.densities.energy._mlp``), measured as the wall time of ``pbde.fit`` / steps.
+  no normalizer when f is constant, the energy network as plain tensor operations:
+  ``pbde.densities.energy._mlp``; the fused Adam step, no device read per step; on a GPU the
+  step recorded as a CUDA graph), measured as the wall time of ``pbde.fit`` / steps (its
+  ``FitResult.seconds``: the loop, which ends by reading every step's value from the device).
+- ``pbde.fit, no CUDA graph`` (on a GPU only): the same with ``cuda_graph=False``.
 - sweep β ∈ {1, 4, 16}: ``pbde.fit_ensemble`` (one batched model) against the three
   ``pbde.fit`` calls one after another; reported per step of the whole sweep.
 
@@ -26,6 +29,8 @@ the members that need it).
 
 Usage:
     python -m benchmarks.bench_step [--rounds 5] [--steps 20] [--pairs 32768] [--grid 65536]
+    python -m benchmarks.bench_step --rounds 5 --steps 200 --pairs 64 --grid 256 --no-sweep
+        # a tiny problem: arithmetic is negligible, the loop's own cost per step shows
     python -m benchmarks.bench_step --slic [--rounds 3] [--steps 6]
     python -m benchmarks.bench_step --device cuda   # every contender on a GPU
 """
@@ -119,9 +124,12 @@ def main() -> None:
     x, ref_diff, y = x.to(device), ref_diff.to(device), prefs.y.to(device)
     distinct = torch.unique(x).numel()
 
-    def run_pbde():
+    def run_pbde(cuda_graph=True):
         model = pbde.Annotator(copy.deepcopy(pi_pre), pbde.dpo(beta, pi_pre))
-        result = pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False, device=device)
+        result = pbde.fit(
+            model, prefs, steps=args.steps, lr=lr, progress=False, device=device,
+            check_convergence=False, cuda_graph=cuda_graph,
+        )  # fmt: skip
         return result.seconds / args.steps
 
     def sweep_models():
@@ -138,7 +146,8 @@ def main() -> None:
     def run_sequential():
         began = time.perf_counter()
         for model in sweep_models():
-            pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False, device=device)
+            pbde.fit(model, prefs, steps=args.steps, lr=lr, progress=False, device=device,
+                     check_convergence=False)  # fmt: skip
         return (time.perf_counter() - began) / args.steps
 
     if args.slic:
@@ -157,6 +166,8 @@ def main() -> None:
         ),
         "pbde.fit": run_pbde,
     }
+    if device.type == "cuda":
+        contenders["pbde.fit, no CUDA graph"] = lambda: run_pbde(cuda_graph=False)
     if not args.no_sweep:
         contenders["sweep: fit_ensemble"] = run_ensemble
         contenders["sweep: 3 x fit"] = run_sequential
@@ -181,6 +192,8 @@ def main() -> None:
 
     pairs = [("naive", "pbde.fit"), ("naive", "naive+chunks"), ("naive", "naive+dedup")]
     pairs += [("naive", "naive+σ-tanh"), ("naive+dedup", "pbde.fit")]
+    if device.type == "cuda":
+        pairs += [("naive", "pbde.fit, no CUDA graph"), ("pbde.fit, no CUDA graph", "pbde.fit")]
     for a, b in pairs:
         mid, low, high = ratio(a, b)
         print(f"speed-up {b} over {a}: {mid:.2f}x (rounds: {low:.2f}-{high:.2f})")

@@ -16,12 +16,13 @@ from pbde.annotators import (
 )
 from pbde.behavior import PBDE, dpo, geometric, length_normalized, luce
 from pbde.data import Preferences, TextPreferences, sample_pairs
+from pbde.ensemble import fit_ensemble
 from pbde.fit import (
+    ConvergenceWarning,
     FitResult,
     SeparationWarning,
     evaluate,
     fit,
-    fit_ensemble,
     nll_regularizer,
 )
 from pbde.psipo import ipo_population_loss, preference_against, psipo_optimum
@@ -61,6 +62,7 @@ __all__ = [
     "evaluate",
     "FitResult",
     "SeparationWarning",
+    "ConvergenceWarning",
     "save_model",
     "load_model",
     "nll_regularizer",

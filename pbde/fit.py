@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +28,6 @@ from pbde._validation import (
 from pbde.annotators import Annotator, PreferenceProcess
 from pbde.data import Preferences
 from pbde.densities.base import device_of, is_frozen
-from pbde.densities.energy import EnergyStack, stackable
 from pbde.densities.finite import Precomputed
 from pbde.io import PAD_TOKEN
 
@@ -122,6 +122,8 @@ def fit(
     eval_prefs: Preferences | None = None,
     eval_every: int | None = None,
     eval_batch_size: int | None = None,
+    check_convergence: bool = True,
+    cuda_graph: bool = True,
     **loss_kwargs,
 ) -> FitResult:
     """Fit an annotator model to preference data by minimizing a per-pair loss.
@@ -195,6 +197,12 @@ def fit(
             with ``eval/`` names: :func:`evaluate`'s metrics).
         eval_every: steps between evaluations (default: only at the end).
         eval_batch_size: pairs per forward pass of the evaluation (default ``batch_size``).
+        check_convergence: warn (:class:`ConvergenceWarning`) when a full-batch fit of
+            >= :data:`CONVERGENCE_MIN_STEPS` steps clearly did not converge (see
+            :func:`warn_if_unconverged`); ``False``: no check.
+        cuda_graph: on a GPU, a full-batch step without logging (the same tensors at every
+            step) is recorded once as a CUDA graph and replayed (the same values, to the
+            rounding of the learning rate to float32); ``False``: ordinary steps.
         **loss_kwargs: parameters of the loss (``tau`` for ``"ipo"``, ``delta`` for ``"hinge"``).
 
     Returns:
@@ -229,6 +237,9 @@ def fit(
         )
     loss_fn = _bind_loss(loss, loss_kwargs)
     _check_regularizer(regularizer)
+    for name, value in (("check_convergence", check_convergence), ("cuda_graph", cuda_graph)):
+        if not isinstance(value, bool):
+            raise TypeError(f"'{name}' must be True or False. Got {value!r}.")
     accumulation = check_int("gradient_accumulation", gradient_accumulation, 1)
     if log_every is not None:
         check_int("log_every", log_every, 1)
@@ -251,8 +262,9 @@ def fit(
     model.to(data.prefs.device)
     if is_validation_enabled():
         check_data_against_model(model, data.items)
+    separated = False
     if loss_fn.loss == "bce" or loss_fn.loss is _losses.bce:
-        warn_if_separated(model, data.prefs)
+        separated = warn_if_separated(model, data.prefs)
     fingerprint = None
     if checkpoint is not None:
         fingerprint = _fingerprint(
@@ -277,7 +289,7 @@ def fit(
         )
         return {f"eval/{name}": value for name, value in metrics.items()}
 
-    return optimize(
+    result = optimize(
         model,
         objective,
         steps=steps,
@@ -301,7 +313,13 @@ def fit(
         evaluate=evaluation if eval_prefs is not None else None,
         eval_every=eval_every,
         fingerprint=fingerprint,
+        static=data.full_batch and accumulation == 1 and data.world_size == 1 and log_every is None,
+        cuda_graph=cuda_graph,
     )
+    # separated data have no finite optimum: their warning says why the loss keeps falling
+    if check_convergence and data.full_batch and not separated and _distributed.is_main_process():
+        warn_if_unconverged(result)
+    return result
 
 
 #: the most optimization steps of one run (its loss history takes 16 bytes per step)
@@ -392,17 +410,18 @@ def separated_items(prefs: Preferences) -> tuple[list, list] | None:
     return never_lost, never_won
 
 
-def warn_if_separated(model, prefs: Preferences) -> None:
+def warn_if_separated(model, prefs: Preferences) -> bool:
     """Warn (:class:`SeparationWarning`) when a categorical model is fitted by maximum
-    likelihood to comparisons that separate its items (see :func:`separated_items`)."""
+    likelihood to comparisons that separate its items (see :func:`separated_items`); returns
+    whether it warned."""
     from pbde.densities.finite import Categorical
 
     annotators = _annotators(model)
     if not annotators or not all(isinstance(a.density, Categorical) for a in annotators):
-        return
+        return False
     found = separated_items(prefs)
     if found is None:
-        return
+        return False
     never_lost, never_won = found
 
     def listed(values):
@@ -418,6 +437,83 @@ def warn_if_separated(model, prefs: Preferences) -> None:
         "without bound, so the result depends on 'steps' and 'lr'. Add comparisons, a "
         "regularizer (pbde.nll_regularizer), or use a bounded loss ('ipo').",
         SeparationWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """The fit stopped while its objective was still falling steadily: more steps (or a larger
+    learning rate) would have lowered it further."""
+
+
+#: the shortest run :func:`warn_if_unconverged` judges (shorter runs are demonstrations and
+#: quick checks; :func:`fit` takes 1000 steps by default)
+CONVERGENCE_MIN_STEPS = 500
+
+
+def unconverged(
+    losses: torch.Tensor, learning_rates: torch.Tensor, *, tail: float = 0.1
+) -> tuple[float, float] | None:
+    """Whether a run's objective was still falling steadily when it stopped.
+
+    Judged from the recorded objective ``L_t`` (read once, at the end) over the last ``tail``
+    of the steps, against the whole run, per unit of learning rate (so that a schedule that
+    decays to 0 does not pass for convergence): the run is *unconverged* when
+
+    * it has >= :data:`CONVERGENCE_MIN_STEPS` steps, all finite, and fell overall;
+    * the objective did not rise at >= 90% of the steps of the tail (a steady descent, not the
+      noise of a converged or oscillating run), and fell by more than ``1e-6·(1 + |L_end|)``;
+    * over the tail it fell, per unit of learning rate spent there, at least a quarter as fast
+      as over the whole run (a converged run's descent per unit of learning rate is far slower
+      at the end than at the start).
+
+    Meant for full-batch runs, whose ``L_t`` is the objective itself (a mini-batch's is a
+    noisy estimate of it).
+
+    Args:
+        losses: the objective at each step, shape ``(steps,)``.
+        learning_rates: the learning rate of each step, shape ``(steps,)``.
+        tail: the fraction of the run judged as its end.
+
+    Returns:
+        ``None`` if the run is not judged unconverged, else ``(fall over the tail, ratio of the
+        tail's rate to the whole run's)``.
+    """
+    n = losses.shape[0]
+    if n < CONVERGENCE_MIN_STEPS:
+        return None
+    losses, rates = losses.double(), learning_rates.double()
+    if not bool(torch.isfinite(losses).all() and torch.isfinite(rates).all()):
+        return None
+    start = n - max(2, round(tail * n))
+    fall, fall_tail = float(losses[0] - losses[-1]), float(losses[start] - losses[-1])
+    steady = float((losses[start + 1 :] <= losses[start:-1]).double().mean())
+    if fall <= 0 or steady < 0.9 or fall_tail <= 1e-6 * (1 + abs(float(losses[-1]))):
+        return None
+    # the update of step t moves L_t to L_{t+1}: the falls above are over steps [.., n − 1)
+    spent, spent_tail = float(rates[: n - 1].sum()), float(rates[start : n - 1].sum())
+    if spent <= 0 or spent_tail <= 0:
+        return None
+    ratio = (fall_tail / spent_tail) / (fall / spent)
+    return (fall_tail, ratio) if ratio >= 0.25 else None
+
+
+def warn_if_unconverged(result: FitResult) -> None:
+    """Warn (:class:`ConvergenceWarning`) when :func:`unconverged` judges the run unconverged."""
+    found = unconverged(result.losses, result.learning_rates)
+    if found is None:
+        return
+    fall, ratio = found
+    import warnings
+
+    losses = result.losses
+    warnings.warn(
+        f"The fit did not converge: over its last 10% of steps the objective was still falling "
+        f"steadily (by {fall:.3g}, to {float(losses[-1]):.6g}), per unit of learning rate at "
+        f"{ratio:.0%} of its pace over the whole run. More 'steps' or a larger 'lr' would lower "
+        "it further (check_convergence=False turns this check off).",
+        ConvergenceWarning,
         stacklevel=3,
     )
 
@@ -512,141 +608,6 @@ def evaluate(
     stats = data.take_stats()
     out.update({k: v for k, v in stats.items() if not k.startswith("tokens")})
     return out
-
-
-def fit_ensemble(
-    models: Sequence[PreferenceProcess],
-    prefs: Preferences,
-    *,
-    loss: str | Callable | Sequence[str | Callable] = "bce",
-    loss_kwargs: dict | Sequence[dict] | None = None,
-    regularizer: Callable | Sequence[Callable | None] | None = None,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    batch_size: int | None = None,
-    replacement: bool = False,
-    schedule: str = "cosine",
-    seed: int = 0,
-    progress: bool | None = None,
-    device: str | torch.device | None = None,
-) -> list[FitResult]:
-    """Fit several models to the same data at once — a sweep (β, α, τ, δ…) in one run.
-
-    The result is that of :func:`fit` on each model alone with the same settings: the members
-    see the same batches, and Adam, being elementwise, steps each member's parameters as its
-    own optimizer would. When every model is an :class:`~pbde.Annotator` whose density is an
-    :class:`~pbde.densities.EnergyModel` of one architecture, the members are one module with
-    stacked weights (:class:`~pbde.densities.EnergyStack`: one optimizer step, one pass over
-    the data and one evaluation of the items per step for all of them; the networks run as
-    batched matrix products on a GPU, one after another on the CPU); otherwise the models are
-    fitted one after another. ``steps``, ``lr``, ``batch_size``, ``replacement``,
-    ``schedule``, ``seed``, ``progress`` and ``device`` are those of :func:`fit`; checkpoints
-    are not supported here.
-
-    Args:
-        models: the models, trained in place.
-        prefs: the training data, shared by all.
-        loss: one loss for all, or one per model (see :func:`fit`).
-        loss_kwargs: the loss's parameters: one dict for all, or one per model.
-        regularizer: ``None``, one callable for all, or one (or ``None``) per model; it is called
-            with a stand-in :class:`~pbde.Annotator` whose density reads the stacked weights.
-
-    Returns:
-        One :class:`FitResult` per model, in order. Their ``losses`` are each member's own
-        objective; ``seconds`` is the wall time of the whole ensemble.
-
-    Raises:
-        TypeError, ValueError: as :func:`fit`; also per-model lists of the wrong length.
-        FloatingPointError: if any member's objective becomes NaN or infinite.
-    """
-    models = list(models)
-    if not models or not all(isinstance(m, PreferenceProcess) for m in models):
-        raise TypeError("'models' must be a non-empty list of pbde annotator models.")
-    k = len(models)
-    losses = _per_model("loss", loss, k, lambda v: isinstance(v, (str, Callable)))
-    kwargs = _per_model("loss_kwargs", loss_kwargs or {}, k, lambda v: isinstance(v, dict))
-    regularizers = _per_model("regularizer", regularizer, k, lambda v: v is None or callable(v))
-    loss_fns = [_bind_loss(f, kw) for f, kw in zip(losses, kwargs, strict=True)]
-    for r in regularizers:
-        _check_regularizer(r)
-    densities = [getattr(m, "density", None) for m in models]
-    if not (all(isinstance(m, Annotator) for m in models) and stackable(densities)):
-        return [
-            fit(
-                m,
-                prefs,
-                loss=f,
-                steps=steps,
-                lr=lr,
-                batch_size=batch_size,
-                replacement=replacement,
-                schedule=schedule,
-                seed=seed,
-                progress=progress,
-                regularizer=r,
-                device=device,
-                **kw,
-            )
-            for m, f, kw, r in zip(models, losses, kwargs, regularizers, strict=True)
-        ]
-    target = torch.device(device) if device else device_of(models[0])
-    data = _PairData(prefs, batch_size, target, replacement)
-    for m in models:
-        m.to(data.prefs.device)
-        if is_validation_enabled():
-            check_data_against_model(m, data.items)
-    stack = EnergyStack(densities)
-    # a member that needs its normalizer every step (a regularizer on log π, a non-constant f)
-    # has the whole grid evaluated anyway: it reads the items that lie on it from there
-    stack.grid_members = tuple(
-        i
-        for i, (m, r) in enumerate(zip(models, regularizers, strict=True))
-        if r is not None or m.behavior.constant_f is None
-    )
-    views = [Annotator(stack.member(i), m.behavior) for i, m in enumerate(models)]
-    history = torch.full((k, steps), math.nan, dtype=torch.float64)
-    step = [0]
-
-    def objective(generator: torch.Generator) -> torch.Tensor:
-        stack.new_step()
-        part = next(data.micro_batches(data.draw(generator), 1))
-        values = torch.stack(
-            [
-                data.objective(view, f, r, part)
-                for view, f, r in zip(views, loss_fns, regularizers, strict=True)
-            ]
-        )
-        history[:, step[0]] = values.detach().double().cpu()
-        step[0] += 1
-        return values.sum()
-
-    result = optimize(
-        stack,
-        objective,
-        steps=steps,
-        lr=lr,
-        schedule=schedule,
-        seed=seed,
-        progress=progress,
-        description=f"fit {k} models",
-        sharded=data.world_size > 1,
-    )
-    stack.write_back()
-    return [
-        FitResult(m, history[i], result.learning_rates, result.seconds, steps)
-        for i, m in enumerate(models)
-    ]
-
-
-def _per_model(name: str, value, k: int, is_one) -> list:
-    if is_one(value):
-        return [value] * k
-    values = list(value) if isinstance(value, (list, tuple)) else None
-    if values is None or len(values) != k or not all(is_one(v) for v in values):
-        raise ValueError(
-            f"'{name}' must be one value for all {k} models or a list of {k}. Got {value!r}."
-        )
-    return values
 
 
 def _check_regularizer(regularizer) -> None:
@@ -896,6 +857,8 @@ def optimize(
     evaluate: Callable[[], dict] | None = None,
     eval_every: int | None = None,
     fingerprint: str | None = None,
+    static: bool = False,
+    cuda_graph: bool = True,
 ) -> FitResult:
     """The one optimization loop of pbde (used by :func:`fit` and by density pre-training).
 
@@ -907,6 +870,15 @@ def optimize(
     ``eval_every``) are those of :func:`fit`; ``statistics()`` returns the metrics gathered by
     the objective since its last call (logged every ``log_every`` steps), ``evaluate()`` the
     held-out metrics, and ``on_start(step)`` learns the step the run starts (or resumes) at.
+
+    The step never waits for the device: the objective's values stay there and are read at the
+    end, at records, evaluations, checkpoints and progress updates (and every 1024 steps); a
+    step whose objective is not finite is skipped on the device, and so is every later one,
+    and the run stops at the next read naming the first bad step, with the parameters of the
+    last good one. ``static=True`` says the objective evaluates the
+    same tensors at every step, in one part, with no effect on the host (a full batch): on a
+    GPU the step is then recorded once as a CUDA graph and replayed (unless
+    ``cuda_graph=False``; see ``_GraphedStep``).
 
     In a ``torch.distributed`` run only rank 0 shows progress, logs and writes checkpoints
     (every process reads the checkpoint when resuming: it must be on a file system they all
@@ -952,10 +924,33 @@ def optimize(
     if not parameters:
         raise ValueError("The model has no trainable parameters to fit.")
     autocast, scaler = _mixed_precision(precision, parameters[0].device)
-    if optimizer == "adamw":
-        optim = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    else:
-        optim = torch.optim.Adam(parameters, lr=lr)
+    # parameters sharded by FSDP2: their gradients are averaged by FSDP, so each process's part
+    # is scaled by W (the average of W·parts is their sum); the others are summed here
+    fsdp = sharded and any(_distributed.is_sharded(p) for p in parameters)
+    # a step that can be recorded as a CUDA graph: the optimizer must then be capturable
+    graphable = (
+        cuda_graph
+        and static
+        and precision is None
+        and not sharded
+        and parameters[0].device.type == "cuda"
+    )
+    optim = _optimizer(
+        optimizer,
+        parameters,
+        lr,
+        weight_decay,
+        fused=scaler is None and not fsdp,
+        capturable=graphable,
+    )
+    # a step whose objective is not finite is skipped on the device (the fused step reads this
+    # flag, as it reads a gradient scaler's), and so is every later one: the run reads the
+    # objective's values only now and then, and stops at the first bad step with the parameters
+    # of the last good one. Without a fused step, each step's value is read before stepping.
+    skip_on_device = bool(optim.defaults.get("fused"))
+    found_inf = torch.zeros((), dtype=torch.float32, device=parameters[0].device)
+    if skip_on_device:
+        optim.found_inf = found_inf
     scheduler = _scheduler(optim, schedule, steps, warmup_steps)
     generator = torch.Generator().manual_seed(seed)
     history = torch.full((steps,), math.nan, dtype=torch.float64)
@@ -990,9 +985,6 @@ def optimize(
     if on_start is not None:
         on_start(start)
     main_process = _distributed.is_main_process()
-    # parameters sharded by FSDP2: their gradients are averaged by FSDP, so each process's part
-    # is scaled by W (the average of W·parts is their sum); the others are summed here
-    fsdp = sharded and any(_distributed.is_sharded(p) for p in parameters)
     scale = _distributed.rank_and_world_size()[1] if fsdp else 1
     replicated = [p for p in parameters if not _distributed.is_sharded(p)]
     if sharded:
@@ -1004,67 +996,82 @@ def optimize(
         progress = sys.stderr.isatty()
     progress = progress and main_process
     logger = _MetricsLog(log if main_process else None, log_every, statistics)
+    values = _Values(history, start, steps, checkpoint)
     validate_first = is_validation_enabled()
+    learning_rate = optim.param_groups[0]
+    graphed = None
+    if graphable and skip_on_device:
+        graphed = _GraphedStep(objective, optim, generator, found_inf, parameters, max_grad_norm)
     module.train()
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, desc=description, disable=not progress) as bar:
         for step in range(start, steps):
-            with validation(validate_first and step == start):
-                optim.zero_grad(set_to_none=True)
-                total = None
-                parts = objective(generator)
-                parts = iter([parts] if isinstance(parts, torch.Tensor) else parts)
-                while True:
-                    with autocast():
-                        value = next(parts, None)
-                    if value is None:
-                        break
-                    part = value.detach()
-                    if part.dtype in (torch.float16, torch.bfloat16):
-                        part = part.float()
-                    total = part if total is None else total + part
-                    if value.requires_grad:  # not so for an empty slice of a shard
-                        value = value * scale if fsdp else value
-                        (value if scaler is None else scaler.scale(value)).backward()
-                if sharded:  # every process sees the same total, so all stop together
-                    total = total.clone().reshape(1)
-                    _distributed.all_reduce_sum_([total])
-                    total = total[0]
-                if not bool(torch.isfinite(total)):
-                    raise FloatingPointError(
-                        f"The objective became {float(total)} at step {step} of {steps}; stopping. "
-                        + (f"The last good checkpoint is in {checkpoint!s}." if checkpoint else "")
-                    )
-                if sharded and replicated:
-                    _distributed.all_reduce_gradients_(replicated)
-                    if fsdp:  # these parts were scaled by W too
-                        for p in replicated:
-                            p.grad.div_(scale)
-                if scaler is not None:
-                    scaler.unscale_(optim)
-                grad_norm = None
-                if max_grad_norm is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-                    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
-                        grad_norm = grad_norm.full_tensor()
-                learning_rates[step] = optim.param_groups[0]["lr"]
-                if scaler is None:
-                    optim.step()
-                else:
-                    scaler.step(optim)
-                    scaler.update()
+            if graphed is not None and graphed.ready(step - start):
+                lr_now = learning_rates[step] = learning_rate["lr"]
+                values.append(graphed.step())
                 scheduler.step()
-            history[step] = float(total)
-            logger.step(step, float(history[step]), float(learning_rates[step]), grad_norm)
+                grad_norm = None
+            else:
+                warming = graphed.warming() if graphed is not None else contextlib.nullcontext()
+                with warming, validation(validate_first and step == start):
+                    optim.zero_grad(set_to_none=True)
+                    total = None
+                    parts = objective(generator)
+                    parts = iter([parts] if isinstance(parts, torch.Tensor) else parts)
+                    while True:
+                        with autocast():
+                            value = next(parts, None)
+                        if value is None:
+                            break
+                        part = value.detach()
+                        if part.dtype in (torch.float16, torch.bfloat16):
+                            part = part.float()
+                        total = part if total is None else total + part
+                        if value.requires_grad:  # not so for an empty slice of a shard
+                            value = value * scale if fsdp else value
+                            (value if scaler is None else scaler.scale(value)).backward()
+                    if sharded:  # every process sees the same total, so all stop together
+                        total = total.clone().reshape(1)
+                        _distributed.all_reduce_sum_([total])
+                        total = total[0]
+                    values.append(total)
+                    if skip_on_device:
+                        found_inf.masked_fill_(~torch.isfinite(total), 1.0)
+                    else:
+                        values.check()  # reads the value: a bad step stops before stepping
+                    if sharded and replicated:
+                        _distributed.all_reduce_gradients_(replicated)
+                        if fsdp:  # these parts were scaled by W too
+                            for p in replicated:
+                                p.grad.div_(scale)
+                    if scaler is not None:
+                        scaler.unscale_(optim)
+                    grad_norm = None
+                    if max_grad_norm is not None:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+                        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                            grad_norm = grad_norm.full_tensor()
+                    lr_now = learning_rates[step] = learning_rate["lr"]
+                    if scaler is None:
+                        optim.step()
+                    else:
+                        scaler.step(optim)
+                        scaler.update()
+                    scheduler.step()
             done = step + 1 == steps
-            if evaluate is not None and (done or (eval_every and (step + 1) % eval_every == 0)):
+            evaluating = evaluate is not None and (
+                done or (eval_every and (step + 1) % eval_every == 0)
+            )
+            saving = checkpoint is not None and ((step + 1) % checkpoint_every == 0 or done)
+            # the values are read (and a bad step stops the run) only here: at the end, at
+            # records, evaluations and checkpoints (on every process alike), and now and then
+            if done or evaluating or saving or logger.records_at(step) or values.full():
+                values.check()
+            logger.step(step, history, lr_now, grad_norm)
+            if evaluating:
                 logger.record(step + 1, evaluate())
                 module.train()
-            if (
-                checkpoint is not None
-                and main_process
-                and ((step + 1) % checkpoint_every == 0 or done)
-            ):
+            if saving and main_process:
                 _save_checkpoint(
                     checkpoint,
                     module,
@@ -1078,6 +1085,7 @@ def optimize(
                 )
             bar.update(1)
             if progress and (step % 50 == 0 or done):
+                values.read()  # shown, not checked: the checks are at the same steps everywhere
                 bar.set_postfix(loss=f"{history[step]:.4f}")
     module.eval()
     return FitResult(
@@ -1085,10 +1093,162 @@ def optimize(
     )
 
 
+def _optimizer(
+    name: str, parameters: list, lr: float, weight_decay: float, *, fused: bool, capturable: bool
+):
+    """Adam or AdamW over ``parameters``: the fused step (one kernel per device and dtype for
+    all tensors, and a step that reads a ``found_inf`` flag) where torch has one for them,
+    ``capturable`` (in a CUDA graph) if asked, otherwise torch's default implementation."""
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    options = {"lr": lr} if name == "adam" else {"lr": lr, "weight_decay": weight_decay}
+    if fused and _fused_supported(parameters):
+        return kind(parameters, fused=True, capturable=capturable, **options)
+    return kind(parameters, **options)
+
+
+def _fused_supported(parameters: list) -> bool:
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return all(
+        type(p) is nn.Parameter  # not a DTensor or another tensor subclass
+        and p.is_floating_point()
+        and p.device.type in devices
+        for p in parameters
+    )
+
+
+class _GraphedStep:
+    """A training step recorded once as a CUDA graph and replayed at every later step.
+
+    For an objective that evaluates the same tensors at every step (a full batch): after
+    :attr:`warmup` ordinary steps on a side stream (as recording requires), the whole step —
+    objective, backward, the found-inf flag, clipping, the fused optimizer step — is recorded,
+    with the optimizer reading its learning rate from a float32 device tensor that is set
+    before each replay (the scheduler keeps its Python floats). A replay launches the recorded
+    kernels at once, without Python work or host synchronization; its values equal the
+    ordinary step's but for the learning rate's rounding to float32. Where the recording fails
+    (an operation that cannot be recorded, e.g. a copy from host memory or a value read on the
+    host), :attr:`failure` says why and the run goes on with ordinary steps.
+    """
+
+    #: ordinary steps before the recording (the optimizer's state and caches are created)
+    warmup = 3
+
+    def __init__(self, objective, optim, generator, found_inf, parameters, max_grad_norm):
+        self.objective, self.optim, self.generator = objective, optim, generator
+        self.found_inf, self.parameters, self.max_grad_norm = found_inf, parameters, max_grad_norm
+        self.side = torch.cuda.Stream(device=found_inf.device)
+        self.graph = self.total = None
+        self.failure: str | None = None
+        self._learning_rates: list[torch.Tensor] = []
+
+    def ready(self, done: int) -> bool:
+        """Whether the step is recorded, after ``done`` ordinary steps (records it then)."""
+        if self.graph is None and self.failure is None and done >= self.warmup:
+            self._record()
+        return self.graph is not None
+
+    def warming(self):
+        """Where an ordinary step runs: on the side stream until the recording."""
+        if self.graph is not None or self.failure is not None:
+            return contextlib.nullcontext()
+        return self._on_side_stream()
+
+    @contextlib.contextmanager
+    def _on_side_stream(self):
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            yield
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def _record(self) -> None:
+        groups = self.optim.param_groups
+        floats = [group["lr"] for group in groups]
+        device = self.found_inf.device
+        self._learning_rates = [torch.tensor(f, dtype=torch.float32, device=device) for f in floats]
+        self.optim.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            for group, rate in zip(groups, self._learning_rates, strict=True):
+                group["lr"] = rate
+            with validation(False), torch.cuda.graph(graph):
+                parts = self.objective(self.generator)
+                value = parts if isinstance(parts, torch.Tensor) else next(iter(parts))
+                total = value.detach()
+                value.backward()
+                self.found_inf.masked_fill_(~torch.isfinite(total), 1.0)
+                if self.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+                self.optim.step()
+        except Exception as error:  # noqa: BLE001 - any failure to record: ordinary steps
+            self.failure = f"{type(error).__name__}: {error}"
+            self.optim.zero_grad(set_to_none=True)
+            return
+        finally:
+            for group, rate in zip(groups, floats, strict=True):
+                group["lr"] = rate
+        self.graph, self.total = graph, total
+
+    def step(self) -> torch.Tensor:
+        """One step (a replay); returns the step's objective (a new tensor)."""
+        for group, rate in zip(self.optim.param_groups, self._learning_rates, strict=True):
+            rate.fill_(group["lr"])
+        self.graph.replay()
+        return self.total.clone()
+
+
+class _Values:
+    """The objective's value at each step, kept on the device and read now and then.
+
+    ``append`` keeps a step's value (no read); ``read`` copies the values kept so far into the
+    history (one device read for all of them); ``check`` reads them and raises at the first
+    value that is not finite, naming its step.
+    """
+
+    #: the most values kept on the device between two reads
+    window = 1024
+
+    def __init__(self, history: torch.Tensor, start: int, steps: int, checkpoint):
+        self.history, self.steps, self.checkpoint = history, steps, checkpoint
+        self.kept: list[torch.Tensor] = []
+        self.read_to = self.checked_to = start
+
+    def append(self, value: torch.Tensor) -> None:
+        self.kept.append(value)
+
+    def full(self) -> bool:
+        return len(self.kept) >= self.window
+
+    def read(self) -> None:
+        if not self.kept:
+            return
+        values = torch.stack(self.kept).to(device="cpu", dtype=torch.float64)
+        self.history[self.read_to : self.read_to + values.shape[0]] = values
+        self.read_to += values.shape[0]
+        self.kept = []
+
+    def check(self) -> None:
+        self.read()
+        if self.checked_to == self.read_to:
+            return
+        bad = torch.nonzero(~torch.isfinite(self.history[self.checked_to : self.read_to]))
+        if bad.numel():
+            step = self.checked_to + int(bad[0, 0])
+            raise FloatingPointError(
+                f"The objective became {float(self.history[step])} at step {step} of "
+                f"{self.steps}; stopping. "
+                + (
+                    f"The last good checkpoint is in {self.checkpoint!s}."
+                    if self.checkpoint
+                    else ""
+                )
+            )
+        self.checked_to = self.read_to
+
+
 def _mixed_precision(precision, device: torch.device):
     """``(autocast context factory, gradient scaler or None)`` for ``precision``."""
-    import contextlib
-
     if precision is None:
         return contextlib.nullcontext, None
     if precision not in ("bf16", "fp16"):
@@ -1130,20 +1290,25 @@ class _MetricsLog:
     def __init__(self, destination, every: int | None, statistics):
         self.destination, self.every, self.statistics = destination, every, statistics
         self.records: list[dict] = []
-        self._losses: list[float] = []
+        self._count = 0  # steps since the last record
         self._norms: list[torch.Tensor] = []
         self._since = time.perf_counter()
 
-    def step(self, step: int, loss: float, lr: float, grad_norm) -> None:
+    def records_at(self, step: int) -> bool:
+        """Whether :meth:`step` makes a record at ``step`` (and so reads the losses)."""
+        return self.every is not None and (step + 1) % self.every == 0
+
+    def step(self, step: int, history: torch.Tensor, lr: float, grad_norm) -> None:
         if self.every is None:
             return
-        self._losses.append(loss)
+        self._count += 1
         if grad_norm is not None:
             self._norms.append(grad_norm.detach())
         if (step + 1) % self.every:
             return
         now = time.perf_counter()
-        record = {"loss": sum(self._losses) / len(self._losses), "learning_rate": float(lr)}
+        losses = history[step + 1 - self._count : step + 1].tolist()
+        record = {"loss": sum(losses) / len(losses), "learning_rate": float(lr)}
         if self._norms:
             record["grad_norm"] = float(torch.stack(self._norms).double().mean())
         if self.statistics is not None:
@@ -1153,7 +1318,7 @@ class _MetricsLog:
             if tokens is not None:
                 record["tokens_per_second"] = tokens / max(now - self._since, 1e-9)
         record["seconds"] = now - self._since
-        self._losses, self._norms, self._since = [], [], now
+        self._count, self._norms, self._since = 0, [], now
         self.record(step + 1, record)
 
     def record(self, step: int, values: dict) -> None:

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 import pbde
-from pbde.densities import Categorical, EnergyModel, TruncatedNormalMixture
-from pbde.densities.energy import EnergyStack
+from pbde.densities import Categorical, EnergyModel, EnergyStack, TruncatedNormalMixture
 from pbde.fit import distinct_items
 
 
@@ -344,15 +343,6 @@ def test_energy_equals_its_network_module(activation):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_tanh_of_half_is_tanh_with_its_first_and_second_derivatives():
-    from pbde.densities.energy import _TanhOfHalf
-
-    u = torch.linspace(-30.0, 30.0, 97, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(_TanhOfHalf.apply(u), torch.tanh(u / 2), rtol=0, atol=1e-15)
-    assert torch.autograd.gradcheck(_TanhOfHalf.apply, (u,))
-    assert torch.autograd.gradgradcheck(_TanhOfHalf.apply, (u,))
-
-
 def test_a_replaced_energy_network_is_called_as_it_is():
     torch.manual_seed(6)
     model = EnergyModel(-1.0, 1.0, hidden=(8,))
@@ -382,7 +372,7 @@ def test_batched_stack_network_equals_each_member():
 
 
 def test_models_with_a_replaced_network_are_not_stacked():
-    from pbde.densities.energy import stackable
+    from pbde.ensemble import stackable
 
     models = [EnergyModel(-1.0, 1.0, hidden=(8,)) for _ in range(2)]
     assert stackable(models)

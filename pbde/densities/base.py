@@ -87,6 +87,7 @@ class Density(nn.Module):
         # version counters of it and of the parameters (bumped by in-place writes such as
         # load_state_dict); moving the copy (.to, .double) forgets the answer.
         self._memo = (None,) * 5
+        self._tensors = None  # its parameters and buffers, listed once (see _parameter_versions)
         return self
 
     def train(self, mode: bool = True) -> Density:
@@ -95,11 +96,19 @@ class Density(nn.Module):
         return super().train(mode and not is_frozen(self))
 
     def _parameter_versions(self) -> int:
-        return sum(t._version for t in itertools.chain(self.parameters(), self.buffers()))
+        # a frozen copy's tensors are listed once (walking the modules at every step of a fit
+        # cost more than the step's arithmetic on small problems); moving it lists them again
+        tensors = self.__dict__.get("_tensors")
+        if tensors is None:
+            tensors = list(itertools.chain(self.parameters(), self.buffers()))
+            if "_tensors" in self.__dict__:
+                self.__dict__["_tensors"] = tensors
+        return sum(t._version for t in tensors)
 
     def _apply(self, fn, *args, **kwargs):
         if self.__dict__.get("_memo") is not None:
             self._memo = (None,) * 5
+            self.__dict__["_tensors"] = None
         return super()._apply(fn, *args, **kwargs)
 
     # -- for subclasses -------------------------------------------------------------------

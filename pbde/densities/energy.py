@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -88,16 +88,34 @@ class EnergyModel(Density):
         Large batches go through the network in chunks of :attr:`chunk_size` points, so that a
         chunk's activations stay in the CPU's cache (same values, same gradients). The network
         as built here (``Linear``, activation, …, ``Linear``) is evaluated from its layers'
-        weights by a faster function with the same values (:func:`_mlp`; with tanh, through
-        tanh(z) = 2σ(2z) − 1), so module hooks on :attr:`energy_net` do not fire; a replaced
-        ``energy_net`` of another form is called as it is.
+        weights as plain tensor operations, without the modules' calls (:func:`_mlp`: the same
+        function), so module hooks on :attr:`energy_net` do not fire; a replaced ``energy_net``
+        of another form is called as it is.
         """
-        scaled = _to_input(x, self.low, self.high, self.input_range).to(self._dtype())
-        net = self.energy_net
-        if _is_plain_mlp(net):
-            layers = net[::2]
+        net, layers = self.energy_net, self._plain_layers()
+        if layers is not None:
             net = _mlp([x.weight.T for x in layers], [x.bias for x in layers], net[1])
-        return _chunked(net, scaled[:, None], self.chunk_size, dim=0).squeeze(-1)
+        return _chunked(net, self._input(x), self.chunk_size, dim=0).squeeze(-1)
+
+    def _plain_layers(self) -> list[nn.Linear] | None:
+        """The ``Linear`` layers of :attr:`energy_net` if it is a plain MLP (``_is_plain_mlp``),
+        else ``None``; found once per network (a training step asks every time)."""
+        net, known = self.energy_net, self.__dict__.get("_plain")
+        if known is None or known[0] is not net or known[1] != len(net):
+            layers = list(net[::2]) if _is_plain_mlp(net) else None
+            known = self.__dict__["_plain"] = (net, len(net), layers)
+        return known[2]
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's input for the items ``x``, shape ``(batch, 1)``; the last one is kept
+        (a full batch's items are the same tensor at every step)."""
+        dtype, known = self._dtype(), self.__dict__.get("_last_input")
+        if known is not None and known[0] is x and known[1] == (x._version, dtype):
+            return known[2]
+        scaled = _to_input(x, self.low, self.high, self.input_range).to(dtype)[:, None]
+        if not scaled.requires_grad:  # items, not a variable of a graph
+            self.__dict__["_last_input"] = (x, (x._version, dtype), scaled)
+        return scaled
 
     def log_normalizer(self) -> torch.Tensor:
         """log Z = log ∫ exp(−E(x)) dx by the trapezoid rule on the grid (a scalar)."""
@@ -186,6 +204,9 @@ class EnergyModel(Density):
     def _device(self) -> torch.device:
         return self.energy_net[0].weight.device
 
+    def _param_device(self) -> torch.device:
+        return self._device()
+
 
 def _to_input(x: torch.Tensor, low: float, high: float, half_width: float) -> torch.Tensor:
     return (2.0 * (x - low) / (high - low) - 1.0) * half_width
@@ -223,231 +244,21 @@ def _mlp(weights: list[torch.Tensor], biases: list[torch.Tensor], activation: nn
     ``(K, in, out)``, biases broadcastable to ``(out,)`` or ``(K, 1, out)``; returns
     ``(n, 1)`` or ``(K, n, 1)``.
 
-    The same function as ``nn.Sequential``, faster on the CPU:
-
-    * the first layer has one input feature: an outer product (``addcmul``), not a matmul
-      with an inner dimension of 1; the read-out's input gradient likewise (:class:`_Readout`);
-    * tanh(z) is computed as 2σ(2z) − 1 (:class:`_TanhOfHalf`), the 2z by doubling the layer's
-      weights and bias (exact in floating point): ``torch.tanh`` (which also copies its
-      output) costs about five times an in-place σ on this torch's CPU build. Measured on a
-      4×64 float32 network on [−10, 10]: max |ΔE| 1.3e-7 and gradients within 1.3e-6
-      (relative) of a float64 reference, against 6.7e-8 and 1.7e-6 for ``nn.Sequential``.
+    The same function as ``nn.Sequential``, as plain tensor operations (no module calls): the
+    first layer, with one input feature, is an outer product (``addcmul``), which also lets K
+    networks share one input. tanh is ``torch.tanh``: computing it as 2σ(2z) − 1 in a custom
+    autograd function was faster with an earlier torch on the CPU, and is slower with
+    torch 2.13 at every size (``benchmarks/RESULTS.md``, "the training step's fixed cost").
     """
-    if isinstance(activation, nn.Tanh):
-        scale, act = 2.0, _TanhOfHalf.apply
-    else:
-        scale, act = 1.0, activation
-    first = (scale * weights[0], scale * biases[0])
-    middle = [(scale * w, scale * b) for w, b in zip(weights[1:-1], biases[1:-1], strict=True)]
+    act = torch.tanh if isinstance(activation, nn.Tanh) else activation.forward
+    first_w, first_b = weights[0], biases[0]
+    middle = list(zip(weights[1:-1], biases[1:-1], strict=True))
+    last_w, last_b = weights[-1], biases[-1]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        h = act(torch.addcmul(first[1], x, first[0]))
+        h = act(torch.addcmul(first_b, x, first_w))
         for w, b in middle:
             h = act(torch.baddbmm(b, h, w) if w.dim() == 3 else torch.addmm(b, h, w))
-        return _Readout.apply(h, weights[-1]) + biases[-1]
+        return torch.matmul(h, last_w) + last_b
 
     return forward
-
-
-class _TanhOfHalf(torch.autograd.Function):
-    """y = tanh(u / 2) = 2σ(u) − 1, computed in place; dy/du = (1 − y²) / 2."""
-
-    @staticmethod
-    def forward(ctx, u):
-        y = torch.sigmoid(u).mul_(2.0).sub_(1.0)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y).mul_(0.5)
-
-
-class _Readout(torch.autograd.Function):
-    """h @ w for a one-unit output layer (w of shape ``(..., in, 1)``), whose input gradient is
-    a broadcast product rather than a matmul with an inner dimension of 1."""
-
-    @staticmethod
-    def forward(ctx, h, w):
-        ctx.save_for_backward(h, w)
-        return h @ w
-
-    @staticmethod
-    def backward(ctx, grad):
-        h, w = ctx.saved_tensors
-        grad_h = grad * w.transpose(-1, -2) if ctx.needs_input_grad[0] else None
-        grad_w = h.transpose(-1, -2) @ grad if ctx.needs_input_grad[1] else None
-        return grad_h, grad_w
-
-
-class EnergyStack(nn.Module):
-    """K energy models of one architecture as one module with stacked weights.
-
-    Used by :func:`pbde.fit_ensemble` to train a sweep at once. ``member(k)`` is a density
-    that reads member k's energies from one evaluation of all K networks per step;
-    :meth:`write_back` copies the trained weights into the original models.
-
-    Args:
-        models: :class:`EnergyModel` instances with the same domain, grid, hidden widths,
-            activation, dtype and device.
-    """
-
-    def __init__(self, models: list[EnergyModel]):
-        super().__init__()
-        first = models[0]
-        if not stackable(models):
-            raise ValueError("'models' must be EnergyModels of one architecture to be stacked.")
-        self.models = models  # a plain list: the originals are not parameters of the stack
-        self.low, self.high, self.grid = first.low, first.high, first.grid
-        self.chunk_size, self.input_range = first.chunk_size, first.input_range
-        self.activation = first.energy_net[1]
-        self.weights = nn.ParameterList()  # (K, in, out): h @ W + b
-        self.biases = nn.ParameterList()  # (K, 1, out)
-        per_model = [[m for m in model.energy_net if isinstance(m, nn.Linear)] for model in models]
-        for layers in zip(*per_model, strict=True):
-            weight = torch.stack([x.weight.detach().T for x in layers])
-            bias = torch.stack([x.bias.detach()[None] for x in layers])
-            self.weights.append(nn.Parameter(weight, layers[0].weight.requires_grad))
-            self.biases.append(nn.Parameter(bias, layers[0].bias.requires_grad))
-        self._memo: dict = {}
-        #: the members that need their normalizer every step (a regularizer on log π, a
-        #: non-constant f): they evaluate the whole grid once per step and read items on it from
-        #: there; the others evaluate only the items they are given
-        self.grid_members: tuple[int, ...] = ()
-
-    def __len__(self) -> int:
-        return self.weights[0].shape[0]
-
-    def energies(self, x: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
-        """E_k(x) for every member, or for the ``members`` given: shape ``(K, batch)`` or
-        ``(len(members), batch)``.
-
-        On the CPU the members run one after another on each chunk of points, with the
-        matrix products of a single model: batched products over K members touch K times the
-        memory per chunk and were slower than K separate fits (measured at the paper's scale,
-        ``benchmarks/RESULTS.md``). Elsewhere (a GPU) the K networks run as batched products.
-        """
-        scaled = _to_input(x, self.low, self.high, self.input_range).to(self.weights[0].dtype)
-        everyone = members is None or list(members) == list(range(len(self)))
-        members = range(len(self)) if members is None else members
-        if scaled.device.type != "cpu":
-            weights, biases = list(self.weights), list(self.biases)
-            if not everyone:
-                index = torch.tensor(list(members), device=scaled.device)
-                weights, biases = [w[index] for w in weights], [b[index] for b in biases]
-            mlp = _mlp(weights, biases, self.activation)
-            return mlp(scaled[None, :, None]).squeeze(-1)
-        networks = [
-            _mlp([w[k] for w in self.weights], [b[k] for b in self.biases], self.activation)
-            for k in members
-        ]
-
-        def forward(points: torch.Tensor) -> torch.Tensor:
-            return torch.cat([mlp(points) for mlp in networks], dim=1)  # (n, members)
-
-        return _chunked(forward, scaled[:, None], self.chunk_size, dim=0).T
-
-    def new_step(self) -> None:
-        """Forget the energies of the previous step (the parameters have changed)."""
-        self._memo = {}
-
-    def _cached(self, key: tuple, x: torch.Tensor, compute) -> torch.Tensor:
-        # one entry per tensor (the pairs' items, a regularizer's samples, the grid), each held
-        # so that its id is not reused within the step
-        hit = self._memo.get((key, id(x)))
-        if hit is None or hit[0] is not x:
-            hit = self._memo[(key, id(x))] = (x, compute())
-        return hit[1]
-
-    def _groups(self, k: int) -> tuple[tuple[int, ...], bool]:
-        """The members evaluated together with member ``k``, and whether they are the
-        :attr:`grid_members`."""
-        on_grid = tuple(sorted(self.grid_members))
-        if k in on_grid:
-            return on_grid, True
-        return tuple(i for i in range(len(self)) if i not in on_grid), False
-
-    def unnormalized_log_prob(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """−E_k(x); computed once per step for a given tensor ``x``, together with the members
-        of ``k``'s group (the :attr:`grid_members`, or the others).
-
-        The grid members read ``x`` from their pass over the normalizer grid if it holds only
-        grid points; the others evaluate ``x`` itself, and only if one of them asks for it.
-        """
-        group, on_grid = self._groups(k)
-
-        def compute():
-            index = self.grid.index_of(x) if on_grid else None
-            if index is None:
-                return -self.energies(x, group)
-            return self._grid_log_probs(group)[:, index.to(x.device)]
-
-        return self._cached(("items", group), x, compute)[group.index(k)]
-
-    def _grid_log_probs(self, members: tuple[int, ...]) -> torch.Tensor:
-        points = self.grid.points.to(self.weights[0].device)
-        return self._cached(
-            ("grid", members), self.grid.points, lambda: -self.energies(points, members)
-        )
-
-    def log_normalizer(self, k: int) -> torch.Tensor:
-        """log Z_k; computed once per step, with the other members of ``k``'s group."""
-        group, _ = self._groups(k)
-        log_z = self._cached(
-            ("log Z", group),
-            self.grid.points,
-            lambda: self.grid.log_integral(self._grid_log_probs(group)),
-        )
-        return log_z[group.index(k)]
-
-    def member(self, k: int) -> _StackMember:
-        """Member ``k`` as a :class:`~pbde.densities.Density` reading from the stack."""
-        return _StackMember(self, k)
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        """Copy the stacked weights into the original models."""
-        for k, model in enumerate(self.models):
-            layers = [m for m in model.energy_net if isinstance(m, nn.Linear)]
-            for layer, w, b in zip(layers, self.weights, self.biases, strict=True):
-                layer.weight.copy_(w[k].T)
-                layer.bias.copy_(b[k, 0])
-
-
-def stackable(models) -> bool:
-    """Whether :class:`EnergyStack` can hold these models (same architecture, dtype, device)."""
-    if not models or not all(
-        isinstance(m, EnergyModel) and _is_plain_mlp(m.energy_net) for m in models
-    ):
-        return False
-
-    def signature(m):
-        shapes = [tuple(p.shape) for p in m.parameters()]
-        kinds = [type(layer) for layer in m.energy_net]
-        return (m.low, m.high, m.grid.size, shapes, kinds, m._dtype(), m._device(), m.chunk_size,
-                m.input_range)  # fmt: skip
-
-    return all(signature(m) == signature(models[0]) for m in models)
-
-
-class _StackMember(Density):
-    """Member k of an :class:`EnergyStack` as a density (its parameters live in the stack)."""
-
-    def __init__(self, stack: EnergyStack, k: int):
-        super().__init__()
-        self.__dict__["stack"] = stack  # not a submodule: the stack is trained on its own
-        self.k = k
-
-    def _unnormalized_log_prob(self, x):
-        return self.stack.unnormalized_log_prob(x, self.k)
-
-    def _log_prob(self, x):
-        return self._unnormalized_log_prob(x) - self.stack.log_normalizer(self.k)
-
-    def _validate_items(self, x):
-        super()._validate_items(x)
-        _check_in_interval(x, self.stack.low, self.stack.high)
-
-    def _param_device(self):
-        return self.stack.weights[0].device
