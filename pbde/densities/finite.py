@@ -326,7 +326,7 @@ class Precomputed(Density):
             row = int(torch.nonzero(~found)[0, 0])
             raise ValueError(
                 "'x' must hold items this Precomputed density was computed on. Row "
-                f"{row}, {short_repr(x[row].tolist())}, is not one of its "
+                f"{row} (item {short_repr(x[row].tolist())}) is not one of its "
                 f"{self.items.shape[0]} items."
             )
         return self.values[index]
