@@ -209,9 +209,10 @@ def fit(
         :class:`FitResult`.
 
     Warns:
-        SeparationWarning: with the ``"bce"`` loss and categorical densities, when the
-            comparisons separate the items (some never lost to the others; see
-            :func:`separated_items`): the maximum-likelihood fit then has no finite answer.
+        SeparationWarning: with the ``"bce"`` loss, categorical densities and no
+            ``regularizer``, when the comparisons separate the items (some never lost to the
+            others; see :func:`separated_items`): the maximum-likelihood fit then has no finite
+            answer. (A regularizer is how one gives it one, so with a regularizer it is quiet.)
 
     Raises:
         TypeError: bad types, or loss parameters the loss does not take / lacks.
@@ -263,7 +264,7 @@ def fit(
     if is_validation_enabled():
         check_data_against_model(model, data.items)
     separated = False
-    if loss_fn.loss == "bce" or loss_fn.loss is _losses.bce:
+    if regularizer is None and (loss_fn.loss == "bce" or loss_fn.loss is _losses.bce):
         separated = warn_if_separated(model, data.prefs)
     fingerprint = None
     if checkpoint is not None:

@@ -1089,6 +1089,12 @@ def test_a_cycle_of_wins_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", pbde.SeparationWarning)
         pbde.fit(annotator(), separated(), loss="ipo", tau=1.0, steps=2, progress=False)
+    # nor does a fit with a regularizer (a prior), which is the remedy the warning names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pbde.SeparationWarning)
+        model = annotator()
+        prior = lambda m: (m.density.logits**2).sum()  # noqa: E731
+        pbde.fit(model, separated(), regularizer=prior, steps=2, progress=False)
 
 
 def test_separated_items_finds_groups():
