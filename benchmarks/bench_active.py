@@ -269,6 +269,7 @@ def main():
         help="the 1-D toy only, cumulative budgets growing by √2 from 32 to 1024 queries",
     )
     parser.add_argument("--pool", type=int, default=8, help="candidates per query (active)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (π_pre's as well)")
     parser.add_argument("--bound", action="store_true", help="print the design bounds only")
     args = parser.parse_args()
     # the policy criterion choosing among candidates from a wider proposal than the model itself
@@ -283,6 +284,7 @@ def main():
             strategies=tuple(strategies),
             repeats=args.repeats,
             active_pool=args.pool,
+            seed=args.seed,
             toy_queries=fine_budgets(),
             bandit_queries=(16,),  # not reported
         )
@@ -290,7 +292,10 @@ def main():
         result = experiment.run(settings, progress=False)
         return _report_fine(result, settings, time.perf_counter() - began, args.json)
     settings = experiment.Settings(
-        strategies=tuple(args.strategies), repeats=args.repeats, active_pool=args.pool
+        strategies=tuple(args.strategies),
+        repeats=args.repeats,
+        active_pool=args.pool,
+        seed=args.seed,
     )
     began = time.perf_counter()
     result = experiment.run(settings, progress=False)
