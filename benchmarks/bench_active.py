@@ -8,15 +8,29 @@ strategy, the median over seeds of the queries after which KL(optimum ‖ model)
 (and ≤ 0.005 on the bandit), the per-seed values, and the wall time per round spent choosing
 the pairs and re-fitting.
 
-It also prints a bound no selection rule can beat on the bandit: the asymptotic expected KL of
-the maximum-likelihood fit is ½·tr(G·I(w)⁻¹)/N for a design w over pairs (I(w) the Fisher
-information of one query, G the policy's Fisher matrix at the optimum), so the best design over
-the three distinct pairs needs tr(G·I(w*)⁻¹)/tr(G·I(static)⁻¹) of static's queries for the same
-expected KL — computed here in numpy, independently of pbde.
+It also prints a bound on what any choice of pairs could save (``--bound``: only that). Near
+the optimum θ*, the maximum-likelihood fit from N labels of pairs drawn from a design w has
+E[KL(π* ‖ π_θ̂)] ≈ ½·tr(G·I(w)⁻¹)/N (I(w) the Fisher information of one query, G the policy's
+Fisher matrix at the optimum), so the best design over a candidate set needs
+tr(G·I(w*)⁻¹)/tr(G·I(w)⁻¹) of design w's queries for the same expected KL. On the bandit θ is
+the table of logits and the candidates are the three distinct pairs; on the 1-D toy θ* is the
+experiment's network regressed onto the optimum, the candidates every pair of 201 points of
+[−10, 10], and the local approximation either the last layer (what the posterior of
+:class:`pbde.online.Active` covers) or all parameters, cut to the r leading directions of its
+tangent space. The optimal w is found by a multiplicative algorithm that certifies how close it
+is (:func:`optimal_design`).
+
+``--fine`` runs the 1-D toy alone with budgets growing by √2 (32, 45, 64, 91, … 1024 queries)
+instead of doubling, so queries-to-threshold ratios are resolved to a factor √2; its default
+strategies are static, on-policy, the policy criterion, and the policy criterion choosing among
+candidates drawn from the model tempered at T = 2 (``policy_wide``, a wider proposal);
+``policy_pool32`` is the policy criterion with four times the pool.
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_active.py [--repeats 5] [--json out.json]
+    OMP_NUM_THREADS=1 python benchmarks/bench_active.py --fine --repeats 6 [--seed 1]
+    OMP_NUM_THREADS=1 python benchmarks/bench_active.py --bound
 """
 
 from __future__ import annotations
@@ -276,6 +290,8 @@ def main():
     experiment.PROPOSALS["policy_wide"] = lambda pool: online.Active(
         pool=pool, base=_TemperedPairs(WIDE_TEMPERATURE)
     )
+    # the policy criterion with four times the candidates per query
+    experiment.PROPOSALS["policy_pool32"] = lambda pool: online.Active(pool=4 * pool)
     if args.bound:
         return _report_bounds(experiment.Settings(), args.json)
     if args.fine:
