@@ -259,7 +259,23 @@ def toy_bound(settings, *, items: int = 201, rtols=(1e-1, 1e-2, 1e-3, 1e-4)) -> 
             ).numpy(),
             "all": posterior._jacobian(values, trainable).numpy(),
         }
-    out = {"fit_kl": fit_kl, "items": items, "parameters": {}, "approximations": {}}
+    # how much wider π* is than p*: masses where p* is below e^{−c} of its maximum
+    star = torch.softmax(log_star, 0).numpy()
+    far = {c: (log_star < log_star.max() - c).numpy() for c in (5, 10)}
+    out = {
+        "fit_kl": fit_kl,
+        "items": items,
+        "parameters": {},
+        "approximations": {},
+        "masses_where_p_star_below": {
+            f"e^-{c}": {
+                "optimum": optimum[m].sum(),
+                "p_star": star[m].sum(),
+                "pi_pre": pre[m].sum(),
+            }
+            for c, m in far.items()
+        },
+    }
     cuts = [("last layer", 1e-10)] + [("all", rtol) for rtol in rtols]
     for name, rtol in cuts:
         out["parameters"][name] = jacobians[name].shape[1]
@@ -369,6 +385,11 @@ def _report_bounds(settings, json_path):
         f"1-D toy (θ* regressed onto the optimum: KL(π* ‖ π_θ*) = {toy_result['fit_kl']:.1e} on "
         f"{toy_result['items']} items; parameters: {toy_result['parameters']})"
     )
+    for level, masses in toy_result["masses_where_p_star_below"].items():
+        print(
+            f"  masses where p* < {level} × its maximum: π* {masses['optimum']:.4f}, "
+            f"p* {masses['p_star']:.2e}, π_pre {masses['pi_pre']:.4f}"
+        )
     print(
         "  approximation            r   best/static  best/on-policy  N·KL: best static on-policy"
         "   |a−b| tails  bound within"
