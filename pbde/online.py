@@ -541,13 +541,24 @@ class Active:
       posterior, and it loses: it keeps asking about nearly identical items.
 
     When it helps and when it cannot: active selection pays when the pool holds pairs of very
-    different value — some whose label is nearly certain or redundant with the data, others
-    that pin down directions of the model the data have not; it saves compute-cheap queries
-    only if choosing them costs less than asking (each call differentiates the model on every
-    distinct item of the pool, the data and the support). It cannot help with a deterministic
-    annotator (noise-free labels carry only a ranking; the BCE fit and its posterior run off to
-    infinite logits), on a tiny support (two items have one distinct pair: nothing to choose),
-    or with a pool that holds nothing better than random pairs.
+    different value — some whose label is nearly certain or redundant with the data, others that
+    pin down directions of the model the data have not; it saves compute-cheap queries only if
+    choosing them costs less than asking (each call differentiates the model on every distinct
+    item of the pool, the data and the support). How much any choice of pairs can save is a
+    property of the problem: near the optimum, the queries a design (a distribution over pairs)
+    needs for a given expected KL are proportional to tr(G·I⁻¹), G the policy's Fisher matrix
+    and I the Fisher information of one query. On the three-armed bandit of ``pbde reproduce
+    online`` (r = (1, .5, 0), η = 1) the best design needs 0.65× the queries of uniform pairs,
+    so no rule halves them at small KL. Where the optimum puts mass on items whose labels
+    against the bulk are nearly certain (DPO with β > 1 widens the annotator's density: the
+    optimum is π_ref times its 1/β-th power, as on the 1-D toy of ``pbde reproduce online`` at β
+    = 4), pairs from π_ref or from the model rarely compare two such items, and the best design
+    needs a quarter or less of π_ref's queries; there the ``"policy"`` criterion, choosing among
+    on-policy candidates, was measured to need about a third of π_ref's queries to KL ≤ 0.05
+    (``benchmarks/RESULTS.md``). It cannot help with a deterministic annotator (noise-free
+    labels carry only a ranking; the BCE fit and its posterior run off to infinite logits), on a
+    tiny support (two items have one distinct pair: nothing to choose), or with a pool that
+    holds nothing better than random pairs.
 
     Args:
         pool: candidate pairs per query, >= 1 (``pool * n`` pairs are drawn to pick ``n``);
