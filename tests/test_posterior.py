@@ -210,6 +210,21 @@ def test_greedy_batch_spreads_over_a_pool_of_copies():
         assert len(pairs) >= 3
 
 
+def _central_differences(model, xa, xb, parameters, h: float) -> torch.Tensor:
+    """d logits / d each entry of ``parameters`` by central differences, one column each."""
+    columns = []
+    for p in parameters:
+        for i in range(p.numel()):
+            with torch.no_grad():
+                p.view(-1)[i] += h
+                up = model.logits(xa, xb)
+                p.view(-1)[i] -= 2 * h
+                down = model.logits(xa, xb)
+                p.view(-1)[i] += h
+            columns.append((up - down) / (2 * h))
+    return torch.stack(columns, 1)
+
+
 def test_last_layer_features_match_finite_differences():
     torch.manual_seed(0)
     reference = pbde.densities.EnergyModel(-2.0, 2.0, hidden=(8, 8), grid_size=65)
@@ -222,18 +237,11 @@ def test_last_layer_features_match_finite_differences():
     weight, bias = density.energy_net[-1].weight, density.energy_net[-3].bias
     assert built.features.shape == (3, bias.numel() + weight.numel())
     h = 1e-6
-    columns = []
-    for p in (bias, weight):
-        for i in range(p.numel()):
-            with torch.no_grad():
-                p.view(-1)[i] += h
-                up = model.logits(xa, xb)
-                p.view(-1)[i] -= 2 * h
-                down = model.logits(xa, xb)
-                p.view(-1)[i] += h
-            columns.append((up - down) / (2 * h))
     np.testing.assert_allclose(
-        built.features.numpy(), torch.stack(columns, 1).numpy(), rtol=1e-5, atol=1e-7
+        built.features.numpy(),
+        _central_differences(model, xa, xb, (bias, weight), h).numpy(),
+        rtol=1e-5,
+        atol=1e-7,
     )
     assert float(built.features[1].abs().max()) == 0.0  # a pair of one item twice
 
@@ -275,17 +283,8 @@ def test_features_with_a_varying_f_match_finite_differences():
     xa, xb = grid[[3, 10, 40]], grid[[60, 10, 5]]
     built = posterior.LaplacePosterior(model, None, (xa, xb), max_parameters=16)
     h = 1e-6
-    columns = []
-    for p in (density.energy_net[-3].bias, density.energy_net[-1].weight):
-        for i in range(p.numel()):
-            with torch.no_grad():
-                p.view(-1)[i] += h
-                up = model.logits(xa, xb)
-                p.view(-1)[i] -= 2 * h
-                down = model.logits(xa, xb)
-                p.view(-1)[i] += h
-            columns.append((up - down) / (2 * h))
-    expected = torch.stack(columns, 1).numpy()
+    last = (density.energy_net[-3].bias, density.energy_net[-1].weight)
+    expected = _central_differences(model, xa, xb, last, h).numpy()
     np.testing.assert_allclose(built.features.numpy(), expected, rtol=1e-5, atol=1e-7)
     # the pair of one item twice: f(a) = f(b), so the normalizer cancels there
     assert float(built.features[1].abs().max()) == 0.0
