@@ -220,13 +220,7 @@ def toy_bound(settings, *, items: int = 201, rtols=(1e-1, 1e-2, 1e-3, 1e-4)) -> 
     at each relative singular value in ``rtols`` (its dimension r grows as the cut falls).
     Static = pairs from π_pre, on-policy = pairs from π*.
     """
-    pi_pre = toy.pretrained_reference(
-        grid_size=settings.toy_grid_size,
-        steps=settings.toy_pretrain_steps,
-        hidden=tuple(settings.toy_hidden),
-        seed=settings.seed,
-        progress=False,
-    )
+    pi_pre = experiment.toy_reference(settings)
     p_star = toy.paper_p_star()
     beta = settings.toy_beta
     x = pbde.Grid(toy.LOW, toy.HIGH, items).points

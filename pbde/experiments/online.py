@@ -213,6 +213,18 @@ def _study(make_model, annotator, support, sizes, refit, thresholds, settings, p
     return curves, metrics
 
 
+def toy_reference(settings: Settings, progress: bool = False):
+    """The 1-D toy's π_ref: the energy model pre-trained with the settings' grid, steps, network
+    and seed (cached by :func:`pbde.experiments.toy.pretrained_reference`)."""
+    return toy.pretrained_reference(
+        grid_size=settings.toy_grid_size,
+        steps=settings.toy_pretrain_steps,
+        hidden=tuple(settings.toy_hidden),
+        seed=settings.seed,
+        progress=progress,
+    )
+
+
 def run(settings: Settings, *, progress: bool | None = None) -> Result:
     """Run the experiment: KL to the optimum vs queries for each strategy, on both problems."""
     began = time.perf_counter()
@@ -222,13 +234,7 @@ def run(settings: Settings, *, progress: bool | None = None) -> Result:
     refit_bandit = {"steps": settings.bandit_fit_steps, "lr": settings.bandit_lr}
 
     # the 1-D toy: π_pre, p* (eq. 10), DPO
-    pi_pre = toy.pretrained_reference(
-        grid_size=settings.toy_grid_size,
-        steps=settings.toy_pretrain_steps,
-        hidden=tuple(settings.toy_hidden),
-        seed=settings.seed,
-        progress=progress,
-    )
+    pi_pre = toy_reference(settings, progress)
     behavior = pbde.dpo(settings.toy_beta, pi_pre)
     toy_annotator = pbde.Annotator(toy.paper_p_star())
     grid = toy.evaluation_grid(settings.toy_eval_points)
