@@ -30,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"DPO (beta={settings.beta:g}) under a Luce annotator, {settings.pairs} pairs, "
         f"{settings.steps} steps, {report['seconds']:.1f} s"
     )
-    print(f"  TV(theory, pi_pre)    = {metrics['tv_theory_pretrained']:.4f}   (before fitting)")
+    print(f"  TV(theory, pi_ref)    = {metrics['tv_theory_pretrained']:.4f}   (before fitting)")
     print(f"  TV(theory, learned)   = {metrics['tv_theory_learned']:.4f}")
     print(f"  KL(theory || learned) = {metrics['kl_theory_learned']:.5f}")
     if args.out is not None:
@@ -740,10 +740,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo",
         help="fit DPO to a synthetic Luce annotator and compare with the theory (Fig. 3)",
-        description="The paper's 1-D toy in a few seconds: an energy-based pi_pre is pretrained, "
-        "a Luce annotator with density p* labels pairs drawn from pi_pre, and DPO (--beta) is "
+        description="The paper's 1-D toy in a few seconds: an energy-based pi_ref is pretrained, "
+        "a Luce annotator with density p* labels pairs drawn from pi_ref, and DPO (--beta) is "
         "fitted to them. The fit is compared with its closed-form optimum, "
-        "pi_pre * p*^{1/beta} normalized (Dumoulin et al., eq. 16): the distances are printed, "
+        "pi_ref * p*^{1/beta} normalized (Dumoulin et al., eq. 16): the distances are printed, "
         "and with --out the figure (demo.png) and the numbers (demo.json) are written.",
     )
     demo.add_argument("--beta", type=_positive_float, default=4.0,
