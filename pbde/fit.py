@@ -1305,7 +1305,7 @@ class _MetricsLog:
         self._count += 1
         if grad_norm is not None:
             self._norms.append(grad_norm.detach())
-        if (step + 1) % self.every:
+        if not self.records_at(step):
             return
         now = time.perf_counter()
         losses = history[step + 1 - self._count : step + 1].tolist()
